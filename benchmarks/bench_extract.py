@@ -1,0 +1,123 @@
+"""Feature extraction cost: the lens against a plain forward and torchvision's FX extractor.
+
+    python benchmarks/bench_extract.py [--repeats 9]
+
+Every method runs interleaved in one process, repeat after repeat, and the
+script prints medians and ratios to the lens. Not a test: machines are noisy,
+so read the ratios, not the seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.models import vgg16
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from cnnlens import build_lens, demo_model, layer_names
+
+
+def plain_forward(layers: nn.Module, channels_last: bool) -> Callable[[torch.Tensor], object]:
+    """A bare forward of the truncated layers, on its own copy (conversion is in place)."""
+    layers = copy.deepcopy(layers).eval()
+    if channels_last:
+        layers = layers.to(memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return layers(x)
+
+    return run
+
+
+def fx_extractor(model: nn.Module, nodes: list[str]) -> Callable[[torch.Tensor], object]:
+    extractor = create_feature_extractor(copy.deepcopy(model).eval(), {n: n for n in nodes})
+
+    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            return extractor(x)
+
+    return run
+
+
+def measure(methods: dict[str, Callable], x: torch.Tensor, repeats: int) -> dict[str, float]:
+    for run in methods.values():  # warm-up: allocator, kernels, lazy init
+        run(x)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, run in methods.items():
+            start = time.perf_counter()
+            run(x)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def report(title: str, medians: dict[str, float]) -> None:
+    lens = medians["cnnlens lens"]
+    print(f"\n{title}")
+    print(f"{'method':<44} {'median ms':>10} {'lens / method':>14}")
+    for name, seconds in medians.items():
+        print(f"{name:<44} {seconds * 1e3:>10.1f} {lens / seconds:>14.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9, help="timed repeats (at least 7)")
+    args = parser.parse_args()
+    repeats = max(args.repeats, 7)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {repeats} repeats")
+
+    features = vgg16().features.eval()  # random weights: timing only
+    targets = ["conv_1", "conv_5", "conv_8"]  # features[0], [10], [17]
+    x = torch.randn(8, 3, 224, 224)
+    vgg = measure(
+        {
+            "cnnlens lens": build_lens(features, targets),
+            "plain forward to conv_8, NCHW": plain_forward(features[:18], False),
+            "plain forward to conv_8, channels_last": plain_forward(features[:18], True),
+            "torchvision create_feature_extractor": fx_extractor(features, ["0", "10", "17"]),
+        },
+        x,
+        repeats,
+    )
+    report("vgg16().features, batch 8×3×224×224, targets conv_1, conv_5, conv_8", vgg)
+    fastest = min(vgg["plain forward to conv_8, NCHW"], vgg["plain forward to conv_8, channels_last"])
+    print(f"lens / fastest plain forward: {vgg['cnnlens lens'] / fastest:.2f} (goal <= 1.05)")
+    print(
+        "lens / create_feature_extractor: "
+        f"{vgg['cnnlens lens'] / vgg['torchvision create_feature_extractor']:.2f} (goal <= 0.80)"
+    )
+
+    model = demo_model()
+    names = layer_names(model)
+    convs = [n for n in names if n.startswith("conv")]
+    nodes = [f"features.{names.index(n)}" for n in convs]
+    deepest = names.index(convs[-1]) + 1
+    x = torch.rand(256, 1, 28, 28)
+    demo = measure(
+        {
+            "cnnlens lens": build_lens(model, convs),
+            "plain forward to conv_4, channels_last": plain_forward(model.features[:deepest], True),
+            "torchvision create_feature_extractor": fx_extractor(model, nodes),
+        },
+        x,
+        repeats,
+    )
+    report(f"demo CNN, batch 256×1×28×28, targets {', '.join(convs)}", demo)
+    print(
+        "lens / create_feature_extractor: "
+        f"{demo['cnnlens lens'] / demo['torchvision create_feature_extractor']:.2f} (goal <= 0.75)"
+    )
+
+
+if __name__ == "__main__":
+    main()
