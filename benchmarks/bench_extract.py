@@ -90,7 +90,9 @@ def main() -> None:
         repeats,
     )
     report("vgg16().features, batch 8×3×224×224, targets conv_1, conv_5, conv_8", vgg)
-    fastest = min(vgg["plain forward to conv_8, NCHW"], vgg["plain forward to conv_8, channels_last"])
+    fastest = min(
+        vgg["plain forward to conv_8, NCHW"], vgg["plain forward to conv_8, channels_last"]
+    )
     print(f"lens / fastest plain forward: {vgg['cnnlens lens'] / fastest:.2f} (goal <= 1.05)")
     print(
         "lens / create_feature_extractor: "

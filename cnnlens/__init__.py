@@ -24,7 +24,7 @@ _EXPORTS = {
     "layer_names": "cnnlens.lens",
     "layer_table": "cnnlens.lens",
     "DemoCNN": "cnnlens.models",
-    "InputSpec": "cnnlens.models",
+    "InputSpec": "cnnlens.registry",
     "demo_dataset": "cnnlens.models",
     "demo_model": "cnnlens.models",
     "load_weights": "cnnlens.models",
@@ -32,20 +32,39 @@ _EXPORTS = {
     "to_batch": "cnnlens.models",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "Dataset",
+    "DemoCNN",
+    "Extractor",
+    "InputSpec",
+    "Lens",
+    "Problem",
+    "build_lens",
+    "demo_dataset",
+    "demo_model",
+    "layer_names",
+    "layer_table",
+    "load_dataset",
+    "load_weights",
+    "open_image",
+    "pick_device",
+    "to_batch",
+    "to_mode",
+]
 
 if TYPE_CHECKING:
     from cnnlens.data import MAX_IMAGE_PIXELS, Dataset, Problem, load_dataset, open_image, to_mode
     from cnnlens.lens import Extractor, Lens, build_lens, layer_names, layer_table
     from cnnlens.models import (
         DemoCNN,
-        InputSpec,
         demo_dataset,
         demo_model,
         load_weights,
         pick_device,
         to_batch,
     )
+    from cnnlens.registry import InputSpec
 
 
 def __getattr__(name: str) -> Any:

@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "DEMO_DATASET_DIR",
     "MAX_IMAGE_PIXELS",
     "Dataset",
     "Problem",
@@ -28,6 +29,9 @@ __all__ = [
 
 SEED = 128
 """The seed recipe's seed: ``np.random.RandomState(128).choice(train.filename)``."""
+
+DEMO_DATASET_DIR = Path(__file__).resolve().parent.parent / "datasets" / "MNIST"
+"""The embedded demo dataset: 4,000 labelled MNIST digits and 1,000 test digits."""
 
 MAX_IMAGE_PIXELS = 150_000_000
 """Images with more pixels are refused before decoding (decompression bombs)."""
@@ -68,7 +72,9 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype={"filename": str}, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
-        raise ValueError(f"{path.name} is empty: it needs a header row with {', '.join(required)}.")
+        raise ValueError(
+            f"{path.name} is empty: it needs a header row with {', '.join(required)}."
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise ValueError(
             f"{path.name} is not a readable CSV ({error}). Save it as comma-separated text "
@@ -326,13 +332,17 @@ def load_dataset(root: str | Path) -> Dataset:
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"{root} is not a folder. Choose a folder that holds train.csv and train/.")
+        raise ValueError(
+            f"{root} is not a folder. Choose a folder that holds train.csv and train/."
+        )
     train_csv = root / "train.csv"
     if not train_csv.is_file():
         raise ValueError(f"{root} has no train.csv. A dataset folder holds train.csv and train/.")
     train = _check_rows(_read_csv(train_csv, ("filename", "label")), root / "train", True)
     test_csv = _find_test_csv(root)
-    test = _check_rows(_read_csv(test_csv, ("filename",)), root / "test", False) if test_csv else None
+    test = (
+        _check_rows(_read_csv(test_csv, ("filename",)), root / "test", False) if test_csv else None
+    )
     return Dataset(
         root=root,
         index=train.index,

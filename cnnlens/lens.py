@@ -238,7 +238,7 @@ def build_lens(
             _stop_inplace_after(layers, i)
 
     net = nn.Sequential()
-    for name, layer in zip(names, layers):
+    for name, layer in zip(names, layers, strict=True):
         net.add_module(name, layer)
         if name in chosen:
             net.add_module(f"extractor_{name}", Extractor(name))
@@ -279,7 +279,7 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> pd.DataF
     rows = []
     x = torch.zeros((1, *input_shape), device="meta")
     field, jump = 1, 1
-    for name, layer in zip(_renamed(list(sequential)), sequential):
+    for name, layer in zip(_renamed(list(sequential)), sequential, strict=True):
         probe = copy.deepcopy(layer).to("meta").eval()
         try:
             x = probe(x)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +9,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnnlens.data import Dataset, load_dataset, to_mode
+from cnnlens.data import DEMO_DATASET_DIR, Dataset, load_dataset, to_mode
+from cnnlens.registry import DEMO_INPUT, InputSpec, model_info
 
 __all__ = [
     "DEMO_DATASET_DIR",
     "DEMO_WEIGHTS",
     "DemoCNN",
-    "InputSpec",
     "demo_dataset",
     "demo_model",
+    "load_model",
     "load_weights",
     "pick_device",
     "to_batch",
@@ -26,7 +26,6 @@ __all__ = [
 
 _ROOT = Path(__file__).resolve().parent
 DEMO_WEIGHTS = _ROOT / "weights" / "demo_cnn.safetensors"
-DEMO_DATASET_DIR = _ROOT.parent / "datasets" / "MNIST"
 
 
 class DemoCNN(nn.Module):
@@ -64,15 +63,19 @@ class DemoCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model takes: image mode, size and value scaling."""
+def load_model(name: str, device: str | torch.device = "cpu") -> nn.Module:
+    """Build a registered model with its weights, in eval mode.
 
-    mode: str = "L"
-    size: tuple[int, int] = (28, 28)  # height, width
+    Raises:
+        ValueError: for an unknown name.
+    """
+    model_info(name)
+    if name == "vgg16":
+        from torchvision.models import vgg16
 
-
-DEMO_INPUT = InputSpec(mode="L", size=(28, 28))
+        torch.manual_seed(0)  # the same random weights in every process
+        return vgg16().features.eval().to(device)
+    return demo_model(device)
 
 
 def pick_device(preferred: str | None = None) -> torch.device:
@@ -136,9 +139,10 @@ def demo_dataset() -> Dataset:
 
 
 def to_batch(images: list[Image.Image] | Image.Image, spec: InputSpec = DEMO_INPUT) -> torch.Tensor:
-    """Turn Pillow images into an N×C×H×W float batch in [0, 1] for a model.
+    """Turn Pillow images into an N×C×H×W float batch for a model.
 
-    Each image is converted to the model's mode and resized to its input size.
+    Each image is converted to the model's mode, resized to its input size and
+    scaled to [0, 1], then normalised when the spec has a mean and std.
     """
     if isinstance(images, Image.Image):
         images = [images]
@@ -150,4 +154,9 @@ def to_batch(images: list[Image.Image] | Image.Image, spec: InputSpec = DEMO_INP
             image = image.resize((width, height), Image.Resampling.BILINEAR)
         array = np.asarray(image, dtype=np.float32) / 255.0
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-    return torch.from_numpy(np.stack(arrays))
+    batch = torch.from_numpy(np.stack(arrays))
+    if spec.mean is not None and spec.std is not None:
+        mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std).view(1, -1, 1, 1)
+        batch = (batch - mean) / std
+    return batch

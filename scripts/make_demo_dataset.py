@@ -34,7 +34,7 @@ def main() -> None:
         shutil.rmtree(OUT / split, ignore_errors=True)
         (OUT / split).mkdir(parents=True)
     rows = {"train": [], "test": []}
-    for number, (pixels, label) in enumerate(zip(images, labels)):
+    for number, (pixels, label) in enumerate(zip(images, labels, strict=True)):
         split = "train" if number < N_TRAIN else "test"
         filename = f"{number}.png"
         Image.fromarray(pixels, mode="L").save(OUT / split / filename, optimize=True)

@@ -25,10 +25,8 @@ BATCH = 64
 
 def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     dataset = demo_dataset()
-    if split == "train":
-        frame = dataset.index
-    else:
-        frame = pd.read_csv(DEMO_DATASET_DIR / "test_labels.csv")
+    labels = DEMO_DATASET_DIR / "test_labels.csv"
+    frame = dataset.index if split == "train" else pd.read_csv(labels)
     images = [dataset.load_image(name, "L", split) for name in frame["filename"]]
     return to_batch(images), torch.tensor(frame["label"].to_numpy(), dtype=torch.long)
 

@@ -1,0 +1,633 @@
+"""Figures from arrays: feature-map grids, single channels, images, overlays and bar charts.
+
+Pure numpy, Pillow and plotly; never imports streamlit or torch. Each function takes plain
+arrays and returns a ``go.Figure`` (or PNG bytes); the pages decide how to show them.
+
+Two ways to draw a layer's grid of channels (see the rendering table in DESIGN.md):
+``feature_grid_figure`` is one hoverable plotly heatmap, cheap for small maps (64×14×14);
+``montage_png`` is a colour-mapped PNG, the fast path for large maps (64×112×112), usually
+paired with ``channel_figure`` for the one channel the user picks.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from functools import lru_cache
+from numbers import Real
+
+import numpy as np
+import pandas as pd
+import plotly.colors as pcolors
+import plotly.graph_objects as go
+from PIL import Image
+from plotly.exceptions import PlotlyError
+
+__all__ = [
+    "BAR_COLOUR",
+    "DEAD_COLOUR",
+    "GAP_RGB",
+    "HIGHLIGHT_COLOUR",
+    "MAX_PNG_SIDE",
+    "bar_figure",
+    "channel_figure",
+    "channel_stats",
+    "feature_grid_figure",
+    "grid_shape",
+    "image_figure",
+    "montage",
+    "montage_png",
+    "normalise",
+    "overlay_figure",
+    "ranking_figure",
+    "tile_at",
+]
+
+GAP_RGB = (240, 240, 240)
+"""Colour of the gaps and unused tiles in a PNG montage."""
+
+BAR_COLOUR = "#636EFA"
+HIGHLIGHT_COLOUR = "#EF553B"
+DEAD_COLOUR = "#B0B0B0"
+
+MAX_PNG_SIDE = 8192
+"""Longest side a PNG montage may have; a larger ``scale`` is refused, not rendered."""
+
+_NORMALISE_MODES = ("channel", "layer")
+_GRID_GAP = 1
+_GRID_ROW_PX = 75
+_GRID_HEIGHT_RANGE = (250, 900)
+_IMAGE_HEIGHT = 400
+_CHART_HEIGHT = 350
+# A palette PNG holds 256 colours: 255 levels of the colorscale and the gap colour. It encodes
+# 4-5× faster than RGB (one byte per pixel, and Pillow skips PNG row filters for palettes).
+_PNG_LEVELS = 255
+# A linear ramp: plotly's "Greys" has uneven stops, which would distort pixel values.
+_GRAY = [[0.0, "rgb(0,0,0)"], [1.0, "rgb(255,255,255)"]]
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}; got {value}.")
+    return int(value)
+
+
+def _numeric(array: np.ndarray, what: str) -> np.ndarray:
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise TypeError(f"{what} must hold numbers; got dtype {array.dtype}.")
+    if np.iscomplexobj(array):
+        raise TypeError(f"{what} must hold real numbers; got dtype {array.dtype}.")
+    if array.size == 0:
+        raise ValueError(f"{what} is empty (shape {array.shape}); there is nothing to draw.")
+    return array
+
+
+def _as_maps(maps: np.ndarray) -> np.ndarray:
+    array = np.asarray(maps)
+    if array.ndim != 3:
+        raise ValueError(
+            f"Feature maps must be a C×H×W array (channels, height, width); got shape "
+            f"{array.shape}. For a batch, pass one image's maps, e.g. maps[0]."
+        )
+    return _numeric(array, "The feature maps")
+
+
+def _as_map2d(map2d: np.ndarray) -> np.ndarray:
+    array = np.asarray(map2d)
+    if array.ndim != 2:
+        raise ValueError(
+            f"A channel map must be a 2-D H×W array; got shape {array.shape}. "
+            "Pick one channel, e.g. maps[c]."
+        )
+    return _numeric(array, "The channel map")
+
+
+def _as_image(image: np.ndarray) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 3:
+        if array.dtype != np.uint8:
+            raise TypeError(
+                f"An RGB image must be uint8 (0-255); got {array.dtype}. If it is in [0, 1], "
+                "convert it with (image * 255).round().astype(np.uint8)."
+            )
+        return _numeric(array, "The image")
+    if array.ndim != 2:
+        raise ValueError(
+            f"An image must be H×W (grayscale) or H×W×3 (RGB); got shape {array.shape}. "
+            "Convert other modes (RGBA, CMYK, ...) to RGB or L first."
+        )
+    return _numeric(array, "The image")
+
+
+_MODEL_HINT = "check the model's weights and the input image"
+
+
+def _check_finite(array: np.ndarray, what: str, hint: str = _MODEL_HINT) -> None:
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError(f"{what} contain NaN or infinite values; {hint}.")
+
+
+def _named_colorscale(name: str) -> list:
+    if not isinstance(name, str):
+        raise TypeError(f"colorscale must be a colorscale name, not {type(name).__name__}.")
+    try:
+        return pcolors.get_colorscale(name)
+    except PlotlyError:
+        raise ValueError(
+            f"Unknown colorscale {name!r}; use one of plotly's named colorscales, e.g. "
+            "'Viridis', 'Magma' or 'RdBu' (append '_r' to reverse one)."
+        ) from None
+
+
+# --- arrays -----------------------------------------------------------------------------
+
+
+def normalise(maps: np.ndarray, per: str = "channel") -> np.ndarray:
+    """Scales feature maps to [0, 1].
+
+    Args:
+        maps: C×H×W activations.
+        per: ``"channel"`` scales each channel by its own min..max, so every channel uses the
+            full colour range; ``"layer"`` uses the min..max over all channels, so channels
+            compare with each other.
+
+    Returns:
+        A float32 C×H×W array in [0, 1]; a constant channel (or layer) becomes all zeros.
+
+    Raises:
+        ValueError: If ``per`` is unknown, the maps are not C×H×W, or hold NaN/inf.
+        TypeError: If the maps do not hold real numbers.
+    """
+    if per not in _NORMALISE_MODES:
+        raise ValueError(f"per must be 'channel' or 'layer', not {per!r}.")
+    array = _as_maps(maps)
+    _check_finite(array, "The feature maps")
+    work = array.astype(np.promote_types(array.dtype, np.float32), copy=False)
+    axis = (1, 2) if per == "channel" else None
+    low = work.min(axis=axis, keepdims=True)
+    span = work.max(axis=axis, keepdims=True) - low
+    scaled = work - low  # a constant channel is exactly 0 here and is left undivided
+    np.divide(scaled, span, out=scaled, where=span > 0)
+    return scaled.astype(np.float32, copy=False)
+
+
+def grid_shape(channels: int, columns: int | None = None) -> tuple[int, int]:
+    """Rows and columns of the grid that tiles ``channels`` maps.
+
+    Args:
+        channels: Number of channels, at least 1.
+        columns: Columns wanted, used as given; default ``ceil(sqrt(channels))``.
+
+    Returns:
+        ``(rows, columns)`` with ``rows = ceil(channels / columns)``.
+    """
+    channels = _check_int(channels, "channels", 1)
+    if columns is None:
+        columns = math.isqrt(channels)
+        columns += columns * columns < channels
+    else:
+        columns = _check_int(columns, "columns", 1)
+    return -(-channels // columns), columns
+
+
+def _tile(array: np.ndarray, columns: int | None, gap: int) -> np.ndarray:
+    """Tiles C×H×W×... into (rows·H + gaps)×(cols·W + gaps)×..., NaN between and after."""
+    gap = _check_int(gap, "gap", 0)
+    channels, height, width = array.shape[:3]
+    trailing = array.shape[3:]
+    rows, cols = grid_shape(channels, columns)
+    dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else np.float32
+    grid = np.full((rows, height + gap, cols, width + gap, *trailing), np.nan, dtype=dtype)
+    full_rows, left_over = divmod(channels, cols)
+    grid[:full_rows, :height, :, :width] = (
+        array[: full_rows * cols].reshape(full_rows, cols, height, width, *trailing).swapaxes(1, 2)
+    )
+    if left_over:
+        grid[full_rows, :height, :left_over, :width] = array[full_rows * cols :].swapaxes(0, 1)
+    flat = grid.reshape(rows * (height + gap), cols * (width + gap), *trailing)
+    # Drop the gap after the last row and column.
+    return np.ascontiguousarray(flat[: flat.shape[0] - gap, : flat.shape[1] - gap])
+
+
+def montage(maps: np.ndarray, columns: int | None = None, gap: int = 1) -> np.ndarray:
+    """Tiles C×H×W maps into one 2-D image, channels in row-major order.
+
+    Args:
+        maps: C×H×W array.
+        columns: Tiles per row; default ``ceil(sqrt(C))`` (see ``grid_shape``).
+        gap: Pixels of NaN between neighbouring tiles.
+
+    Returns:
+        A float array (the maps' float dtype, else float32) of shape
+        ``(rows*H + (rows-1)*gap, cols*W + (cols-1)*gap)``; gaps and unused trailing tiles
+        are NaN.
+    """
+    return _tile(_as_maps(maps), columns, gap)
+
+
+def tile_at(
+    row: int, col: int, shape: tuple[int, int], columns: int, gap: int = 1
+) -> tuple[int, int, int] | None:
+    """Maps a montage pixel back to the feature map it shows; the inverse of ``montage``.
+
+    Args:
+        row: Montage row (y), from 0 at the top.
+        col: Montage column (x), from 0 at the left.
+        shape: ``(H, W)`` of one tile, i.e. of one channel's map.
+        columns: Tiles per row of the montage, i.e. ``grid_shape(C, columns)[1]``.
+        gap: The montage's gap.
+
+    Returns:
+        ``(channel, y, x)``, or None when the pixel lies on a gap. A channel >= C means an
+        unused trailing tile (this function does not know C).
+
+    Raises:
+        ValueError: If the pixel is left of, above or right of the montage.
+    """
+    height, width = (_check_int(side, "tile side", 1) for side in shape)
+    columns = _check_int(columns, "columns", 1)
+    gap = _check_int(gap, "gap", 0)
+    row = _check_int(row, "row", 0)
+    col = _check_int(col, "col", 0)
+    montage_width = columns * (width + gap) - gap
+    if col >= montage_width:
+        raise ValueError(f"col {col} is outside the montage, which is {montage_width} px wide.")
+    tile_row, y = divmod(row, height + gap)
+    tile_col, x = divmod(col, width + gap)
+    if y >= height or x >= width:
+        return None
+    return tile_row * columns + tile_col, y, x
+
+
+def channel_stats(maps: np.ndarray) -> pd.DataFrame:
+    """Per-channel summary of one image's feature maps.
+
+    Args:
+        maps: C×H×W activations.
+
+    Returns:
+        One row per channel, in channel order, with columns ``channel``, ``mean``, ``max``
+        and ``dead`` (the channel is zero everywhere).
+    """
+    array = _as_maps(maps)
+    flat = array.reshape(array.shape[0], -1)
+    highest = flat.max(axis=1)
+    return pd.DataFrame(
+        {
+            "channel": np.arange(array.shape[0]),
+            "mean": flat.mean(axis=1, dtype=np.float64),
+            "max": highest.astype(np.float64),
+            "dead": (highest == 0) & (flat.min(axis=1) == 0),
+        }
+    )
+
+
+# --- rendering helpers ------------------------------------------------------------------
+
+
+def _finish(fig: go.Figure, title: str | None, height: int, *, image: bool) -> go.Figure:
+    """The one layout every figure shares; ``image`` adds pixel axes (row 0 at the top)."""
+    fig.update_layout(
+        title_text=title,
+        height=height,
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        font={"size": 12},
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
+    )
+    if image:
+        axis = {"showticklabels": False, "showgrid": False, "zeroline": False}
+        fig.update_xaxes(constrain="domain", **axis)
+        fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, **axis)
+    else:
+        fig.update_xaxes(automargin=True)
+        fig.update_yaxes(automargin=True)
+    return fig
+
+
+def _gray_range(image: np.ndarray) -> tuple[float, float]:
+    """uint8 spans 0..255, floats in [0, 1] span 0..1, anything else its own min..max."""
+    if image.dtype == np.uint8:
+        return 0.0, 255.0
+    low, high = float(image.min()), float(image.max())
+    if low >= 0 and high <= 1:
+        return 0.0, 1.0
+    return low, high if high > low else low + 1
+
+
+def _image_trace(image: np.ndarray, hover: bool) -> go.Heatmap | go.Image:
+    """The base trace of an image: RGB as ``go.Image``, grayscale as a gray heatmap."""
+    rgb = image.ndim == 3
+    if not hover:
+        shown = {"hoverinfo": "skip"}
+    elif rgb:
+        shown = {"hovertemplate": "x %{x} · y %{y} · RGB %{z}<extra></extra>"}
+    else:
+        shown = {"hovertemplate": "x %{x} · y %{y} · value %{z:.4g}<extra></extra>"}
+    if rgb:
+        return go.Image(z=image, **shown)
+    if image.dtype != np.uint8:
+        image = image.astype(np.float32)
+        _check_finite(image, "The image's pixels", "check how the image was loaded")
+    low, high = _gray_range(image)
+    return go.Heatmap(z=image, zmin=low, zmax=high, colorscale=_GRAY, showscale=False, **shown)
+
+
+@lru_cache(maxsize=32)
+def _palette(colorscale: str) -> bytes:
+    """The PNG palette: 255 colours sampled from the colorscale, then the gap colour."""
+    samples = pcolors.sample_colorscale(
+        _named_colorscale(colorscale),
+        np.linspace(0, 1, _PNG_LEVELS).tolist(),
+        colortype="tuple",
+    )
+    colours = np.rint(np.array(samples) * 255).astype(np.uint8)
+    return colours.tobytes() + bytes(GAP_RGB)
+
+
+# --- figures ----------------------------------------------------------------------------
+
+
+def feature_grid_figure(
+    maps: np.ndarray,
+    per: str = "channel",
+    columns: int | None = None,
+    colorscale: str = "Viridis",
+    title: str | None = None,
+) -> go.Figure:
+    """All channels of a layer as one hoverable heatmap montage.
+
+    The colours show the normalised maps; the hover shows the channel, x, y and the raw
+    activation. Best for small maps; for large ones use ``montage_png``.
+
+    Args:
+        maps: C×H×W activations.
+        per: ``"channel"`` or ``"layer"`` normalisation (see ``normalise``).
+        columns: Tiles per row; default ``ceil(sqrt(C))``.
+        colorscale: A plotly colorscale name.
+        title: Optional figure title.
+
+    Returns:
+        A figure with exactly one ``go.Heatmap`` trace; its ``customdata`` is a float32
+        array (H', W', 4) of channel, x, y and raw value, NaN on gaps.
+    """
+    array = _as_maps(maps)
+    scale = _named_colorscale(colorscale)
+    z = montage(normalise(array, per), columns, _GRID_GAP)
+    channels, height, width = array.shape
+    rows = grid_shape(channels, columns)[0]
+    per_pixel = np.empty((channels, height, width, 4), dtype=np.float32)
+    per_pixel[..., 0] = np.arange(channels)[:, None, None]
+    per_pixel[..., 1] = np.arange(width)
+    per_pixel[..., 2] = np.arange(height)[:, None]
+    per_pixel[..., 3] = array
+    trace = go.Heatmap(
+        z=z,
+        customdata=_tile(per_pixel, columns, _GRID_GAP),
+        colorscale=scale,
+        zmin=0,
+        zmax=1,
+        showscale=False,
+        hoverongaps=False,
+        hovertemplate=(
+            "channel %{customdata[0]} · x %{customdata[1]} · y %{customdata[2]}"
+            " · value %{customdata[3]:.4g}<extra></extra>"
+        ),
+    )
+    low, high = _GRID_HEIGHT_RANGE
+    height_px = min(max(rows * _GRID_ROW_PX, low), high)
+    return _finish(go.Figure(trace), title, height_px, image=True)
+
+
+def montage_png(
+    maps: np.ndarray,
+    per: str = "channel",
+    columns: int | None = None,
+    gap: int = 1,
+    colorscale: str = "Viridis",
+    scale: int = 1,
+) -> bytes:
+    """All channels of a layer as one colour-mapped PNG: the fast path for large maps.
+
+    The PNG is a palette image (255 colours of the colorscale, then ``GAP_RGB``); browsers
+    and ``st.image`` show it as RGB, Pillow opens it in mode "P" (``.convert("RGB")``).
+
+    Args:
+        maps: C×H×W activations.
+        per: ``"channel"`` or ``"layer"`` normalisation (see ``normalise``).
+        columns: Tiles per row; default ``ceil(sqrt(C))``.
+        gap: Pixels between tiles, drawn in ``GAP_RGB`` like unused tiles.
+        colorscale: A plotly colorscale name.
+        scale: Integer nearest-neighbour upscale, for tiny maps.
+
+    Returns:
+        PNG bytes of a ``scale·H'`` × ``scale·W'`` image, H'×W' being the montage's shape.
+
+    Raises:
+        ValueError: If the PNG would be longer than ``MAX_PNG_SIDE`` on a side, or for the
+            reasons of ``normalise``.
+    """
+    scale = _check_int(scale, "scale", 1)
+    palette = _palette(colorscale)
+    z = montage(normalise(maps, per), columns, gap)
+    longest = max(z.shape) * scale
+    if longest > MAX_PNG_SIDE:
+        raise ValueError(
+            f"The PNG would be {longest} px on its longest side (limit {MAX_PNG_SIDE}); "
+            "choose a smaller scale."
+        )
+    levels = z * (_PNG_LEVELS - 1) + 0.5  # round half up once truncated below
+    np.nan_to_num(levels, copy=False, nan=_PNG_LEVELS)  # gaps -> the palette's gap entry
+    index = levels.astype(np.uint8)
+    if scale > 1:
+        index = index.repeat(scale, axis=0).repeat(scale, axis=1)
+    png = Image.fromarray(index)
+    png.putpalette(palette, rawmode="RGB")
+    buffer = io.BytesIO()
+    png.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def channel_figure(
+    map2d: np.ndarray, title: str | None = None, colorscale: str = "Viridis"
+) -> go.Figure:
+    """One channel, enlarged, with a colorbar of its raw values.
+
+    Args:
+        map2d: H×W activations of one channel.
+        title: Optional figure title.
+        colorscale: A plotly colorscale name.
+
+    Returns:
+        A figure with one ``go.Heatmap``; hover shows x, y and the value.
+    """
+    array = _as_map2d(map2d)
+    trace = go.Heatmap(
+        z=array,
+        colorscale=_named_colorscale(colorscale),
+        colorbar={"thickness": 12},
+        hovertemplate="x %{x} · y %{y} · value %{z:.4g}<extra></extra>",
+    )
+    return _finish(go.Figure(trace), title, _IMAGE_HEIGHT, image=True)
+
+
+def image_figure(image: np.ndarray, title: str | None = None) -> go.Figure:
+    """An input image: H×W as a gray heatmap (black to white), H×W×3 uint8 as RGB.
+
+    A uint8 grayscale image spans 0 (black) to 255 (white); a float one in [0, 1] spans 0..1;
+    any other grayscale image is stretched from its min to its max.
+
+    Args:
+        image: H×W grayscale (any real dtype) or H×W×3 uint8 RGB.
+        title: Optional figure title.
+
+    Returns:
+        A figure with one trace; hover shows x, y and the value (or the RGB triple).
+
+    Raises:
+        ValueError: If the image is not H×W or H×W×3.
+        TypeError: If an RGB image is not uint8.
+    """
+    trace = _image_trace(_as_image(image), hover=True)
+    return _finish(go.Figure(trace), title, _IMAGE_HEIGHT, image=True)
+
+
+def overlay_figure(
+    image: np.ndarray,
+    map2d: np.ndarray,
+    opacity: float = 0.5,
+    colorscale: str = "Viridis",
+    title: str | None = None,
+) -> go.Figure:
+    """A channel map resized (bilinear) to the image and laid over it.
+
+    Args:
+        image: H×W grayscale or H×W×3 uint8 RGB, as for ``image_figure``.
+        map2d: h×w activations of one channel, any size.
+        opacity: Opacity of the map layer, 0 (invisible) to 1 (opaque).
+        colorscale: A plotly colorscale name.
+        title: Optional figure title.
+
+    Returns:
+        A figure with the image trace and, on top, a heatmap of the H×W resized map with a
+        colorbar; only the top layer hovers (x, y and the resized map's value).
+
+    Raises:
+        ValueError: If ``opacity`` is outside [0, 1] or an array has the wrong shape.
+        TypeError: If ``opacity`` is not a number.
+    """
+    if isinstance(opacity, bool) or not isinstance(opacity, Real):
+        raise TypeError(f"opacity must be a number in [0, 1], not {type(opacity).__name__}.")
+    if not 0 <= opacity <= 1:
+        raise ValueError(f"opacity must be between 0 and 1; got {opacity}.")
+    base = _as_image(image)
+    layer = _as_map2d(map2d).astype(np.float32)
+    _check_finite(layer, "The channel map's values")
+    scale = _named_colorscale(colorscale)
+    height, width = base.shape[:2]
+    resized = np.asarray(Image.fromarray(layer).resize((width, height), Image.Resampling.BILINEAR))
+    top = go.Heatmap(
+        z=resized,
+        opacity=float(opacity),
+        colorscale=scale,
+        colorbar={"thickness": 12},
+        hovertemplate="x %{x} · y %{y} · value %{z:.4g}<extra></extra>",
+    )
+    fig = go.Figure([_image_trace(base, hover=False), top])
+    return _finish(fig, title, _IMAGE_HEIGHT, image=True)
+
+
+def bar_figure(
+    labels: list,
+    values: list | np.ndarray,
+    title: str,
+    x_title: str,
+    y_title: str,
+    highlight: object | None = None,
+) -> go.Figure:
+    """A vertical bar chart over categorical labels, e.g. label counts or class probabilities.
+
+    Args:
+        labels: One label per bar, in display order; digits stay categories, not numbers.
+        values: One value per label.
+        title: Figure title.
+        x_title: Title of the label axis.
+        y_title: Title of the value axis.
+        highlight: The label whose bar gets ``HIGHLIGHT_COLOUR`` (e.g. the prediction).
+
+    Returns:
+        A figure with one ``go.Bar`` trace.
+
+    Raises:
+        ValueError: If labels and values differ in length, or ``highlight`` is not a label.
+    """
+    labels = list(labels)
+    heights = np.asarray(values)
+    if heights.ndim != 1 or len(heights) != len(labels):
+        raise ValueError(
+            f"bar_figure needs one value per label; got {len(labels)} labels and values of "
+            f"shape {heights.shape}."
+        )
+    chosen = [highlight is not None and label == highlight for label in labels]
+    if highlight is not None and not any(chosen):
+        raise ValueError(f"highlight {highlight!r} is not one of the labels {labels}.")
+    trace = go.Bar(
+        x=labels,
+        y=heights,
+        marker_color=[HIGHLIGHT_COLOUR if hit else BAR_COLOUR for hit in chosen],
+        hovertemplate="%{x}: %{y:.4g}<extra></extra>",
+    )
+    fig = go.Figure(trace)
+    fig.update_xaxes(type="category", title_text=x_title)
+    fig.update_yaxes(title_text=y_title)
+    return _finish(fig, title, _CHART_HEIGHT, image=False)
+
+
+def ranking_figure(
+    channels: np.ndarray, scores: np.ndarray, dead: np.ndarray, title: str
+) -> go.Figure:
+    """Channels as bars in the caller's order (already ranked), dead channels in gray.
+
+    Args:
+        channels: Channel numbers, in display order.
+        scores: One score per channel.
+        dead: Boolean mask, True for channels that never activate.
+        title: Figure title.
+
+    Returns:
+        A figure with a ``"active"`` and/or a ``"dead"`` bar trace on one categorical axis
+        kept in the given order; the legend shows only when both are present.
+
+    Raises:
+        ValueError: If the three arrays are not 1-D of one length.
+        TypeError: If ``dead`` is not a boolean mask.
+    """
+    ids, heights, mask = np.asarray(channels), np.asarray(scores), np.asarray(dead)
+    if not (ids.ndim == heights.ndim == mask.ndim == 1 and len(ids) == len(heights) == len(mask)):
+        raise ValueError(
+            "channels, scores and dead must be 1-D and of one length; got shapes "
+            f"{ids.shape}, {heights.shape} and {mask.shape}."
+        )
+    if mask.dtype != np.bool_:
+        raise TypeError(f"dead must be a boolean mask, not an array of {mask.dtype}.")
+    fig = go.Figure()
+    for name, rows, colour in (("active", ~mask, BAR_COLOUR), ("dead", mask, DEAD_COLOUR)):
+        if rows.any():
+            fig.add_bar(
+                x=ids[rows].tolist(),
+                y=heights[rows],
+                name=name,
+                marker_color=colour,
+                hovertemplate=f"channel %{{x}} · score %{{y:.4g}} · {name}<extra></extra>",
+            )
+    fig.update_xaxes(
+        type="category", categoryorder="array", categoryarray=ids.tolist(), title_text="channel"
+    )
+    fig.update_yaxes(title_text="score")
+    fig.update_layout(barmode="overlay", showlegend=len(fig.data) > 1)
+    return _finish(fig, title, _CHART_HEIGHT, image=False)

@@ -1,0 +1,219 @@
+"""Session state keys, their defaults, and their sync with the URL.
+
+The view (seed, image, layers, layer, channel, normalisation) lives in
+``st.session_state`` under the keys below and is mirrored into the URL, so a
+copied URL reopens the same view. Widgets use these keys directly, with
+``persist_state="session"`` so a value survives page switches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from cnnlens.data import SEED, Dataset
+from cnnlens.registry import MODELS
+
+MODEL_KEY = "model"
+SEED_KEY = "seed"
+SPLIT_KEY = "split"
+IMAGE_KEY = "image"
+LAYERS_KEY = "layers"
+LAYER_KEY = "layer"
+CHANNEL_KEY = "channel"
+NORM_KEY = "norm"
+UPLOAD_KEY = "upload"  # (name, bytes) of an uploaded image; never in the URL
+
+NORMS = ("channel", "layer")
+_URL_KEYS = (
+    MODEL_KEY,
+    SEED_KEY,
+    SPLIT_KEY,
+    IMAGE_KEY,
+    LAYERS_KEY,
+    LAYER_KEY,
+    CHANNEL_KEY,
+    NORM_KEY,
+)
+_LOADED = "_url_at_open"
+
+
+@dataclass(frozen=True)
+class View:
+    """The current view, read from session state after it has been validated."""
+
+    model: str
+    seed: int
+    split: str
+    image: str
+    layers: tuple[str, ...]
+    layer: str
+    channel: int
+    norm: str
+    upload: tuple[str, bytes] | None
+
+
+def _parse(key: str, raw: str, dataset: Dataset | None, names: list[str]) -> object:
+    """Turn one query value into a state value, or raise ValueError."""
+    if key == MODEL_KEY:
+        if raw not in MODELS:
+            raise ValueError
+        return raw
+    if key == SEED_KEY:
+        seed = int(raw)
+        if not 0 <= seed < 2**32:
+            raise ValueError
+        return seed
+    if key == SPLIT_KEY:
+        has_test = dataset is not None and dataset.test_index is not None
+        if raw not in ("train", "test") or (raw == "test" and not has_test):
+            raise ValueError
+        return raw
+    if key == IMAGE_KEY:
+        return raw  # checked against the split below, once the split is known
+    if key == LAYERS_KEY:
+        layers = [name for name in raw.split(",") if name]
+        if not layers or any(name not in names for name in layers):
+            raise ValueError
+        return layers
+    if key == LAYER_KEY:
+        if raw not in names:
+            raise ValueError
+        return raw
+    if key == CHANNEL_KEY:
+        channel = int(raw)
+        if channel < 0:
+            raise ValueError
+        return channel
+    if raw not in NORMS:
+        raise ValueError
+    return raw
+
+
+def default_layers(names: list[str]) -> list[str]:
+    """The conv layers, which is what people come to see first."""
+    return [name for name in names if name.startswith("conv")] or names[:1]
+
+
+def _url_value(key: str) -> str | None:
+    """A query value given when the session opened (the URL it was opened with)."""
+    return st.session_state[_LOADED].get(key)
+
+
+def init_state(dataset: Dataset) -> list[str]:
+    """Fill in the image defaults and, once per session, the image values of the URL.
+
+    Layers are settled separately by :func:`init_layers`, which needs the model
+    (and so torch); pages that show no layers paint without it.
+
+    Returns:
+        Notices for URL values that were invalid and fell back to defaults.
+    """
+    notices: list[str] = []
+    state = st.session_state
+    if _LOADED not in state:
+        state[_LOADED] = {key: st.query_params.get(key) for key in _URL_KEYS}
+        parsed: dict[str, object] = {}
+        for key in (MODEL_KEY, SEED_KEY, SPLIT_KEY, IMAGE_KEY, NORM_KEY):
+            raw = _url_value(key)
+            if raw is None:
+                continue
+            try:
+                parsed[key] = _parse(key, raw, dataset, [])
+            except ValueError:
+                notices.append(f"The link's {key}={raw!r} is not valid here; using the default.")
+        image = parsed.get(IMAGE_KEY)
+        if image is not None:
+            try:
+                dataset.path_of(str(image), str(parsed.get(SPLIT_KEY, "train")))
+            except ValueError:
+                notices.append(
+                    f"The link's image {image!r} is not in this dataset; using the pick."
+                )
+                del parsed[IMAGE_KEY]
+        state.update(parsed)
+    state.setdefault(MODEL_KEY, "demo")
+    state.setdefault(SEED_KEY, SEED)
+    state.setdefault(SPLIT_KEY, "train")
+    state.setdefault(IMAGE_KEY, None)
+    state.setdefault(NORM_KEY, "channel")
+    state.setdefault(UPLOAD_KEY, None)
+    return notices
+
+
+def init_layers(names: list[str]) -> list[str]:
+    """Settle the target layers, the shown layer and the channel for a model's layers.
+
+    Returns:
+        Notices for URL values that were invalid and fell back to defaults.
+    """
+    notices: list[str] = []
+    state = st.session_state
+    if not state.get("_url_layers_loaded"):
+        state["_url_layers_loaded"] = True
+        for key in (LAYERS_KEY, LAYER_KEY, CHANNEL_KEY):
+            raw = _url_value(key)
+            if raw is None:
+                continue
+            try:
+                state[key] = _parse(key, raw, None, names)
+            except ValueError:
+                notices.append(f"The link's {key}={raw!r} is not valid here; using the default.")
+    if not state.get(LAYERS_KEY) or any(n not in names for n in state[LAYERS_KEY]):
+        state[LAYERS_KEY] = default_layers(names)
+    if state.get(LAYER_KEY) not in state[LAYERS_KEY]:
+        state[LAYER_KEY] = state[LAYERS_KEY][0]
+    state.setdefault(CHANNEL_KEY, 0)
+    return notices
+
+
+def current_view(dataset: Dataset) -> View:
+    """The validated view of this session."""
+    state = st.session_state
+    split = state[SPLIT_KEY]
+    image = state[IMAGE_KEY] or dataset.pick(state[SEED_KEY], split)
+    return View(
+        model=state[MODEL_KEY],
+        seed=state[SEED_KEY],
+        split=split,
+        image=image,
+        layers=tuple(state.get(LAYERS_KEY, ())),
+        layer=state.get(LAYER_KEY, ""),
+        channel=state.get(CHANNEL_KEY, 0),
+        norm=state[NORM_KEY],
+        upload=state[UPLOAD_KEY],
+    )
+
+
+def sync_url() -> None:
+    """Mirror the view into the URL (values equal to their defaults are left out)."""
+    state = st.session_state
+    layers = state.get(LAYERS_KEY)
+    wanted = {
+        MODEL_KEY: state[MODEL_KEY] if state[MODEL_KEY] != "demo" else None,
+        SEED_KEY: str(state[SEED_KEY]),
+        SPLIT_KEY: state[SPLIT_KEY] if state[SPLIT_KEY] != "train" else None,
+        IMAGE_KEY: state[IMAGE_KEY],
+        LAYERS_KEY: ",".join(layers) if layers else None,
+        LAYER_KEY: state.get(LAYER_KEY),
+        CHANNEL_KEY: str(state[CHANNEL_KEY]) if CHANNEL_KEY in state else None,
+        NORM_KEY: state[NORM_KEY] if state[NORM_KEY] != "channel" else None,
+    }
+    wanted = {key: value for key, value in wanted.items() if value is not None}
+    if st.query_params.to_dict() != wanted:
+        st.query_params.from_dict(wanted)
+
+
+def choose_image(filename: str | None, split: str | None = None) -> None:
+    """Callback: show a dataset image (``None``: the seed's pick) instead of an upload."""
+    st.session_state[IMAGE_KEY] = filename
+    if split is not None:
+        st.session_state[SPLIT_KEY] = split
+    st.session_state[UPLOAD_KEY] = None
+
+
+def next_seed() -> None:
+    """Callback: another random image, reproducibly (the next seed)."""
+    st.session_state[SEED_KEY] = (st.session_state[SEED_KEY] + 1) % 2**32
+    choose_image(None)

@@ -1,0 +1,145 @@
+"""Feature maps: every channel of a layer for the current image, one enlarged, ranked."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from cnnlens import figures
+from cnnlens.ui import cache, state, widgets
+
+# Above this many values a layer is drawn as a PNG montage (plus one hoverable
+# channel): one plotly trace of VGG's 64×112×112 takes 1.2 s and ~1 GB to draw.
+PLOTLY_GRID_LIMIT = 150_000
+
+ctx, names = widgets.context(with_layers=True)
+view, spec = state.current_view(ctx.dataset), ctx.info.spec
+plain = {"displayModeBar": False}
+
+st.title("Feature maps")
+
+pixels, caption = widgets.input_pixels(view, ctx.root, spec.mode)
+features = cache.get_features(ctx.model_name, view.layers, pixels)
+
+top = st.columns([1, 3, 2])
+with top[0]:
+    st.image(pixels, caption=caption, width="stretch")
+    st.button(
+        "Another random image",
+        on_click=state.next_seed,
+        icon=":material/casino:",
+        key="next_image",
+        width="stretch",
+    )
+with top[1]:
+    layer = st.segmented_control(
+        "Layer",
+        view.layers,
+        required=True,
+        key=state.LAYER_KEY,
+        persist_state="session",
+        help="Choose the layers to show on the Layers page.",
+    )
+    norm = st.segmented_control(
+        "Colour scale",
+        state.NORMS,
+        format_func={"channel": "Per channel", "layer": "Per layer"}.get,
+        required=True,
+        key=state.NORM_KEY,
+        persist_state="session",
+        help="Per channel: each map uses the full colour range. "
+        "Per layer: one scale for all maps, to compare strengths.",
+    )
+    widgets.upload_ui(spec.mode)
+with top[2]:
+    if features.probabilities is not None:
+        probabilities = features.probabilities
+        classes = list(ctx.info.classes)
+        best = int(np.argmax(probabilities))
+        st.plotly_chart(
+            figures.bar_figure(
+                classes,
+                probabilities,
+                title=f"The network says: {classes[best]} ({probabilities[best]:.0%})",
+                x_title="class",
+                y_title="probability",
+                highlight=classes[best],
+            ),
+            config=plain,
+            key="probabilities",
+        )
+
+maps = features.maps[layer]
+count, height, width = maps.shape
+st.subheader(f"{layer}: {count} channels of {height}×{width}")
+if maps.size <= PLOTLY_GRID_LIMIT:
+    st.plotly_chart(
+        figures.feature_grid_figure(maps, per=norm),
+        config=plain,
+        key="grid",
+    )
+else:
+    st.image(
+        figures.montage_png(maps, per=norm),
+        caption="Each square is one channel. Large maps are drawn as a picture: "
+        "pick a channel below to read its values.",
+        width="stretch",
+    )
+widgets.explain("heatmap", "convolution", "relu", "brightness")
+
+if st.session_state[state.CHANNEL_KEY] >= count:
+    st.session_state[state.CHANNEL_KEY] = 0
+stats = figures.channel_stats(maps)
+detail, overlay = st.columns(2)
+with detail:
+    channel = st.number_input(
+        "Channel",
+        min_value=0,
+        max_value=count - 1,
+        step=1,
+        key=state.CHANNEL_KEY,
+        persist_state="session",
+        help="Hover the grid to find a channel's number.",
+    )
+    st.plotly_chart(
+        figures.channel_figure(maps[channel], title=f"{layer}, channel {channel}"),
+        config=plain,
+        key="channel_map",
+    )
+with overlay:
+    opacity = st.slider(
+        "Overlay opacity", 0.0, 1.0, step=0.05, key="opacity", value=0.5, persist_state="session"
+    )
+    st.plotly_chart(
+        figures.overlay_figure(pixels, maps[channel], opacity=opacity, title="Laid over the image"),
+        config=plain,
+        key="overlay",
+    )
+
+rank_by = st.segmented_control(
+    "Rank channels by",
+    ["mean", "max"],
+    format_func={"mean": "Mean activation", "max": "Max activation"}.get,
+    required=True,
+    default="mean",
+    key="rank_by",
+    persist_state="session",
+)
+ranked = stats.sort_values(rank_by, ascending=False)
+st.plotly_chart(
+    figures.ranking_figure(
+        ranked["channel"].to_numpy(),
+        ranked[rank_by].to_numpy(),
+        ranked["dead"].to_numpy(dtype=bool),
+        title=f"Channels of {layer} by {rank_by} activation",
+    ),
+    config=plain,
+    key="ranking",
+)
+dead = stats.loc[stats["dead"], "channel"].tolist()
+if dead:
+    st.caption(
+        f"{len(dead)} dead channel(s), zero everywhere on this image: " + ", ".join(map(str, dead))
+    )
+else:
+    st.caption("No dead channels: every channel responds somewhere on this image.")

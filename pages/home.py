@@ -1,0 +1,53 @@
+"""Home: what cnnlens shows, how to read a heatmap, and one click to a digit's maps."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cnnlens.ui import state, widgets
+
+ctx, _ = widgets.context()
+
+st.title("See what a neural network sees")
+st.markdown(
+    """
+A **convolutional neural network** (CNN) recognises images by passing them through
+layers of small pattern detectors. cnnlens opens the network up: pick an image,
+and see, layer by layer, which parts of it each detector responds to.
+"""
+)
+
+left, right = st.columns(2)
+with left, st.container(border=True):
+    st.markdown("**Dataset**")
+    st.markdown(
+        f"{ctx.dataset.root.name}: {len(ctx.dataset.index):,} labelled images"
+        + (
+            f", {len(ctx.dataset.test_index):,} unlabelled"
+            if ctx.dataset.test_index is not None
+            else ""
+        )
+    )
+with right, st.container(border=True):
+    st.markdown("**Model**")
+    st.markdown(ctx.info.title)
+
+if st.button(
+    "Show me a random digit and what the network sees",
+    type="primary",
+    icon=":material/casino:",
+):
+    state.next_seed()
+    st.switch_page(widgets.page("feature_maps"))
+
+st.subheader("How to read a feature map")
+st.markdown(
+    """
+1. **Dataset**: browse the images and pick one (the same seed always picks the same image).
+2. **Layers**: see the network's layers in order and choose which ones to look inside.
+3. **Feature maps**: each small square is one *channel* of a layer, painted as a heatmap of
+   where it fired on your image. Hover to read exact values; pick a channel to enlarge it
+   and lay it over the image.
+"""
+)
+widgets.explain("heatmap", "convolution", "relu", "brightness", title="The words, in plain English")

@@ -1,0 +1,304 @@
+"""The dashboard through Streamlit's AppTest: every page, uploads, URLs, bad input, sessions.
+
+AppTest runs ``tests/app_entry.py``, which runs ``dashboard.py`` (see why there).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from cnnlens import build_lens, demo_dataset, demo_model, to_batch
+from cnnlens.figures import montage
+from tests.generated import write_dataset
+
+APP = str(Path(__file__).resolve().parent / "app_entry.py")
+PAGES = Path(__file__).resolve().parent.parent / "pages"
+DATASET = demo_dataset()
+
+
+def open_app(page: str | None = None, **query: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in query.items():
+        at.query_params[key] = value
+    if page:
+        at.switch_page(str(PAGES / page))  # the first run opens it, as a shared link does
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def chart(at: AppTest, key: str) -> dict:
+    """The plotly spec of the chart with this key, numpy arrays decoded."""
+    matches = [c for c in at.get("plotly_chart") if c.key == key]
+    assert matches, f"no chart {key!r}; charts: {[c.key for c in at.get('plotly_chart')]}"
+    return json.loads(matches[0].proto.spec, object_hook=_decode)
+
+
+def _decode(obj: dict) -> object:
+    if set(obj) == {"dtype", "bdata", "shape"}:
+        data = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
+        return data.reshape([int(n) for n in str(obj["shape"]).split(",")])
+    if set(obj) == {"dtype", "bdata"}:
+        return np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
+    return obj
+
+
+def title(spec: dict) -> str:
+    return spec["layout"]["title"]["text"]
+
+
+def lens_maps(image: Image.Image, layer: str) -> np.ndarray:
+    return build_lens(demo_model(), [layer])(to_batch(image))[layer][0].numpy()
+
+
+def assert_grid_shows(at: AppTest, expected: np.ndarray) -> None:
+    """The grid's hover values are the lens's maps, tile by tile."""
+    raw = chart(at, "grid")["data"][0]["customdata"][..., 3]
+    tiled = montage(expected)
+    assert raw.shape == tiled.shape
+    np.testing.assert_allclose(raw, tiled, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+def grid_buttons(at: AppTest) -> list:
+    """The "open this image" buttons of the Dataset page's grid."""
+    return [b for b in at.button if (b.key or "").startswith("open_")]
+
+
+def png(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_home_explains_and_leads_to_a_random_digits_maps():
+    at = open_app()
+    assert at.title[0].value == "See what a neural network sees"
+    assert any("4,000 labelled images" in m.value for m in at.markdown)
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.session_state["seed"] == 129
+    assert at.title[0].value == "Feature maps"
+    name = DATASET.pick(129)
+    assert_grid_shows(at, lens_maps(DATASET.load_image(name), "conv_1"))
+
+
+def test_dataset_seed_128_shows_the_seed_recipes_pick_with_its_pixels():
+    at = open_app("dataset.py")
+    spec = chart(at, "chosen_image")
+    assert title(spec) == "3282.png · label 9"
+    expected = np.asarray(Image.open(DATASET.root / "train" / "3282.png"))
+    assert np.array_equal(np.asarray(spec["data"][0]["z"]), expected)
+
+
+def test_changing_the_seed_picks_that_seeds_image_and_next_seed_moves_on():
+    at = open_app("dataset.py")
+    at.number_input(key="seed").set_value(7).run()
+    assert title(chart(at, "chosen_image")).startswith(DATASET.pick(7))
+    at.button[0].click().run()  # "Another random image"
+    assert at.session_state["seed"] == 8
+    assert title(chart(at, "chosen_image")).startswith(DATASET.pick(8))
+    # The grid's buttons come column by column: 8 columns of 3.
+    shown = [b.key[5:] for b in grid_buttons(at)]
+    expected = DATASET.pick_many(8, 24)
+    assert shown == [expected[row * 8 + col] for col in range(8) for row in range(3)]
+
+
+def test_choosing_a_grid_image_opens_it():
+    at = open_app("dataset.py")
+    target = next(b for b in grid_buttons(at) if b.key != "open_3282.png")
+    name = target.key[len("open_") :]
+    target.click().run()
+    assert title(chart(at, "chosen_image")) == f"{name} · label {DATASET.label_of(name)}"
+
+
+def test_label_filter_keeps_only_that_label():
+    at = open_app("dataset.py")
+    at.session_state["label_filter"] = [3]
+    at.run()
+    grid = grid_buttons(at)
+    assert len(grid) == 24 and {b.label for b in grid} == {"3"}
+    counts = chart(at, "label_counts")["data"][0]
+    assert list(counts["x"]) == [str(d) for d in range(10)]
+    assert list(counts["y"]) == DATASET.index["label"].value_counts().sort_index().tolist()
+
+
+def test_unlabelled_test_images_can_be_browsed():
+    at = open_app("dataset.py")
+    at.segmented_control(key="split_widget").set_value("test").run()
+    assert not at.exception
+    name = title(chart(at, "chosen_image"))
+    assert name == DATASET.pick(128, split="test")
+    assert {b.label for b in grid_buttons(at)} == {"?"}
+
+
+def test_feature_maps_grid_equals_the_lens_output_for_the_image():
+    at = open_app("feature_maps.py")
+    image = DATASET.load_image("3282.png")
+    assert_grid_shows(at, lens_maps(image, "conv_1"))
+    at.segmented_control(key="layer").set_value("conv_3").run()
+    assert at.subheader[0].value == "conv_3: 64 channels of 14×14"
+    expected = lens_maps(image, "conv_3")
+    assert_grid_shows(at, expected)
+    at.number_input(key="channel").set_value(5).run()
+    detail = chart(at, "channel_map")
+    assert title(detail) == "conv_3, channel 5"
+    np.testing.assert_allclose(detail["data"][0]["z"], expected[5], atol=1e-5)
+    probabilities = chart(at, "probabilities")
+    assert title(probabilities).startswith("The network says: 9")
+    with torch.inference_mode():
+        reference = torch.softmax(demo_model()(to_batch(image)), 1)[0].numpy()
+    np.testing.assert_allclose(probabilities["data"][0]["y"], reference, atol=1e-5)
+
+
+def test_per_layer_normalisation_and_ranking():
+    at = open_app("feature_maps.py", layer="conv_4", layers="conv_2,conv_4")
+    at.segmented_control(key="norm").set_value("layer").run()
+    maps = lens_maps(DATASET.load_image("3282.png"), "conv_4")
+    z = chart(at, "grid")["data"][0]["z"]
+    expected = montage((maps - maps.min()) / (maps.max() - maps.min()))
+    np.testing.assert_allclose(z, expected, atol=1e-5, equal_nan=True)
+    ranking = chart(at, "ranking")
+    shown = [int(c) for trace in ranking["data"] for c in trace["x"]]
+    means = maps.reshape(len(maps), -1).mean(1)
+    assert sorted(shown) == list(range(64))
+    assert shown[0] == int(np.argmax(means))
+
+
+def test_uploaded_image_replaces_the_dataset_image():
+    at = open_app("feature_maps.py")
+    stroke = np.zeros((56, 56), dtype=np.uint8)
+    stroke[10:46, 26:30] = 255  # a "1", at twice the model's size
+    upload = Image.fromarray(stroke)
+    at.file_uploader(key="upload_widget").set_value(("one.png", png(upload), "image/png")).run()
+    assert not at.exception and not at.error
+    assert at.session_state["upload"][0] == "one.png"
+    assert_grid_shows(at, lens_maps(upload, "conv_1"))
+    assert title(chart(at, "probabilities")).startswith("The network says: 1")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: png(Image.new("CMYK", (40, 30), (0, 0, 0, 255)), "JPEG"),
+        lambda: png(Image.fromarray(np.arange(784, dtype=np.uint16).reshape(28, 28) * 80)),
+        lambda: png(Image.new("RGBA", (28, 28), (255, 255, 255, 128))),
+        lambda: png(Image.new("P", (28, 28), 3)),
+        lambda: png(Image.new("L", (10_000, 10_000), 40)),
+    ],
+    ids=["cmyk-jpeg", "16-bit", "rgba", "palette", "10000x10000"],
+)
+def test_unusual_uploads_are_converted(make):
+    at = open_app("feature_maps.py")
+    at.file_uploader(key="upload_widget").set_value(("odd.png", make(), "image/png")).run()
+    assert not at.exception and not at.error
+    assert at.session_state["upload"][0] == "odd.png"
+    assert chart(at, "grid")["data"][0]["customdata"].shape == (173, 173, 4)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"this is not a picture", "not an image Pillow can read"),
+        (png(Image.new("L", (64, 64), 9))[:60], "damaged or truncated"),
+    ],
+)
+def test_bad_uploads_get_a_clear_error_and_the_page_keeps_working(data, message):
+    at = open_app("feature_maps.py")
+    at.file_uploader(key="upload_widget").set_value(("bad.png", data, "image/png")).run()
+    assert not at.exception
+    assert any(message in e.value for e in at.error)
+    assert at.session_state["upload"] is None
+    assert_grid_shows(at, lens_maps(DATASET.load_image("3282.png"), "conv_1"))
+    at.segmented_control(key="layer").set_value("conv_2").run()
+    assert not at.exception and at.subheader[0].value.startswith("conv_2")
+
+
+def test_url_reopens_the_same_view():
+    at = open_app(
+        "feature_maps.py",
+        seed="7",
+        image="100.png",
+        layers="conv_2,conv_4",
+        layer="conv_4",
+        channel="9",
+        norm="layer",
+    )
+    assert at.session_state["image"] == "100.png"
+    assert at.subheader[0].value == "conv_4: 64 channels of 14×14"
+    assert title(chart(at, "channel_map")) == "conv_4, channel 9"
+    assert at.session_state["norm"] == "layer"
+    assert not at.warning
+
+
+def test_invalid_url_values_fall_back_to_defaults_with_a_notice():
+    at = open_app("feature_maps.py", seed="minus one", image="../../etc/passwd", layer="conv_99")
+    notices = " ".join(w.value for w in at.warning)
+    assert "seed='minus one'" in notices
+    assert "'../../etc/passwd' is not in this dataset" in notices
+    assert "layer='conv_99'" in notices
+    assert at.session_state["seed"] == 128
+    assert at.subheader[0].value.startswith("conv_1")
+
+
+def test_layers_page_table_and_target_choice():
+    at = open_app("layers.py")
+    table = at.dataframe[0].value
+    assert list(table["layer"])[:4] == ["conv_1", "bn_1", "relu_1", "conv_2"]
+    assert list(table["output shape"])[-1] == "64×7×7"
+    assert list(table["receptive field"])[:4] == [3, 3, 3, 5]
+    assert table["chosen"].sum() == 4
+    at.multiselect(key="layers").set_value(["relu_2", "pool_4"]).run()
+    at.switch_page(str(PAGES / "feature_maps.py")).run()
+    assert at.segmented_control(key="layer").options == ["relu_2", "pool_4"]
+    assert at.subheader[0].value == "relu_2: 32 channels of 28×28"
+
+
+def test_a_dataset_folder_with_broken_rows_lists_them(tmp_path, monkeypatch):
+    root = write_dataset(tmp_path / "broken", [i % 3 for i in range(12)], size=28)
+    with open(root / "train.csv", "a") as csv:
+        csv.write("missing.png,1\n../escape.png,2\nimg_0.png,0\n")
+    (root / "train" / "img_5.png").write_bytes(b"garbage")
+    monkeypatch.setenv("CNNLENS_DATASET", str(root))
+    at = open_app("dataset.py")
+    expander = next(e for e in at.expander if "left out" in e.label)
+    assert expander.label.startswith("4 rows")
+    reasons = expander.dataframe[0].value
+    assert set(reasons["file"]) == {"missing.png", "../escape.png", "img_0.png", "img_5.png"}
+    at.switch_page(str(PAGES / "feature_maps.py")).run()
+    assert not at.exception
+
+
+def test_a_folder_that_is_not_a_dataset_gets_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLENS_DATASET", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    assert "has no train.csv" in at.error[0].value
+
+
+def test_the_url_follows_the_view_and_a_copy_reopens_it():
+    at = open_app("feature_maps.py")
+    at.segmented_control(key="layer").set_value("conv_3").run()
+    at.number_input(key="channel").set_value(5).run()
+    at.button(key="next_image").click().run()
+    url = dict(at.query_params)
+    assert url == {
+        "seed": "129",
+        "layers": "conv_1,conv_2,conv_3,conv_4",
+        "layer": "conv_3",
+        "channel": "5",
+    }
+    copy = open_app("feature_maps.py", **url)
+    assert copy.subheader[0].value == at.subheader[0].value == "conv_3: 64 channels of 14×14"
+    assert title(chart(copy, "channel_map")) == "conv_3, channel 5"
+    np.testing.assert_array_equal(
+        chart(copy, "grid")["data"][0]["customdata"], chart(at, "grid")["data"][0]["customdata"]
+    )

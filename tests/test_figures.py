@@ -1,0 +1,375 @@
+"""Figures from arrays: montage geometry, normalisation, colours and hover data by value."""
+
+from __future__ import annotations
+
+import ast
+import io
+import itertools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import plotly.colors as pcolors
+import pytest
+from PIL import Image
+
+from cnnlens.figures import (
+    BAR_COLOUR,
+    DEAD_COLOUR,
+    GAP_RGB,
+    HIGHLIGHT_COLOUR,
+    bar_figure,
+    channel_figure,
+    channel_stats,
+    feature_grid_figure,
+    grid_shape,
+    image_figure,
+    montage,
+    montage_png,
+    normalise,
+    overlay_figure,
+    ranking_figure,
+    tile_at,
+)
+
+
+def colorscale_end(name: str, end: int) -> tuple[int, int, int]:
+    """The first (end=0) or last (end=-1) colour of a plotly colorscale as an RGB triple."""
+    colour = pcolors.get_colorscale(name)[end][1]
+    if colour.startswith("#"):
+        return pcolors.hex_to_rgb(colour)
+    return tuple(round(v) for v in pcolors.unlabel_rgb(colour))
+
+
+def decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+# --- module hygiene ----------------------------------------------------------------------
+
+
+def test_module_imports_neither_streamlit_nor_torch():
+    source = Path(__file__).parents[1] / "cnnlens" / "figures.py"
+    imported = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported.isdisjoint({"streamlit", "torch", "matplotlib"})
+
+
+# --- normalise ---------------------------------------------------------------------------
+
+HANDMADE = np.array(
+    [
+        [[0, 2], [4, 8]],
+        [[-1, -1], [-1, -1]],  # constant channel
+        [[1, 3], [5, 9]],
+    ],
+    dtype=np.float64,
+)
+
+
+def test_normalise_per_channel_uses_each_channels_range():
+    result = normalise(HANDMADE, per="channel")
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result[0], [[0, 0.25], [0.5, 1]], rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(result[1], np.zeros((2, 2)))
+    np.testing.assert_allclose(result[2], [[0, 0.25], [0.5, 1]], rtol=0, atol=1e-7)
+
+
+def test_normalise_per_layer_uses_the_range_over_all_channels():
+    result = normalise(HANDMADE, per="layer")  # min -1, max 9
+    np.testing.assert_allclose(result[0], [[0.1, 0.3], [0.5, 0.9]], rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(result[1], np.zeros((2, 2)))
+    np.testing.assert_allclose(result[2], [[0.2, 0.4], [0.6, 1.0]], rtol=0, atol=1e-7)
+    assert result.max() == 1 and result.min() == 0
+
+
+@pytest.mark.parametrize("per", ["channel", "layer"])
+def test_normalise_constant_maps_become_zeros_without_warnings(per):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = normalise(np.full((3, 4, 4), 7.5, dtype=np.float32), per=per)
+    np.testing.assert_array_equal(result, np.zeros((3, 4, 4), dtype=np.float32))
+
+
+def test_normalise_leaves_the_input_alone():
+    maps = HANDMADE.copy()
+    normalise(maps)
+    np.testing.assert_array_equal(maps, HANDMADE)
+
+
+def test_normalise_rejects_bad_input():
+    with pytest.raises(ValueError, match="per must be 'channel' or 'layer'"):
+        normalise(HANDMADE, per="pixel")
+    with pytest.raises(ValueError, match="C×H×W"):
+        normalise(HANDMADE[0])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        normalise(np.array([[[0.0, np.nan]]]))
+    with pytest.raises(ValueError, match="empty"):
+        normalise(np.zeros((0, 3, 3)))
+
+
+# --- grid geometry -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("channels", "columns", "expected"),
+    [
+        (64, None, (8, 8)),
+        (32, None, (6, 6)),
+        (10, None, (3, 4)),
+        (1, None, (1, 1)),
+        (12, 5, (3, 5)),
+    ],
+)
+def test_grid_shape(channels, columns, expected):
+    assert grid_shape(channels, columns) == expected
+
+
+def test_grid_shape_rejects_bad_counts():
+    with pytest.raises(ValueError, match="channels must be at least 1"):
+        grid_shape(0)
+    with pytest.raises(ValueError, match="columns must be at least 1"):
+        grid_shape(4, 0)
+    with pytest.raises(TypeError, match="columns must be an integer"):
+        grid_shape(4, 2.0)
+
+
+@pytest.mark.parametrize(("columns", "gap"), [(None, 1), (None, 0), (2, 2), (5, 1), (7, 3)])
+def test_montage_round_trips_through_tile_at(columns, gap):
+    maps = np.random.default_rng(0).standard_normal((5, 3, 4)).astype(np.float32)
+    rows, cols = grid_shape(5, columns)
+    tiled = montage(maps, columns=columns, gap=gap)
+    assert tiled.shape == (rows * 3 + (rows - 1) * gap, cols * 4 + (cols - 1) * gap)
+    seen = 0
+    for row, col in itertools.product(range(tiled.shape[0]), range(tiled.shape[1])):
+        where = tile_at(row, col, (3, 4), cols, gap)
+        if where is None or where[0] >= 5:  # a gap or an unused trailing tile
+            assert np.isnan(tiled[row, col])
+        else:
+            channel, y, x = where
+            assert tiled[row, col] == maps[channel, y, x]
+            seen += 1
+    assert seen == maps.size
+
+
+def test_montage_places_a_known_pixel():
+    maps = np.zeros((5, 3, 4))
+    maps[4, 2, 3] = 42  # channel 4 sits in tile row 1, tile column 1 of a 3-column grid
+    tiled = montage(maps, gap=2)
+    assert tiled[1 * (3 + 2) + 2, 1 * (4 + 2) + 3] == 42
+    assert np.nansum(tiled) == 42
+    assert tile_at(7, 9, (3, 4), 3, gap=2) == (4, 2, 3)
+    assert tile_at(3, 0, (3, 4), 3, gap=2) is None  # the gap below the first tile row
+
+
+def test_montage_of_integers_is_float32_with_nan_gaps():
+    tiled = montage(np.ones((2, 2, 2), dtype=np.uint8), gap=1)
+    assert tiled.dtype == np.float32
+    np.testing.assert_array_equal(tiled, [[1, 1, np.nan, 1, 1], [1, 1, np.nan, 1, 1]])
+
+
+def test_tile_at_rejects_pixels_outside_the_montage():
+    with pytest.raises(ValueError, match="outside the montage"):
+        tile_at(0, 14, (3, 4), 3, gap=1)
+    with pytest.raises(ValueError, match="row must be at least 0"):
+        tile_at(-1, 0, (3, 4), 3)
+
+
+# --- feature grid figure -----------------------------------------------------------------
+
+
+def test_feature_grid_figure_shows_normalised_montage_and_raw_hover_values():
+    maps = np.random.default_rng(1).standard_normal((7, 4, 5)).astype(np.float32)
+    fig = feature_grid_figure(maps, per="layer", columns=3, title="conv_1")
+    assert len(fig.data) == 1
+    (trace,) = fig.data
+    assert trace.type == "heatmap"
+    np.testing.assert_array_equal(trace.z, montage(normalise(maps, "layer"), 3, 1))
+
+    custom = np.asarray(trace.customdata)
+    assert custom.dtype == np.float32 and custom.shape == (*trace.z.shape, 4)
+    for row, col in itertools.product(range(custom.shape[0]), range(custom.shape[1])):
+        where = tile_at(row, col, (4, 5), 3, gap=1)
+        if where is None or where[0] >= 7:
+            assert np.isnan(custom[row, col]).all()
+        else:
+            channel, y, x = where
+            np.testing.assert_array_equal(custom[row, col], [channel, x, y, maps[channel, y, x]])
+
+    assert "customdata[3]" in trace.hovertemplate and trace.hovertemplate.endswith(
+        "<extra></extra>"
+    )
+    assert trace.showscale is False and trace.hoverongaps is False
+    assert (trace.zmin, trace.zmax) == (0, 1)
+    assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis.scaleanchor == "x"
+    assert fig.layout.xaxis.showticklabels is False
+    assert 250 <= fig.layout.height <= 900
+    assert fig.layout.title.text == "conv_1"
+    assert '"bdata"' in fig.to_json()  # arrays travel as base64, not as lists of numbers
+
+
+def test_feature_grid_figure_height_grows_with_rows_within_bounds():
+    heights = [feature_grid_figure(np.ones((c, 2, 2))).layout.height for c in (1, 16, 64, 512)]
+    assert heights == sorted(heights) and heights[0] == 250 and heights[-1] == 900
+
+
+def test_unknown_colorscale_is_a_clear_value_error():
+    with pytest.raises(ValueError, match="Unknown colorscale 'Virdis'"):
+        feature_grid_figure(np.ones((1, 2, 2)), colorscale="Virdis")
+    with pytest.raises(ValueError, match="Unknown colorscale"):
+        montage_png(np.ones((1, 2, 2)), colorscale="Virdis")
+
+
+# --- PNG montage -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("colorscale", ["Viridis", "Viridis_r", "RdBu"])
+def test_montage_png_colours_extremes_and_gaps(colorscale):
+    maps = np.random.default_rng(2).random((5, 3, 4))
+    gap, scale = 1, 2
+    rgb = decode(montage_png(maps, gap=gap, colorscale=colorscale, scale=scale))
+    tiled = montage(maps, gap=gap)
+    assert rgb.shape == (tiled.shape[0] * scale, tiled.shape[1] * scale, 3)
+
+    top, bottom = colorscale_end(colorscale, -1), colorscale_end(colorscale, 0)
+    for channel in range(5):
+        for pick, colour in ((np.argmax, top), (np.argmin, bottom)):
+            y, x = np.unravel_index(pick(maps[channel]), maps[channel].shape)
+            row, col = divmod(channel, 3)
+            top_left = ((row * (3 + gap) + y) * scale, (col * (4 + gap) + x) * scale)
+            block = rgb[top_left[0] : top_left[0] + scale, top_left[1] : top_left[1] + scale]
+            assert (block == colour).all(), (channel, pick.__name__)
+
+    gaps = np.isnan(tiled).repeat(scale, axis=0).repeat(scale, axis=1)
+    assert gaps.any() and (rgb[gaps] == GAP_RGB).all()
+    assert not (rgb[~gaps] == GAP_RGB).all(axis=-1).any()
+
+
+def test_montage_png_per_layer_gives_only_the_global_max_the_top_colour():
+    maps = np.zeros((2, 2, 2))
+    maps[0, 0, 0], maps[1, 1, 1] = 10, 5
+    rgb = decode(montage_png(maps, per="layer", gap=0))
+    top = colorscale_end("Viridis", -1)
+    assert (rgb[0, 0] == top).all() and not (rgb[1, 3] == top).all()
+
+
+def test_montage_png_rejects_bad_scale():
+    with pytest.raises(ValueError, match="scale must be at least 1"):
+        montage_png(np.ones((1, 2, 2)), scale=0)
+    with pytest.raises(ValueError, match="choose a smaller scale"):
+        montage_png(np.ones((1, 100, 100)), scale=1000)
+
+
+# --- single channel, image, overlay ------------------------------------------------------
+
+
+def test_channel_figure_shows_raw_values_with_a_colorbar():
+    map2d = np.arange(12, dtype=np.float32).reshape(3, 4)
+    fig = channel_figure(map2d, title="channel 3")
+    (trace,) = fig.data
+    np.testing.assert_array_equal(trace.z, map2d)
+    assert trace.showscale is not False
+    assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis.scaleanchor == "x"
+    with pytest.raises(ValueError, match="2-D"):
+        channel_figure(np.ones((1, 3, 4)))
+
+
+def test_image_figure_gray_is_black_to_white_and_rgb_is_an_image_trace():
+    gray = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    (trace,) = image_figure(gray).data
+    assert trace.type == "heatmap" and (trace.zmin, trace.zmax) == (0, 255)
+    assert trace.colorscale[0][1] == "rgb(0,0,0)" and trace.colorscale[-1][1] == "rgb(255,255,255)"
+    assert trace.showscale is False
+    assert image_figure(gray.astype(np.float32) / 255).data[0].zmax == 1
+
+    rgb = np.zeros((4, 5, 3), dtype=np.uint8)
+    (trace,) = image_figure(rgb).data
+    assert trace.type == "image" and trace.z.shape == (4, 5, 3) and "RGB" in trace.hovertemplate
+
+    with pytest.raises(TypeError, match="must be uint8"):
+        image_figure(rgb.astype(np.float32))
+    with pytest.raises(ValueError, match="H×W×3"):
+        image_figure(np.zeros((4, 4, 4), dtype=np.uint8))
+
+
+def test_overlay_resizes_the_map_to_the_image():
+    image = np.zeros((28, 28), dtype=np.uint8)
+    ramp = np.arange(49, dtype=np.float32).reshape(7, 7)
+    fig = overlay_figure(image, ramp, opacity=0.3, colorscale="Magma")
+    base, top = fig.data
+    assert base.type == "heatmap" and base.hoverinfo == "skip" and base.hovertemplate is None
+    assert top.z.shape == (28, 28) and top.opacity == 0.3
+    assert np.all(np.diff(top.z, axis=1) >= 0) and np.all(np.diff(top.z, axis=0) >= 0)
+    assert ramp.min() <= top.z.min() and top.z.max() <= ramp.max()
+    assert "value" in top.hovertemplate and top.showscale is not False
+
+    same_size = overlay_figure(np.zeros((7, 7, 3), dtype=np.uint8), ramp)
+    assert same_size.data[0].type == "image"
+    np.testing.assert_allclose(same_size.data[1].z, ramp, atol=1e-5)
+
+
+@pytest.mark.parametrize("opacity", [-0.1, 1.5, float("nan")])
+def test_overlay_rejects_opacity_outside_0_1(opacity):
+    with pytest.raises(ValueError, match="opacity must be between 0 and 1"):
+        overlay_figure(np.zeros((4, 4)), np.ones((2, 2)), opacity=opacity)
+
+
+def test_overlay_rejects_non_numeric_opacity():
+    with pytest.raises(TypeError, match="opacity must be a number"):
+        overlay_figure(np.zeros((4, 4)), np.ones((2, 2)), opacity="0.5")
+
+
+# --- charts ------------------------------------------------------------------------------
+
+
+def test_bar_figure_highlights_the_matching_label_on_a_category_axis():
+    labels = list(range(10))
+    fig = bar_figure(labels, np.linspace(0, 1, 10), "Prediction", "class", "probability", 3)
+    (trace,) = fig.data
+    assert list(trace.marker.color) == [HIGHLIGHT_COLOUR if i == 3 else BAR_COLOUR for i in labels]
+    assert fig.layout.xaxis.type == "category"
+    assert fig.layout.xaxis.title.text == "class" and fig.layout.yaxis.title.text == "probability"
+
+    plain = bar_figure(["a", "b"], [1, 2], "t", "x", "y")
+    assert list(plain.data[0].marker.color) == [BAR_COLOUR, BAR_COLOUR]
+    with pytest.raises(ValueError, match="not one of the labels"):
+        bar_figure(["a", "b"], [1, 2], "t", "x", "y", highlight="c")
+    with pytest.raises(ValueError, match="one value per label"):
+        bar_figure(["a", "b"], [1, 2, 3], "t", "x", "y")
+
+
+def test_ranking_figure_keeps_the_callers_order_and_greys_dead_channels():
+    channels = np.array([5, 2, 7, 1])
+    scores = np.array([0.9, 0.5, 0.0, 0.0])
+    dead = np.array([False, False, True, True])
+    fig = ranking_figure(channels, scores, dead, "Most active")
+    active, gone = fig.data
+    assert (active.name, gone.name) == ("active", "dead")
+    assert list(active.x) == [5, 2] and list(gone.x) == [7, 1]
+    assert active.marker.color == BAR_COLOUR and gone.marker.color == DEAD_COLOUR
+    assert "dead" in gone.hovertemplate
+    assert list(fig.layout.xaxis.categoryarray) == [5, 2, 7, 1]
+    assert fig.layout.xaxis.type == "category" and fig.layout.showlegend is True
+
+    all_alive = ranking_figure(channels, scores, np.zeros(4, dtype=bool), "t")
+    assert len(all_alive.data) == 1 and all_alive.layout.showlegend is False
+    with pytest.raises(TypeError, match="boolean mask"):
+        ranking_figure(channels, scores, np.array([0, 0, 1, 1]), "t")
+    with pytest.raises(ValueError, match="one length"):
+        ranking_figure(channels, scores[:3], dead, "t")
+
+
+def test_channel_stats_marks_only_all_zero_channels_dead():
+    maps = np.zeros((3, 2, 2), dtype=np.float32)
+    maps[1] = [[0, 2], [4, 6]]
+    maps[2] = [[0, -1], [0, -3]]  # max 0 but not all zero: negative, not dead
+    stats = channel_stats(maps)
+    assert list(stats.columns) == ["channel", "mean", "max", "dead"]
+    assert stats["channel"].tolist() == [0, 1, 2]
+    assert stats["dead"].tolist() == [True, False, False]
+    assert stats["mean"].tolist() == [0.0, 3.0, -1.0]
+    assert stats["max"].tolist() == [0.0, 6.0, 0.0]
