@@ -48,9 +48,12 @@ with st.sidebar:
     )
     current_image = st.container()
 
-pages.run()
-with current_image:
-    # After the page, so it shows the image the page's widgets just chose.
-    widgets.current_image_ui(ctx)
-state.sync_url()
+try:
+    pages.run()
+    with current_image:
+        # After the page, so it shows the image the page's widgets just chose.
+        widgets.current_image_ui(ctx)
+    state.sync_url()
+finally:
+    widgets.forget_context()
 cache.warm_up_in_background()

@@ -589,13 +589,18 @@ def bar_figure(
 
 
 def ranking_figure(
-    channels: np.ndarray, scores: np.ndarray, dead: np.ndarray, title: str
+    channels: np.ndarray,
+    scores: np.ndarray,
+    dead: np.ndarray,
+    title: str,
+    score_name: str = "score",
 ) -> go.Figure:
     """Channels as bars in the caller's order (already ranked), dead channels in gray.
 
     Args:
         channels: Channel numbers, in display order.
         scores: One score per channel.
+        score_name: What the score is, for the axis and the hover (e.g. "mean activation").
         dead: Boolean mask, True for channels that never activate.
         title: Figure title.
 
@@ -623,11 +628,11 @@ def ranking_figure(
                 y=heights[rows],
                 name=name,
                 marker_color=colour,
-                hovertemplate=f"channel %{{x}} · score %{{y:.4g}} · {name}<extra></extra>",
+                hovertemplate=f"channel %{{x}} · {score_name} %{{y:.4g}} · {name}<extra></extra>",
             )
     fig.update_xaxes(
         type="category", categoryorder="array", categoryarray=ids.tolist(), title_text="channel"
     )
-    fig.update_yaxes(title_text="score")
+    fig.update_yaxes(title_text=score_name)
     fig.update_layout(barmode="overlay", showlegend=len(fig.data) > 1)
     return _finish(fig, title, _CHART_HEIGHT, image=False)

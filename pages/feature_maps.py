@@ -21,11 +21,12 @@ st.title("Feature maps")
 pixels, caption = widgets.input_pixels(view, ctx.root, spec.mode)
 features = cache.get_features(ctx.model_name, view.layers, pixels)
 
-top = st.columns([1, 3, 2])
+top = st.columns([1.4, 3, 2])
 with top[0]:
     st.image(pixels, caption=caption, width="stretch")
     st.button(
         "Another random image",
+        help="The next seed's pick from the dataset",
         on_click=state.next_seed,
         icon=":material/casino:",
         key="next_image",
@@ -132,6 +133,7 @@ st.plotly_chart(
         ranked[rank_by].to_numpy(),
         ranked["dead"].to_numpy(dtype=bool),
         title=f"Channels of {layer} by {rank_by} activation",
+        score_name=f"{rank_by} activation",
     ),
     config=plain,
     key="ranking",

@@ -1,6 +1,5 @@
 """The dashboard through Streamlit's AppTest: every page, uploads, URLs, bad input, sessions.
 
-AppTest runs ``tests/app_entry.py``, which runs ``dashboard.py`` (see why there).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from cnnlens import build_lens, demo_dataset, demo_model, to_batch
 from cnnlens.figures import montage
 from tests.generated import write_dataset
 
-APP = str(Path(__file__).resolve().parent / "app_entry.py")
+APP = str(Path(__file__).resolve().parent.parent / "dashboard.py")
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 DATASET = demo_dataset()
 

@@ -5,6 +5,7 @@ Each ``*_ui()`` builder draws its widgets and returns plain values.
 
 from __future__ import annotations
 
+import runpy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from cnnlens.data import Dataset
 from cnnlens.registry import ModelInfo, model_info
 from cnnlens.ui import cache, state
 
-PAGES_DIR = Path(__file__).resolve().parents[2] / "pages"
+ENTRYPOINT = Path(__file__).resolve().parents[2] / "dashboard.py"
+PAGES_DIR = ENTRYPOINT.parent / "pages"
 _PAGES = {
     "home": ("Home", ":material/home:"),
     "dataset": ("Dataset", ":material/photo_library:"),
@@ -156,12 +158,23 @@ def build_context(root: str, dataset: Dataset) -> Context:
     return context
 
 
+def forget_context() -> None:
+    """Drop this run's context once the page has run; called by ``dashboard.py``."""
+    st.session_state.pop(_CONTEXT_KEY, None)
+
+
 def context(with_layers: bool = False) -> tuple[Context, list[str]]:
     """This run's context for a page, and the model's layer names when asked for.
 
     Asking for layers loads the model (and torch) and settles the layer state.
     """
-    ctx: Context = st.session_state[_CONTEXT_KEY]
+    ctx: Context | None = st.session_state.get(_CONTEXT_KEY)
+    if ctx is None:
+        # Until a session has run the entrypoint, Streamlit treats pages/ as its old
+        # multipage folder and runs a deep-linked page alone. Run the entrypoint,
+        # which draws this page through st.navigation, and stop here.
+        runpy.run_path(str(ENTRYPOINT), run_name="__main__")
+        st.stop()
     if not with_layers:
         return ctx, []
     names = cache.get_layer_names(ctx.model_name)
