@@ -1,0 +1,312 @@
+"""The dashboard as people feel it: start-up, click-to-paint, server memory, postScriptGC.
+
+    python benchmarks/bench_dashboard.py [--repeats 7] [--quick]
+
+Runs ``streamlit run dashboard.py`` servers and drives Debian's headless Chromium
+(``tests/live_app.py``). Click timings are taken inside the page with
+``performance.now()``: from the click to the animation frame after the chart (or the
+montage PNG) shows the new image's data, then to Streamlit's idle. Warm-up clicks are
+discarded; the table shows medians with min-max. The postScriptGC servers run side by
+side and their clicks are interleaved, since these machines are noisy. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests import live_app  # noqa: E402
+
+HOME_TITLE = "See what a neural network sees"
+VGG_URL = "/feature_maps?model=vgg16&layers=pool_2&layer=pool_2"
+GOALS = {"start": 3.0, "demo": 0.25, "vgg": 0.5, "memory": 800.0}  # s, s, s, MB
+PEER = {"start": "4.7 s (to idle)", "demo": "0.38 s", "memory": "850 MB"}
+
+# In-page: the epoch time (ms) of the first animation frame that shows the home title.
+_TITLE_PAINTED_JS = """
+(title) => {
+  const heading = Array.from(document.querySelectorAll("h1"))
+    .find((h) => h.textContent.includes(title) && h.getBoundingClientRect().height > 0);
+  return heading ? performance.timeOrigin + performance.now() : false;
+}
+"""
+
+# In-page: fingerprints of what the grid shows, a plotly heatmap or a montage PNG.
+_SIGNATURES_JS = """
+window.__gridSignature = () => {
+  const box = document.querySelector(".st-key-grid .js-plotly-plot");
+  const z = box && box._fullData && box._fullData[0] && box._fullData[0].z;
+  if (!z) return null;
+  let sum = 0, n = 0;
+  for (const row of z) for (const v of row) { if (v === v) sum += v * (1 + (n % 7)); n++; }
+  return `${n}:${sum.toFixed(5)}`;
+};
+window.__montageSignature = () => {
+  const shown = Array.from(document.querySelectorAll('[data-testid="stImage"]'))
+    .find((e) => e.innerText.includes("Each square"));
+  const img = shown && shown.querySelector("img");
+  return img && img.complete && img.naturalWidth > 0 ? img.src : null;
+};
+"""
+
+# In-page: click a button, wait for a new signature, then for the frame that paints it.
+_CLICK_TO_PAINT_JS = """
+async ([buttonSelector, signature]) => {
+  const read = window[signature];
+  const before = read();
+  const button = Array.from(document.querySelectorAll(buttonSelector))
+    .find((b) => b.offsetParent !== null);  // Streamlit renders a hidden copy too
+  const start = performance.now();
+  button.click();
+  for (;;) {
+    await new Promise((resolve) => requestAnimationFrame(resolve));
+    const now = read();
+    if (now !== null && now !== before) break;
+    if (performance.now() - start > 60000) throw new Error("the grid never changed");
+  }
+  // rAF callbacks run before paint: the next frame's start means this one was painted.
+  await new Promise((resolve) => requestAnimationFrame(() => resolve()));
+  return [start, performance.now() - start];
+}
+"""
+
+
+@dataclass
+class Clicks:
+    """Click-to-paint and click-to-idle seconds of one server and page."""
+
+    paint: list[float] = field(default_factory=list)
+    idle: list[float] = field(default_factory=list)
+
+
+def median_range(values: list[float], unit: str = "s", digits: int = 3) -> str:
+    if not values:
+        return "-"
+    low, high = min(values), max(values)
+    return f"{statistics.median(values):.{digits}f} {unit} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def new_page(browser: Any) -> Any:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(120_000)
+    page = context.new_page()
+    page.add_init_script(_SIGNATURES_JS)
+    return page
+
+
+def start_to_paint(browser: Any, repeats: int) -> dict[str, list[float]]:
+    """(a): fresh servers; Popen to health, to the home title painted, to idle."""
+    found: dict[str, list[float]] = {"health": [], "paint": [], "idle": []}
+    for _ in range(repeats):
+        page = new_page(browser)
+        popen_epoch = time.time()
+        server = live_app.launch_server()
+        try:
+            live_app.wait_healthy(server, poll=0.05)
+            found["health"].append(time.time() - popen_epoch)
+            page.goto(server.url, wait_until="commit")
+            painted = page.wait_for_function(_TITLE_PAINTED_JS, arg=HOME_TITLE, polling="raf")
+            found["paint"].append(painted.json_value() / 1000 - popen_epoch)
+            live_app.wait_idle(page, timeout=120)
+            found["idle"].append(time.time() - popen_epoch)
+        finally:
+            page.context.close()
+            live_app.stop_server(server)
+    return found
+
+
+def open_page(page: Any, server: live_app.Server, path: str, ready: Callable[[], None]) -> None:
+    """Open Home first (a fresh server's first visitor should be the entrypoint), then path."""
+    page.goto(server.url)
+    page.get_by_role("heading", name=HOME_TITLE).wait_for()
+    live_app.wait_idle(page, timeout=120)
+    page.goto(server.url + path)
+    ready()
+    live_app.settle(page, timeout=120)
+
+
+def click_once(page: Any, signature: str, into: Clicks | None) -> None:
+    """One "Another random image" click; recorded unless ``into`` is None (warm-up)."""
+    start, paint_ms = page.evaluate(_CLICK_TO_PAINT_JS, [".st-key-next_image button", signature])
+    live_app.wait_idle(page, timeout=120)
+    idle_ms = page.evaluate("performance.now()") - start
+    live_app.wait_charts_drawn(page, timeout=120)
+    if into is not None:
+        into.paint.append(paint_ms / 1000)
+        into.idle.append(idle_ms / 1000)
+
+
+def interleaved_clicks(
+    pages: dict[str, Any], signature: str, repeats: int, warmup: int
+) -> dict[str, Clicks]:
+    """Clicks on each page in turn (alternating which goes first), warm-up discarded."""
+    found = {name: Clicks() for name in pages}
+    for _ in range(warmup):
+        for page in pages.values():
+            click_once(page, signature, None)
+    names = list(pages)
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            click_once(pages[name], signature, found[name])
+    return found
+
+
+def verdict(value: float | None, goal: float) -> str:
+    if value is None:
+        return "-"
+    return "meets" if value <= goal else "MISSES"
+
+
+def med(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+@dataclass
+class Results:
+    """Everything one run measured."""
+
+    start: dict[str, list[float]]
+    demo: dict[str, Clicks]  # by postScriptGC setting, "false" (the repo's config) and "true"
+    memory: dict[str, dict[str, float]]  # the same servers after the demo clicks
+    vgg: Clicks
+    memory_vgg: dict[str, float]  # the postScriptGC=false server after the VGG clicks
+
+
+def measure(browser: Any, repeats: int, warmup: int, start_repeats: int) -> Results:
+    print(f"(a) start to first paint, {start_repeats} fresh servers ...", flush=True)
+    start = start_to_paint(browser, start_repeats)
+
+    print(f"(b, d, e) demo clicks, postScriptGC false vs true, {repeats} each ...", flush=True)
+    servers = {
+        setting: live_app.start_server(extra_args=["--runner.postScriptGC", setting])
+        for setting in ("false", "true")
+    }
+    try:
+        pages = {}
+        for setting, server in servers.items():
+            page = new_page(browser)
+            ready = functools.partial(live_app.wait_chart, page, "grid", timeout=120)
+            open_page(page, server, "/feature_maps", ready)
+            pages[setting] = page
+        demo = interleaved_clicks(pages, "__gridSignature", repeats, warmup)
+        memory = {setting: live_app.memory_mb(server.pid) for setting, server in servers.items()}
+        for page in pages.values():
+            page.context.close()
+        live_app.stop_server(servers.pop("true"))
+
+        print(f"(c) VGG16 pool_2 clicks, {repeats} ...", flush=True)
+        page = new_page(browser)
+        open_page(
+            page,
+            servers["false"],
+            VGG_URL,
+            lambda: page.wait_for_function("window.__montageSignature() !== null", timeout=180_000),
+        )
+        vgg = interleaved_clicks({"vgg": page}, "__montageSignature", repeats, warmup)["vgg"]
+        memory_vgg = live_app.memory_mb(servers["false"].pid)
+        page.context.close()
+    finally:
+        for server in servers.values():
+            live_app.stop_server(server)
+    return Results(start, demo, memory, vgg, memory_vgg)
+
+
+def table(found: Results) -> list[tuple[str, str, str, str, str]]:
+    """Rows of measure, median (min-max), goal, peer, verdict."""
+    start, demo, memory = found.start, found.demo, found.memory
+    mb = "{:.0f} MB".format
+    rows = [
+        ("(a) server start -> Home painted", median_range(start["paint"], digits=2),
+         f"<= {GOALS['start']:.0f} s", PEER["start"], verdict(med(start["paint"]), GOALS["start"])),
+        ("    server start -> health ok", median_range(start["health"], digits=2), "", "", ""),
+        ("    server start -> idle", median_range(start["idle"], digits=2), "", "", ""),
+        ("(b) demo: new image -> grid painted", median_range(demo["false"].paint),
+         f"<= {GOALS['demo']} s", PEER["demo"], verdict(med(demo["false"].paint), GOALS["demo"])),
+        ("    demo: new image -> idle", median_range(demo["false"].idle), "", "", ""),
+        ("(c) VGG pool_2: new image -> PNG painted", median_range(found.vgg.paint),
+         f"<= {GOALS['vgg']} s", "", verdict(med(found.vgg.paint), GOALS["vgg"])),
+        ("    VGG pool_2: new image -> idle", median_range(found.vgg.idle), "", "", ""),
+        ("(d) demo server peak RSS (VmHWM)", mb(memory["false"]["VmHWM"]),
+         f"<= {GOALS['memory']:.0f} MB", PEER["memory"],
+         verdict(memory["false"]["VmHWM"], GOALS["memory"])),
+        ("    demo server RSS now (VmRSS)", mb(memory["false"]["VmRSS"]), "", "", ""),
+        ("    same server after (c) (VmHWM)", mb(found.memory_vgg["VmHWM"]), "", "", ""),
+    ]  # fmt: skip
+    for setting in ("false", "true"):
+        rows += [
+            (f"(e) postScriptGC={setting}: grid painted", median_range(demo[setting].paint),
+             "", "", ""),
+            (f"    postScriptGC={setting}: idle", median_range(demo[setting].idle), "", "", ""),
+            (f"    postScriptGC={setting}: VmHWM / VmRSS",
+             f"{memory[setting]['VmHWM']:.0f} / {mb(memory[setting]['VmRSS'])}", "", "", ""),
+        ]  # fmt: skip
+    cost = (med(demo["true"].idle) or 0) - (med(demo["false"].idle) or 0)
+    saves = memory["false"]["VmHWM"] - memory["true"]["VmHWM"]
+    rows.append(
+        ("    postScriptGC=true costs / saves", f"{cost:+.3f} s to idle / {saves:+.0f} MB peak",
+         "", "", "")
+    )  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats (default 7)")
+    parser.add_argument(
+        "--quick", action="store_true", help="3 repeats, 1 warm-up: a smoke run, not a result"
+    )
+    args = parser.parse_args()
+    repeats = 3 if args.quick else args.repeats
+    warmup = 1 if args.quick else 3
+    start_repeats = 3 if args.quick else max(5, repeats)
+    if not live_app.CHROMIUM.exists():
+        sys.exit(
+            f"{live_app.CHROMIUM} is missing: install Debian's chromium (make /usr/bin/chromium)"
+        )
+
+    from playwright.sync_api import sync_playwright
+
+    began = time.perf_counter()
+    with sync_playwright() as playwright:
+        browser = live_app.launch_browser(playwright)
+        try:
+            version = browser.version
+            found = measure(browser, repeats, warmup, start_repeats)
+        finally:
+            browser.close()
+
+    rows = table(found)
+    headers = ("measure", "median (min-max)", "goal", "torch-cam peer", "")
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    print()
+    print(
+        f"cnnlens dashboard, headless Chromium {version}, {os.cpu_count()} CPU cores; "
+        f"{repeats} timed clicks each ({warmup} warm-up discarded), {start_repeats} fresh "
+        f"servers for (a); {time.perf_counter() - began:.0f} s in all"
+        + ("  [--quick: a smoke run, not a result]" if args.quick else "")
+    )
+    print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(
+        "\nMB = 10^6 bytes. Painted: the animation frame after the chart (or PNG) shows the new "
+        "image's data,\ntimed in the page. Idle: Streamlit's run is over and its status widget "
+        "gone (polled from Python,\n+10-30 ms). (a) is wall-clock from Popen; peer (a) is "
+        "torch-cam's start to idle."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""The dashboard in a real browser: a shared link, and a newcomer's walk from Home to an upload.
+
+Starts ``streamlit run dashboard.py`` on a free port and drives Debian's headless Chromium
+with playwright (see ``tests/live_app.py``). Each step saves a screenshot under
+``test-artifacts/browser/`` and prints how long it took (pytest shows it on failure).
+Expected values come from the core (cnnlens), never from the app itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tests import live_app
+
+pytestmark = pytest.mark.browser
+
+SHOTS = live_app.ARTIFACTS / "browser"
+NOT_READABLE = "not an image Pillow can read"
+_clock = {"last": time.perf_counter()}
+_visited = {"any": False}  # whether a test has opened the module's server yet
+
+
+def _unavailable(reason: str) -> None:
+    """Without a browser these tests cannot run: a failure on CI, a skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is a failure)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium, driven by playwright."""
+    if not live_app.CHROMIUM.exists():
+        _unavailable(
+            f"{live_app.CHROMIUM} is missing: install Debian's chromium "
+            "(`make /usr/bin/chromium`); never `playwright install`"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is missing: pip install -r requirements-test.txt")
+    for stale in SHOTS.glob("*.png"):  # the screenshots show this run only
+        stale.unlink()
+    with sync_playwright() as playwright:
+        chromium = live_app.launch_browser(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server(browser: Any) -> Iterator[live_app.Server]:
+    """The dashboard on a free port (started after the browser, so a skip starts nothing)."""
+    with live_app.running_server() as running:
+        yield running
+
+
+def new_page(browser: Any) -> Any:
+    """A page in a fresh browser context, i.e. a new Streamlit session.
+
+    The viewport is tall because Streamlit scrolls inside its own container, so a
+    full-page screenshot would show no more than the viewport.
+    """
+    context = browser.new_context(viewport={"width": 1400, "height": 2200})
+    context.set_default_timeout(30_000)
+    return context.new_page()
+
+
+def shot(page: Any, name: str) -> None:
+    """Save a screenshot of the step and print how long the step took."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    now = time.perf_counter()
+    print(f"{name}: {now - _clock['last']:.2f} s")
+    _clock["last"] = now
+
+
+def assert_no_exception(page: Any, server: live_app.Server) -> None:
+    errors = page.locator('[data-testid="stException"]')
+    assert errors.count() == 0, f"{errors.first.inner_text()}\n{server.log_tail()}"
+
+
+def sidebar_caption(page: Any) -> str:
+    """The caption under the current image in the sidebar, e.g. "3282.png · label 9"."""
+    caption = page.locator('[data-testid="stSidebar"] [data-testid="stImageCaption"]')
+    return " ".join(caption.inner_text().split())
+
+
+def eventually(check: Callable[[], None], timeout: float = 10.0) -> None:
+    """Retry ``check`` until it passes: a chart may redraw just after the run is idle."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def digit_png() -> bytes:
+    """A white "7"-like stroke on black, 28×28."""
+    image = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(image).line([(6, 6), (22, 6), (12, 23)], fill=255, width=3)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def demo_dataset() -> Any:
+    import cnnlens
+
+    return cnnlens.demo_dataset()
+
+
+def expected_maps(image: Image.Image, layer: str) -> np.ndarray:
+    """The demo model's C×H×W maps of ``layer`` for an image, straight from the core."""
+    import cnnlens
+
+    lens = cnnlens.build_lens(cnnlens.demo_model(), [layer])
+    return lens(cnnlens.to_batch(image))[layer][0].numpy()
+
+
+def assert_grid_shows(page: Any, maps: np.ndarray) -> None:
+    """The grid chart is the montage of ``maps``: its shape and some raw hover values."""
+    from cnnlens.figures import grid_shape, montage
+
+    count, height, width = maps.shape
+    columns = grid_shape(count)[1]
+    probes = [(3, 5, 7), (0, 0, 0), (count - 1, height - 1, width - 1), (count // 2, 14, 20)]
+    points = [
+        ((c // columns) * (height + 1) + y, (c % columns) * (width + 1) + x) for c, y, x in probes
+    ]
+
+    def check() -> None:
+        grid = live_app.plotly_chart(page, "grid", attr="customdata", points=points)
+        assert grid is not None, "the grid chart is not drawn"
+        assert grid["traces"][0]["type"] == "heatmap"
+        assert tuple(grid["traces"][0]["z_shape"]) == montage(maps).shape
+        for (c, y, x), (channel, x_at, y_at, value) in zip(probes, grid["values"], strict=True):
+            assert (channel, x_at, y_at) == (c, x, y)
+            assert value == pytest.approx(float(maps[c, y, x]), abs=1e-4)
+
+    eventually(check)
+
+
+def test_shared_link_to_a_fresh_server(browser: Any, server: live_app.Server) -> None:
+    """A link to a deep page works when it is the server's first visitor.
+
+    Until a session has run the entrypoint, Streamlit treats ``pages/`` as an old-style
+    multipage folder and runs a deep-linked page on its own. This test comes first in the
+    file so that it is the module server's first visitor; run after another test, it
+    starts a server of its own.
+    """
+    dataset = demo_dataset()
+    with contextlib.ExitStack() as stack:
+        if _visited["any"]:
+            server = stack.enter_context(live_app.running_server())
+        _visited["any"] = True
+        page = new_page(browser)
+        stack.callback(page.context.close)
+        _clock["last"] = time.perf_counter()
+        page.goto(f"{server.url}/feature_maps?seed=7&layers=conv_1,conv_2&layer=conv_2&channel=3")
+        shown = page.get_by_role("heading", name="conv_2: 32 channels of 28×28")
+        shown.or_(page.locator('[data-testid="stException"]')).first.wait_for()
+        live_app.wait_idle(page)
+        assert_no_exception(page, server)
+        live_app.wait_chart(page, "channel_map", "conv_2, channel 3")
+        live_app.settle(page)
+        picked = dataset.pick(7)
+        assert sidebar_caption(page) == f"{picked} · label {dataset.label_of(picked)}"
+        shot(page, "00-shared-link-first-visitor")
+
+
+def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) -> None:
+    dataset = demo_dataset()
+    _visited["any"] = True
+    page = new_page(browser)
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    _clock["last"] = time.perf_counter()
+
+    # Home, then the Dataset page from the sidebar.
+    page.goto(server.url)
+    page.get_by_role("heading", name="See what a neural network sees").wait_for()
+    live_app.settle(page)
+    assert_no_exception(page, server)
+    shot(page, "01-home")
+
+    nav.get_by_role("link", name="Dataset").click()
+    page.get_by_role("heading", name="Dataset", exact=True).wait_for()
+    live_app.wait_chart(page, "chosen_image", "3282.png")
+    live_app.settle(page)
+    chosen = live_app.plotly_chart(page, "chosen_image")
+    assert chosen is not None
+    assert chosen["title"] == "3282.png · label 9"
+    assert sidebar_caption(page) == "3282.png · label 9"
+    shot(page, "02-dataset-seed-128")
+
+    # Another seed picks another image.
+    picked = dataset.pick(7)
+    seed_input = page.locator(".st-key-seed input")
+    seed_input.fill("7")
+    seed_input.press("Enter")
+    live_app.wait_chart(page, "chosen_image", f"{picked} · label {dataset.label_of(picked)}")
+    live_app.settle(page)
+    assert picked in sidebar_caption(page)
+    shot(page, "03-dataset-seed-7")
+
+    # Open one of the grid's images.
+    opened = next(name for name in dataset.pick_many(7, 24)[5:] if name != picked)
+    label = dataset.label_of(opened)
+    # Streamlit also renders a hidden copy of each button; the role picks the visible one.
+    tile = page.locator(f".{live_app.key_class(f'open_{opened}')}").get_by_role("button")
+    assert tile.inner_text().strip() == str(label)
+    tile.click()
+    live_app.wait_chart(page, "chosen_image", f"{opened} · label {label}")
+    live_app.settle(page)
+    assert sidebar_caption(page) == f"{opened} · label {label}"
+    assert_no_exception(page, server)
+    shot(page, "04-dataset-opened-from-grid")
+
+    # Feature maps of that image: layer conv_2, channel 3.
+    nav.get_by_role("link", name="Feature maps").click()
+    page.get_by_role("heading", name="Feature maps").wait_for()
+    live_app.wait_chart(page, "grid")
+    live_app.settle(page)
+    page.locator(".st-key-layer").get_by_role("radio", name="conv_2").click()
+    maps = expected_maps(dataset.load_image(opened), "conv_2")
+    count, height, width = maps.shape
+    subheader = f"conv_2: {count} channels of {height}×{width}"
+    assert subheader == "conv_2: 32 channels of 28×28"
+    page.get_by_role("heading", name=subheader).wait_for()
+    live_app.settle(page)
+    channel_input = page.locator(".st-key-channel input")
+    channel_input.fill("3")
+    channel_input.press("Enter")
+    live_app.wait_chart(page, "channel_map", "conv_2, channel 3")
+    live_app.settle(page)
+    assert_no_exception(page, server)
+    shot(page, "05-feature-maps-conv2-channel3")
+
+    # 32 maps of 28×28 tile a 6×6 grid with 1-pixel gaps: 6·28 + 5 = 173 a side.
+    assert live_app.plotly_chart(page, "grid")["traces"][0]["z_shape"] == [173, 173]
+    assert_grid_shows(page, maps)
+    enlarged = live_app.plotly_chart(page, "channel_map", attr="z", points=[(5, 7), (14, 20)])
+    assert enlarged is not None
+    assert enlarged["title"] == "conv_2, channel 3"
+    assert enlarged["traces"][0]["z_shape"] == [height, width]
+    assert enlarged["values"] == pytest.approx([maps[3, 5, 7], maps[3, 14, 20]], abs=1e-4)
+
+    # The URL reopens the same view in a fresh session.
+    page.wait_for_url(re.compile(r"[?&]channel=3(&|$)"))
+    url = page.url
+    assert f"image={opened}" in url and "layer=conv_2" in url, url
+    other = new_page(browser)
+    other.goto(url)
+    other.get_by_role("heading", name=subheader).wait_for()
+    live_app.wait_chart(other, "channel_map", "conv_2, channel 3")
+    live_app.settle(other)
+    assert sidebar_caption(other) == f"{opened} · label {label}"
+    assert other.locator(".st-key-channel input").input_value() == "3"
+    assert_no_exception(other, server)
+    assert_grid_shows(other, maps)
+    shot(other, "06-shared-url-new-session")
+    other.context.close()
+
+    # An image of one's own: its name shows and the maps are its maps.
+    upload = tmp_path / "my_seven.png"
+    upload.write_bytes(digit_png())
+    uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+    uploader.set_input_files(str(upload))
+    page.get_by_text("your image my_seven.png").first.wait_for()
+    live_app.settle(page)
+    assert sidebar_caption(page) == "your image my_seven.png"
+    assert_no_exception(page, server)
+    assert_grid_shows(page, expected_maps(Image.open(upload), "conv_2"))
+    shot(page, "07-uploaded-image")
+
+    # A corrupt file: a readable error, and the page keeps working.
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a PNG")
+    uploader.set_input_files(str(bad))
+    page.get_by_text(NOT_READABLE).wait_for()
+    live_app.settle(page)
+    assert page.locator(".st-key-grid .js-plotly-plot").count() == 1
+    assert page.get_by_role("heading", name=subheader).is_visible()
+    assert_no_exception(page, server)
+    shot(page, "08-corrupt-upload")
+    page.context.close()
