@@ -8,6 +8,7 @@ A folder may also hold a test CSV (``filename`` only) whose images sit under
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -101,40 +102,65 @@ def _escapes(name: str) -> bool:
     return False
 
 
+# The first bytes of the formats datasets use; anything else is asked of Pillow.
+_MAGIC = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",  # JPEG
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",  # BMP
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+)
+
+
+def _is_image(path: str) -> bool:
+    """Whether a file starts like an image, reading 16 bytes (Pillow only for rare formats)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except OSError:
+        return False
+    if head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return True
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 - reading the header is the check
+        return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+
+
 def _check_rows(frame: pd.DataFrame, folder: Path, labelled: bool) -> Split:
+    """Keep the usable rows; list the others with the reason (one pass, plain strings)."""
+    names = [name.strip() if isinstance(name, str) else "" for name in frame["filename"]]
+    frame["filename"] = names
+    no_label = frame["label"].isna().to_numpy() if labelled else np.zeros(len(names), bool)
+    present = set(os.listdir(folder)) if folder.is_dir() else set()
     usable: list[int] = []
     problems: list[Problem] = []
-    first_row: dict[str, int] = {}
-    for row, name in enumerate(frame["filename"]):
+    first_line: dict[str, int] = {}
+    for row, name in enumerate(names):
         line = row + 2  # the header is line 1
-        if not isinstance(name, str) or not name.strip():
+        if not name:
             problems.append(Problem(f"(line {line})", "the filename is empty"))
-            continue
-        name = name.strip()
-        frame.iat[row, frame.columns.get_loc("filename")] = name
-        if _escapes(name):
+        elif _escapes(name):
             problems.append(Problem(name, "the path leaves the dataset folder"))
-            continue
-        if name in first_row:
-            problems.append(Problem(name, f"duplicate of line {first_row[name]}"))
-            continue
-        first_row[name] = line
-        if labelled and pd.isna(frame["label"].iat[row]):
-            problems.append(Problem(name, f"line {line} has no label"))
-            continue
-        path = folder / name
-        if not path.is_file():
-            problems.append(Problem(name, f"no such file in {folder.name}/"))
-            continue
-        try:
-            with Image.open(path) as image:
-                image.size  # noqa: B018 - reading the header is the check
-        except (UnidentifiedImageError, OSError, ValueError):
-            problems.append(Problem(name, "not an image Pillow can read"))
-            continue
-        usable.append(row)
+        elif name in first_line:
+            problems.append(Problem(name, f"duplicate of line {first_line[name]}"))
+        else:
+            first_line[name] = line
+            path = os.path.join(folder, name)
+            if no_label[row]:
+                problems.append(Problem(name, f"line {line} has no label"))
+            elif not (name in present or os.path.isfile(path)):
+                problems.append(Problem(name, f"no such file in {folder.name}/"))
+            elif not _is_image(path):
+                problems.append(Problem(name, "not an image Pillow can read"))
+            else:
+                usable.append(row)
     index = frame.iloc[usable].reset_index(drop=True)
-    return Split(index, problems, frame["filename"].to_numpy(dtype=object))
+    return Split(index, problems, np.asarray(names, dtype=object))
 
 
 @dataclass(frozen=True)

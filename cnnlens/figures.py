@@ -63,6 +63,7 @@ _CHART_HEIGHT = 350
 # 4-5× faster than RGB (one byte per pixel, and Pillow skips PNG row filters for palettes).
 _PNG_LEVELS = 255
 # A linear ramp: plotly's "Greys" has uneven stops, which would distort pixel values.
+_NO_TEMPLATE = go.layout.Template()
 _GRAY = [[0.0, "rgb(0,0,0)"], [1.0, "rgb(255,255,255)"]]
 
 
@@ -290,24 +291,44 @@ def channel_stats(maps: np.ndarray) -> pd.DataFrame:
 # --- rendering helpers ------------------------------------------------------------------
 
 
-def _finish(fig: go.Figure, title: str | None, height: int, *, image: bool) -> go.Figure:
-    """The one layout every figure shares; ``image`` adds pixel axes (row 0 at the top)."""
-    fig.update_layout(
-        title_text=title,
-        height=height,
-        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-        font={"size": 12},
-        paper_bgcolor="rgba(0,0,0,0)",
-        plot_bgcolor="rgba(0,0,0,0)",
-    )
+def _figure(
+    traces: list[go.BaseTraceType],
+    title: str | None,
+    height: int,
+    *,
+    image: bool,
+    xaxis: dict | None = None,
+    yaxis: dict | None = None,
+    **layout: object,
+) -> go.Figure:
+    """Every figure's one layout; ``image`` adds pixel axes (row 0 at the top).
+
+    The layout is built as one plain dict and validated once: plotly's
+    ``update_*`` calls cost about 10 ms each, too slow for a rerun on every click.
+    """
     if image:
-        axis = {"showticklabels": False, "showgrid": False, "zeroline": False}
-        fig.update_xaxes(constrain="domain", **axis)
-        fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, **axis)
+        axis = {"showticklabels": False, "showgrid": False, "zeroline": False, "ticks": ""}
+        x = {"constrain": "domain", **axis}
+        y = {"autorange": "reversed", "scaleanchor": "x", "scaleratio": 1, **axis}
     else:
-        fig.update_xaxes(automargin=True)
-        fig.update_yaxes(automargin=True)
-    return fig
+        x, y = {"automargin": True}, {"automargin": True}
+    return go.Figure(
+        data=traces,
+        layout={
+            # Streamlit's chart theme styles the figure in the browser; plotly's own
+            # default template would only add 10 kB and a deep copy to every rerun.
+            "template": _NO_TEMPLATE,
+            "title": {"text": title},
+            "height": height,
+            "margin": {"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+            "font": {"size": 12},
+            "paper_bgcolor": "rgba(0,0,0,0)",
+            "plot_bgcolor": "rgba(0,0,0,0)",
+            "xaxis": {**x, **(xaxis or {})},
+            "yaxis": {**y, **(yaxis or {})},
+            **layout,
+        },
+    )
 
 
 def _gray_range(image: np.ndarray) -> tuple[float, float]:
@@ -401,7 +422,7 @@ def feature_grid_figure(
     )
     low, high = _GRID_HEIGHT_RANGE
     height_px = min(max(rows * _GRID_ROW_PX, low), high)
-    return _finish(go.Figure(trace), title, height_px, image=True)
+    return _figure([trace], title, height_px, image=True)
 
 
 def montage_png(
@@ -473,7 +494,7 @@ def channel_figure(
         colorbar={"thickness": 12},
         hovertemplate="x %{x} · y %{y} · value %{z:.4g}<extra></extra>",
     )
-    return _finish(go.Figure(trace), title, _IMAGE_HEIGHT, image=True)
+    return _figure([trace], title, _IMAGE_HEIGHT, image=True)
 
 
 def image_figure(image: np.ndarray, title: str | None = None) -> go.Figure:
@@ -494,7 +515,7 @@ def image_figure(image: np.ndarray, title: str | None = None) -> go.Figure:
         TypeError: If an RGB image is not uint8.
     """
     trace = _image_trace(_as_image(image), hover=True)
-    return _finish(go.Figure(trace), title, _IMAGE_HEIGHT, image=True)
+    return _figure([trace], title, _IMAGE_HEIGHT, image=True)
 
 
 def overlay_figure(
@@ -538,8 +559,7 @@ def overlay_figure(
         colorbar={"thickness": 12},
         hovertemplate="x %{x} · y %{y} · value %{z:.4g}<extra></extra>",
     )
-    fig = go.Figure([_image_trace(base, hover=False), top])
-    return _finish(fig, title, _IMAGE_HEIGHT, image=True)
+    return _figure([_image_trace(base, hover=False), top], title, _IMAGE_HEIGHT, image=True)
 
 
 def bar_figure(
@@ -582,10 +602,14 @@ def bar_figure(
         marker_color=[HIGHLIGHT_COLOUR if hit else BAR_COLOUR for hit in chosen],
         hovertemplate="%{x}: %{y:.4g}<extra></extra>",
     )
-    fig = go.Figure(trace)
-    fig.update_xaxes(type="category", title_text=x_title)
-    fig.update_yaxes(title_text=y_title)
-    return _finish(fig, title, _CHART_HEIGHT, image=False)
+    return _figure(
+        [trace],
+        title,
+        _CHART_HEIGHT,
+        image=False,
+        xaxis={"type": "category", "title": {"text": x_title}},
+        yaxis={"title": {"text": y_title}},
+    )
 
 
 def ranking_figure(
@@ -620,19 +644,29 @@ def ranking_figure(
         )
     if mask.dtype != np.bool_:
         raise TypeError(f"dead must be a boolean mask, not an array of {mask.dtype}.")
-    fig = go.Figure()
-    for name, rows, colour in (("active", ~mask, BAR_COLOUR), ("dead", mask, DEAD_COLOUR)):
-        if rows.any():
-            fig.add_bar(
-                x=ids[rows].tolist(),
-                y=heights[rows],
-                name=name,
-                marker_color=colour,
-                hovertemplate=f"channel %{{x}} · {score_name} %{{y:.4g}} · {name}<extra></extra>",
-            )
-    fig.update_xaxes(
-        type="category", categoryorder="array", categoryarray=ids.tolist(), title_text="channel"
+    traces = [
+        go.Bar(
+            x=ids[rows].tolist(),
+            y=heights[rows],
+            name=name,
+            marker={"color": colour},
+            hovertemplate=f"channel %{{x}} · {score_name} %{{y:.4g}} · {name}<extra></extra>",
+        )
+        for name, rows, colour in (("active", ~mask, BAR_COLOUR), ("dead", mask, DEAD_COLOUR))
+        if rows.any()
+    ]
+    return _figure(
+        traces,
+        title,
+        _CHART_HEIGHT,
+        image=False,
+        xaxis={
+            "type": "category",
+            "categoryorder": "array",
+            "categoryarray": ids.tolist(),
+            "title": {"text": "channel"},
+        },
+        yaxis={"title": {"text": score_name}},
+        barmode="overlay",
+        showlegend=len(traces) > 1,
     )
-    fig.update_yaxes(title_text=score_name)
-    fig.update_layout(barmode="overlay", showlegend=len(fig.data) > 1)
-    return _finish(fig, title, _CHART_HEIGHT, image=False)

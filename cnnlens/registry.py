@@ -46,13 +46,13 @@ class ModelInfo:
 MODELS: dict[str, ModelInfo] = {
     "demo": ModelInfo(
         name="demo",
-        title="Demo CNN (4 conv layers, trained on the MNIST digits)",
+        title="Demo CNN (MNIST digits)",
         spec=DEMO_INPUT,
         classes=tuple(str(digit) for digit in range(10)),
     ),
     "vgg16": ModelInfo(
         name="vgg16",
-        title="VGG16 conv layers (torchvision, random weights)",
+        title="VGG16 conv layers (random weights)",
         spec=IMAGENET_INPUT,
         note="Random weights: feature maps show structure, not learned features.",
     ),

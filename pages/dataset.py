@@ -14,7 +14,8 @@ ctx, _ = widgets.context()
 dataset = ctx.dataset
 
 st.title("Dataset")
-st.caption(f"{dataset.root}")
+st.caption(f"Folder {dataset.root.name}: {len(dataset.index):,} labelled images")
+widgets.explain("dataset", "heatmap")
 
 controls = st.columns([1, 1, 2])
 with controls[0]:
@@ -85,9 +86,9 @@ with grid_col:
         with columns[i % GRID_COLUMNS]:
             thumb = cache.get_dataset_image(ctx.root, view.split, name, ctx.info.spec.mode)
             st.image(thumb, width="stretch")
-            tile_label = dataset.label_of(name) if view.split == "train" else "?"
+            tile_label = dataset.label_of(name) if view.split == "train" else None
             st.button(
-                f"{tile_label}",
+                f"Open {tile_label}" if view.split == "train" else "Open",
                 key=f"open_{name}",
                 on_click=state.choose_image,
                 args=(name, view.split),

@@ -18,8 +18,7 @@ plain = {"displayModeBar": False}
 
 st.title("Feature maps")
 
-pixels, caption = widgets.input_pixels(view, ctx.root, spec.mode)
-features = cache.get_features(ctx.model_name, view.layers, pixels)
+pixels, caption = widgets.input_pixels(view, ctx)
 
 top = st.columns([1.4, 3, 2])
 with top[0]:
@@ -52,23 +51,9 @@ with top[1]:
         "Per layer: one scale for all maps, to compare strengths.",
     )
     widgets.upload_ui(spec.mode)
-with top[2]:
-    if features.probabilities is not None:
-        probabilities = features.probabilities
-        classes = list(ctx.info.classes)
-        best = int(np.argmax(probabilities))
-        st.plotly_chart(
-            figures.bar_figure(
-                classes,
-                probabilities,
-                title=f"The network says: {classes[best]} ({probabilities[best]:.0%})",
-                x_title="class",
-                y_title="probability",
-                highlight=classes[best],
-            ),
-            config=plain,
-            key="probabilities",
-        )
+# Filled after the grid: the grid is what people wait for, so it is sent first.
+predictions = top[2].empty()
+features = cache.get_features(ctx.model_name, view.layers, pixels)
 
 maps = features.maps[layer]
 count, height, width = maps.shape
@@ -87,6 +72,25 @@ else:
         width="stretch",
     )
 widgets.explain("heatmap", "convolution", "relu", "brightness")
+
+with predictions.container():
+    if features.probabilities is not None:
+        probabilities = features.probabilities
+        classes = list(ctx.info.classes)
+        best = int(np.argmax(probabilities))
+        st.plotly_chart(
+            figures.bar_figure(
+                classes,
+                probabilities,
+                title=f"The network says: {classes[best]} ({probabilities[best]:.0%})",
+                x_title="class",
+                y_title="probability",
+                highlight=classes[best],
+            ),
+            config=plain,
+            key="probabilities",
+        )
+
 
 if st.session_state[state.CHANNEL_KEY] >= count:
     st.session_state[state.CHANNEL_KEY] = 0

@@ -222,7 +222,7 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     label = dataset.label_of(opened)
     # Streamlit also renders a hidden copy of each button; the role picks the visible one.
     tile = page.locator(f".{live_app.key_class(f'open_{opened}')}").get_by_role("button")
-    assert tile.inner_text().strip() == str(label)
+    assert tile.inner_text().strip() == f"Open {label}"
     tile.click()
     live_app.wait_chart(page, "chosen_image", f"{opened} · label {label}")
     live_app.settle(page)

@@ -88,7 +88,8 @@ def get_uploaded_image(data: bytes, name: str, mode: str) -> np.ndarray:
     return np.asarray(image)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+# A VGG-sized image keeps about 50 MB of maps: keep the recent few, not every one.
+@st.cache_data(max_entries=16, show_spinner=False)
 def get_features(model_name: str, targets: tuple[str, ...], pixels: np.ndarray) -> Features:
     """The target maps and class probabilities for one image (uint8 pixels)."""
     import torch

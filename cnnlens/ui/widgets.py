@@ -38,6 +38,12 @@ def all_pages() -> list[st.Page]:
 
 
 EXPLANATIONS = {
+    "dataset": """
+A **dataset** here is a folder of images with a table saying what each one
+shows (its **label**). The **seed** makes the random pick repeatable: the same
+seed always picks the same images, so a colleague who types the same seed sees
+the same thing. The **test** images have no label: the network has to guess.
+""",
     "heatmap": """
 A **heatmap** paints each number as a colour. Here bright yellow means a high
 value, dark purple a low one. In a feature map, bright marks the places where
@@ -57,7 +63,9 @@ channel so values stay in a useful range. **Pooling** keeps the largest value in
 each 2×2 square, halving the map's size, so later layers see a wider area.
 """,
     "brightness": """
-**Bright** means a strong response; **dark** means none. With *per channel*
+**Bright** means a strong response; **dark** means none. A conv or batch-norm
+layer comes before its ReLU, so its values can be negative: there the darkest
+places are where the image looks most unlike the pattern. With *per channel*
 normalisation each map uses its full colour range, so faint channels are
 visible too; with *per layer* all maps share one scale, so you can compare how
 strongly channels respond. A **dead** channel is zero everywhere for this image.
@@ -68,8 +76,7 @@ strongly channels respond. A **dead** channel is zero everywhere for this image.
 def explain(*topics: str, title: str = "What am I looking at?") -> None:
     """A collapsible explanation in plain words, for people who do not program."""
     with st.expander(title, icon=":material/help:"):
-        for topic in topics:
-            st.markdown(EXPLANATIONS[topic])
+        st.markdown("\n".join(EXPLANATIONS[topic] for topic in topics))
 
 
 def show_notices(notices: list[str]) -> None:
@@ -77,7 +84,7 @@ def show_notices(notices: list[str]) -> None:
         st.warning(notice, icon=":material/link_off:")
 
 
-def input_pixels(view: state.View, root: str, mode: str) -> tuple[np.ndarray, str]:
+def input_pixels(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
     """The pixels of the current input (upload or dataset image) and a caption.
 
     Raises:
@@ -85,10 +92,9 @@ def input_pixels(view: state.View, root: str, mode: str) -> tuple[np.ndarray, st
     """
     if view.upload is not None:
         name, data = view.upload
-        return cache.get_uploaded_image(data, name, mode), f"your image {name}"
-    pixels = cache.get_dataset_image(root, view.split, view.image, mode)
-    dataset = cache.get_dataset(root)
-    label = dataset.label_of(view.image) if view.split == "train" else None
+        return cache.get_uploaded_image(data, name, ctx.info.spec.mode), f"your image {name}"
+    pixels = cache.get_dataset_image(ctx.root, view.split, view.image, ctx.info.spec.mode)
+    label = ctx.dataset.label_of(view.image) if view.split == "train" else None
     caption = f"{view.image}" + (f" · label {label}" if label is not None else " · unlabelled")
     return pixels, caption
 
@@ -122,7 +128,7 @@ def upload_ui(mode: str) -> None:
     )
     error = st.session_state.pop("upload_error", None)
     if error:
-        st.error(f"{error} The previous image is still shown.", icon=":material/broken_image:")
+        st.error(f"{error} The maps show the image on the left.", icon=":material/broken_image:")
     if st.session_state.get(state.UPLOAD_KEY) is not None:
         st.button(
             "Back to the dataset image",
@@ -186,7 +192,7 @@ def current_image_ui(ctx: Context) -> None:
     """The current input, small, with its name and label (for the sidebar)."""
     try:
         view = state.current_view(ctx.dataset)
-        pixels, caption = input_pixels(view, ctx.root, ctx.info.spec.mode)
+        pixels, caption = input_pixels(view, ctx)
     except ValueError as error:
         st.error(str(error))
         return
