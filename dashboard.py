@@ -9,8 +9,7 @@ import os
 
 import streamlit as st
 
-from cnnlens.data import DEMO_DATASET_DIR
-from cnnlens.registry import MODELS
+from cnnlens.registry import DEMO_DATASET_DIR, MODELS
 from cnnlens.ui import cache, state, widgets
 
 st.set_page_config(page_title="cnnlens", page_icon=":material/visibility:", layout="wide")
@@ -18,13 +17,7 @@ st.set_page_config(page_title="cnnlens", page_icon=":material/visibility:", layo
 ROOT = os.environ.get("CNNLENS_DATASET", str(DEMO_DATASET_DIR))
 
 pages = st.navigation(widgets.all_pages())
-
-try:
-    dataset = cache.get_dataset(ROOT)
-except ValueError as error:
-    st.error(f"The dataset folder cannot be used: {error}", icon=":material/error:")
-    st.stop()
-widgets.show_notices(state.init_state(dataset))
+widgets.show_notices(state.init_model())
 
 with st.sidebar:
     # Drawn before the context is read, so a new choice is seen in this run.
@@ -35,24 +28,14 @@ with st.sidebar:
         key=state.MODEL_KEY,
         persist_state="session",
     )
+    sidebar = st.container()
 
-ctx = widgets.build_context(ROOT, dataset)
-
-with st.sidebar:
-    if ctx.info.note:
-        st.info(ctx.info.note, icon=":material/info:")
-    st.caption("Dataset")
-    st.markdown(
-        f"**{ctx.dataset.root.name}** · {len(ctx.dataset.index):,} images · "
-        f"{len(ctx.dataset.labels)} labels"
-    )
-    current_image = st.container()
-
+ctx = widgets.build_context(ROOT)
 try:
     pages.run()
-    with current_image:
+    with sidebar:
         # After the page, so it shows the image the page's widgets just chose.
-        widgets.current_image_ui(ctx)
+        widgets.sidebar_ui(ctx)
     state.sync_url()
 finally:
     widgets.forget_context()

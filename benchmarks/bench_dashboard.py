@@ -106,9 +106,21 @@ def new_page(browser: Any) -> Any:
 
 
 def start_to_paint(browser: Any, repeats: int) -> dict[str, list[float]]:
-    """(a): fresh servers; Popen to health, to the home title painted, to idle."""
-    found: dict[str, list[float]] = {"health": [], "paint": [], "idle": []}
+    """(a): fresh servers, cnnlens and a bare Streamlit page in turn; Popen to health,
+    to the home title painted, to idle."""
+    found: dict[str, list[float]] = {"health": [], "paint": [], "idle": [], "bare": []}
     for _ in range(repeats):
+        bare = new_page(browser)
+        popen_epoch = time.time()
+        server = live_app.launch_server(script="benchmarks/bare_app.py")
+        try:
+            live_app.wait_healthy(server, poll=0.05)
+            bare.goto(server.url, wait_until="commit")
+            painted = bare.wait_for_function(_TITLE_PAINTED_JS, arg=HOME_TITLE, polling="raf")
+            found["bare"].append(painted.json_value() / 1000 - popen_epoch)
+        finally:
+            bare.context.close()
+            live_app.stop_server(server)
         page = new_page(browser)
         popen_epoch = time.time()
         server = live_app.launch_server()
@@ -229,6 +241,8 @@ def table(found: Results) -> list[tuple[str, str, str, str, str]]:
     rows = [
         ("(a) server start -> Home painted", median_range(start["paint"], digits=2),
          f"<= {GOALS['start']:.0f} s", PEER["start"], verdict(med(start["paint"]), GOALS["start"])),
+        ("    bare Streamlit page, same method", median_range(start["bare"], digits=2),
+         "", "", ""),
         ("    server start -> health ok", median_range(start["health"], digits=2), "", "", ""),
         ("    server start -> idle", median_range(start["idle"], digits=2), "", "", ""),
         ("(b) demo: new image -> grid painted", median_range(demo["false"].paint),

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cnnlens.registry import DEMO_DATASET_DIR, SEED
+
 __all__ = [
     "DEMO_DATASET_DIR",
     "MAX_IMAGE_PIXELS",
@@ -27,12 +29,6 @@ __all__ = [
     "open_image",
     "to_mode",
 ]
-
-SEED = 128
-"""The seed recipe's seed: ``np.random.RandomState(128).choice(train.filename)``."""
-
-DEMO_DATASET_DIR = Path(__file__).resolve().parent.parent / "datasets" / "MNIST"
-"""The embedded demo dataset: 4,000 labelled MNIST digits and 1,000 test digits."""
 
 MAX_IMAGE_PIXELS = 150_000_000
 """Images with more pixels are refused before decoding (decompression bombs)."""

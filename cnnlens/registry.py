@@ -1,14 +1,30 @@
-"""What models the dashboard offers, without importing torch.
+"""What the dashboard offers: its models and the demo dataset, without heavy imports.
 
-The dashboard reads this registry to paint its first page before torch has
-loaded; :mod:`cnnlens.models` builds the networks themselves.
+The dashboard reads this registry to paint its first page before torch (or
+pandas) has loaded; :mod:`cnnlens.models` builds the networks themselves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["DEMO_INPUT", "IMAGENET_INPUT", "MODELS", "InputSpec", "ModelInfo", "model_info"]
+DEMO_DATASET_DIR = Path(__file__).resolve().parent.parent / "datasets" / "MNIST"
+"""The embedded demo dataset: 4,000 labelled MNIST digits and 1,000 test digits."""
+
+SEED = 128
+"""The seed recipe's seed: ``np.random.RandomState(128).choice(train.filename)``."""
+
+__all__ = [
+    "DEMO_DATASET_DIR",
+    "DEMO_INPUT",
+    "IMAGENET_INPUT",
+    "MODELS",
+    "SEED",
+    "InputSpec",
+    "ModelInfo",
+    "model_info",
+]
 
 
 @dataclass(frozen=True)

@@ -88,11 +88,15 @@ class Server:
 
 
 def launch_server(
-    port: int | None = None, extra_args: Sequence[str] = (), log_name: str | None = None
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+    log_name: str | None = None,
+    script: str = "dashboard.py",
 ) -> Server:
     """Start ``streamlit run dashboard.py`` in the repo root without waiting for it.
 
     Args:
+        script: The app to run, relative to the repo root (the benchmark's floor uses another).
         port: Port to serve on; default a free one.
         extra_args: More command-line flags, e.g. ``["--runner.postScriptGC", "true"]``.
         log_name: File name of the log under ``test-artifacts/``; default from the port.
@@ -104,7 +108,7 @@ def launch_server(
     command = [
         str(Path(sys.executable).parent / "streamlit"),
         "run",
-        "dashboard.py",
+        script,
         "--server.port",
         str(port),
         *extra_args,

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
-from cnnlens.data import Dataset, load_dataset, open_image, to_mode
-
 if TYPE_CHECKING:
+    import pandas as pd
     from torch import nn
 
+    from cnnlens.data import Dataset
     from cnnlens.lens import Lens
 
 DISPLAY_SIDE = 512
@@ -37,6 +36,8 @@ class Features:
 @st.cache_data(max_entries=8, show_spinner="Reading the dataset folder…")
 def get_dataset(root: str) -> Dataset:
     """The indexed dataset folder (bad rows are in ``.problems``)."""
+    from cnnlens.data import load_dataset
+
     return load_dataset(root)
 
 
@@ -83,6 +84,8 @@ def get_dataset_image(root: str, split: str, filename: str, mode: str) -> np.nda
 @st.cache_data(max_entries=32, show_spinner=False)
 def get_uploaded_image(data: bytes, name: str, mode: str) -> np.ndarray:
     """An uploaded image, decoded safely and converted to the model's mode."""
+    from cnnlens.data import open_image, to_mode
+
     image = to_mode(open_image(data, name=name), mode)
     image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
     return np.asarray(image)

@@ -9,11 +9,14 @@ copied URL reopens the same view. Widgets use these keys directly, with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from cnnlens.data import SEED, Dataset
-from cnnlens.registry import MODELS
+from cnnlens.registry import MODELS, SEED
+
+if TYPE_CHECKING:
+    from cnnlens.data import Dataset
 
 MODEL_KEY = "model"
 SEED_KEY = "seed"
@@ -101,8 +104,41 @@ def _url_value(key: str) -> str | None:
     return st.session_state[_LOADED].get(key)
 
 
+def _settle_from_url(
+    done_key: str, keys: tuple[str, ...], dataset: Dataset | None, names: list[str]
+) -> list[str]:
+    """Once per session, move the URL's values for ``keys`` into session state."""
+    state = st.session_state
+    if _LOADED not in state:
+        state[_LOADED] = {key: st.query_params.get(key) for key in _URL_KEYS}
+    if state.get(done_key):
+        return []
+    state[done_key] = True
+    notices: list[str] = []
+    for key in keys:
+        raw = _url_value(key)
+        if raw is None:
+            continue
+        try:
+            state[key] = _parse(key, raw, dataset, names)
+        except ValueError:
+            notices.append(f"The link's {key}={raw!r} is not valid here; using the default.")
+    return notices
+
+
+def init_model() -> list[str]:
+    """Settle the model (from the URL once per session); needs neither torch nor the dataset.
+
+    Returns:
+        Notices for URL values that were invalid and fell back to defaults.
+    """
+    notices = _settle_from_url("_url_model_loaded", (MODEL_KEY,), None, [])
+    st.session_state.setdefault(MODEL_KEY, "demo")
+    return notices
+
+
 def init_state(dataset: Dataset) -> list[str]:
-    """Fill in the image defaults and, once per session, the image values of the URL.
+    """Settle the image view: defaults and, once per session, the URL's values.
 
     Layers are settled separately by :func:`init_layers`, which needs the model
     (and so torch); pages that show no layers paint without it.
@@ -110,30 +146,18 @@ def init_state(dataset: Dataset) -> list[str]:
     Returns:
         Notices for URL values that were invalid and fell back to defaults.
     """
-    notices: list[str] = []
     state = st.session_state
-    if _LOADED not in state:
-        state[_LOADED] = {key: st.query_params.get(key) for key in _URL_KEYS}
-        parsed: dict[str, object] = {}
-        for key in (MODEL_KEY, SEED_KEY, SPLIT_KEY, IMAGE_KEY, NORM_KEY):
-            raw = _url_value(key)
-            if raw is None:
-                continue
-            try:
-                parsed[key] = _parse(key, raw, dataset, [])
-            except ValueError:
-                notices.append(f"The link's {key}={raw!r} is not valid here; using the default.")
-        image = parsed.get(IMAGE_KEY)
-        if image is not None:
-            try:
-                dataset.path_of(str(image), str(parsed.get(SPLIT_KEY, "train")))
-            except ValueError:
-                notices.append(
-                    f"The link's image {image!r} is not in this dataset; using the pick."
-                )
-                del parsed[IMAGE_KEY]
-        state.update(parsed)
-    state.setdefault(MODEL_KEY, "demo")
+    notices = _settle_from_url(
+        "_url_image_loaded", (SEED_KEY, SPLIT_KEY, IMAGE_KEY, NORM_KEY), dataset, []
+    )
+    image = state.get(IMAGE_KEY)
+    if image is not None and not state.get("_url_image_checked"):
+        state["_url_image_checked"] = True
+        try:
+            dataset.path_of(str(image), str(state.get(SPLIT_KEY, "train")))
+        except ValueError:
+            notices.append(f"The link's image {image!r} is not in this dataset; using the pick.")
+            state[IMAGE_KEY] = None
     state.setdefault(SEED_KEY, SEED)
     state.setdefault(SPLIT_KEY, "train")
     state.setdefault(IMAGE_KEY, None)
@@ -148,18 +172,10 @@ def init_layers(names: list[str]) -> list[str]:
     Returns:
         Notices for URL values that were invalid and fell back to defaults.
     """
-    notices: list[str] = []
     state = st.session_state
-    if not state.get("_url_layers_loaded"):
-        state["_url_layers_loaded"] = True
-        for key in (LAYERS_KEY, LAYER_KEY, CHANNEL_KEY):
-            raw = _url_value(key)
-            if raw is None:
-                continue
-            try:
-                state[key] = _parse(key, raw, None, names)
-            except ValueError:
-                notices.append(f"The link's {key}={raw!r} is not valid here; using the default.")
+    notices = _settle_from_url(
+        "_url_layers_loaded", (LAYERS_KEY, LAYER_KEY, CHANNEL_KEY), None, names
+    )
     if not state.get(LAYERS_KEY) or any(n not in names for n in state[LAYERS_KEY]):
         state[LAYERS_KEY] = default_layers(names)
     if state.get(LAYER_KEY) not in state[LAYERS_KEY]:

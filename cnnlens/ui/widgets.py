@@ -5,16 +5,19 @@ Each ``*_ui()`` builder draws its widgets and returns plain values.
 
 from __future__ import annotations
 
+import functools
 import runpy
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
 
-from cnnlens.data import Dataset
 from cnnlens.registry import ModelInfo, model_info
 from cnnlens.ui import cache, state
+
+if TYPE_CHECKING:
+    from cnnlens.data import Dataset
 
 ENTRYPOINT = Path(__file__).resolve().parents[2] / "dashboard.py"
 PAGES_DIR = ENTRYPOINT.parent / "pages"
@@ -138,28 +141,38 @@ def upload_ui(mode: str) -> None:
         )
 
 
-@dataclass(frozen=True)
 class Context:
-    """What every page needs, settled once per run by the entrypoint.
+    """This run's dataset folder and model, settled by the entrypoint for the pages.
 
-    The view itself is read with :func:`state.current_view` where a page needs
-    it, after the page's own widgets: a widget's new value is visible only once
-    the widget has been drawn in this run.
+    The dataset is read when a page first needs it, so a page paints its title
+    before pandas has even been imported. The view itself is read with
+    :func:`state.current_view` after the page's own widgets: a widget's new
+    value is visible only once the widget has been drawn in this run.
     """
 
-    root: str
-    dataset: Dataset
-    model_name: str
-    info: ModelInfo
+    def __init__(self, root: str, model_name: str) -> None:
+        self.root = root
+        self.model_name = model_name
+        self.info: ModelInfo = model_info(model_name)
+
+    @functools.cached_property
+    def dataset(self) -> Dataset:
+        """The indexed dataset; a folder that is not one stops the page with an error."""
+        try:
+            dataset = cache.get_dataset(self.root)
+        except ValueError as error:
+            st.error(f"The dataset folder cannot be used: {error}", icon=":material/error:")
+            st.stop()
+        show_notices(state.init_state(dataset))
+        return dataset
 
 
 _CONTEXT_KEY = "_context"
 
 
-def build_context(root: str, dataset: Dataset) -> Context:
-    """Record this run's dataset and model for the pages; called by ``dashboard.py``."""
-    model_name = st.session_state[state.MODEL_KEY]
-    context = Context(root, dataset, model_name, model_info(model_name))
+def build_context(root: str) -> Context:
+    """Record this run's dataset folder and model for the pages; called by ``dashboard.py``."""
+    context = Context(root, st.session_state[state.MODEL_KEY])
     st.session_state[_CONTEXT_KEY] = context
     return context
 
@@ -188,8 +201,15 @@ def context(with_layers: bool = False) -> tuple[Context, list[str]]:
     return ctx, names
 
 
-def current_image_ui(ctx: Context) -> None:
-    """The current input, small, with its name and label (for the sidebar)."""
+def sidebar_ui(ctx: Context) -> None:
+    """The model's note, the dataset and the current input (drawn after the page)."""
+    if ctx.info.note:
+        st.info(ctx.info.note, icon=":material/info:")
+    dataset = ctx.dataset
+    st.caption("Dataset")
+    st.markdown(
+        f"**{dataset.root.name}** · {len(dataset.index):,} images · {len(dataset.labels)} labels"
+    )
     try:
         view = state.current_view(ctx.dataset)
         pixels, caption = input_pixels(view, ctx)
