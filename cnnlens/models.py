@@ -31,16 +31,17 @@ DEMO_WEIGHTS = _ROOT / "weights" / "demo_cnn.safetensors"
 class DemoCNN(nn.Module):
     """A small VGG-like CNN for 28×28 digits: a sequential ``features`` and a classifier.
 
-    Takes N×1×28×28 pixel values in [0, 1]; the BatchNorm after each conv does
-    the normalisation, so no preprocessing beyond scaling is needed. Returns
-    N×10 class logits.
+    Like VGG, each conv is followed by an in-place ReLU (no batch norm), so a lens
+    on a conv layer must keep its pre-ReLU values apart. Takes N×1×28×28 pixel
+    values in [0, 1] as they are: it was trained on them, so callers normalise
+    nothing. Returns N×10 class logits.
     """
 
     def __init__(self) -> None:
         super().__init__()
 
         def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
 
         self.features = nn.Sequential(
             *block(1, 32),

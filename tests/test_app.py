@@ -249,9 +249,9 @@ def test_invalid_url_values_fall_back_to_defaults_with_a_notice():
 def test_layers_page_table_and_target_choice():
     at = open_app("layers.py")
     table = at.dataframe[0].value
-    assert list(table["layer"])[:4] == ["conv_1", "bn_1", "relu_1", "conv_2"]
+    assert list(table["layer"])[:4] == ["conv_1", "relu_1", "conv_2", "relu_2"]
     assert list(table["output shape"])[-1] == "64×7×7"
-    assert list(table["receptive field"])[:4] == [3, 3, 3, 5]
+    assert list(table["receptive field"]) == [3, 3, 5, 5, 6, 10, 10, 14, 14, 16]
     assert table["chosen"].sum() == 4
     at.multiselect(key="layers").set_value(["relu_2", "pool_4"]).run()
     at.switch_page(str(PAGES / "feature_maps.py")).run()
