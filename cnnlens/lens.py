@@ -37,7 +37,7 @@ class Extractor(nn.Module):
 
     It is an identity: the lens reads the tensor that reaches it during its own
     forward loop and keeps it in a dict local to that call. Nothing is stored on
-    the module, unlike the seed's ``self.feature = ...``.
+    the module, unlike the seed, which kept each feature as an attribute of its module.
     """
 
     def __init__(self, target: str) -> None:

@@ -43,10 +43,10 @@ def get_dataset(root: str) -> Dataset:
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def get_model(name: str) -> nn.Module:
-    """A registered model in eval mode, shared by every session."""
-    from cnnlens.models import load_model
+    """A registered model in eval mode on the best device here, shared by every session."""
+    from cnnlens.models import load_model, pick_device
 
-    return load_model(name)
+    return load_model(name, pick_device())
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -103,12 +103,13 @@ def get_features(model_name: str, targets: tuple[str, ...], pixels: np.ndarray) 
 
     info = model_info(model_name)
     batch = to_batch(Image.fromarray(pixels), info.spec)
-    maps = get_lens(model_name, targets)(batch)
+    lens = get_lens(model_name, targets)
+    maps = lens(batch)
     probabilities = None
     if info.classes is not None:
         with torch.inference_mode():
-            logits = get_model(model_name)(batch)
-        probabilities = torch.softmax(logits.float(), dim=1)[0].numpy()
+            logits = get_model(model_name)(batch.to(lens.device))
+        probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
     return Features({k: v[0].float().cpu().numpy() for k, v in maps.items()}, probabilities)
 
 
