@@ -83,6 +83,7 @@ def explain(*topics: str, title: str = "What am I looking at?") -> None:
 
 
 def show_notices(notices: list[str]) -> None:
+    """Show each notice (a URL value that fell back to its default) as a warning."""
     for notice in notices:
         st.warning(notice, icon=":material/link_off:")
 
