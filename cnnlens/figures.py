@@ -318,7 +318,7 @@ def _figure(
             # Streamlit's chart theme styles the figure in the browser; plotly's own
             # default template would only add 10 kB and a deep copy to every rerun.
             "template": _NO_TEMPLATE,
-            "title": {"text": title},
+            "title": {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}},
             "height": height,
             "margin": {"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
             "font": {"size": 12},
