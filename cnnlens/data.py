@@ -18,10 +18,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cnnlens.registry import DEMO_DATASET_DIR, SEED
+from cnnlens.registry import SEED
 
 __all__ = [
-    "DEMO_DATASET_DIR",
     "MAX_IMAGE_PIXELS",
     "Dataset",
     "Problem",

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnnlens.data import DEMO_DATASET_DIR, Dataset, load_dataset, to_mode
-from cnnlens.registry import DEMO_INPUT, InputSpec, model_info
+from cnnlens.data import Dataset, load_dataset, to_mode
+from cnnlens.registry import DEMO_DATASET_DIR, DEMO_INPUT, InputSpec, model_info
 
 __all__ = [
     "DEMO_DATASET_DIR",

@@ -25,8 +25,7 @@ st.multiselect(
     "The network runs only up to the deepest one.",
 )
 
-channels = 1 if spec.mode == "L" else 3
-table = cache.get_layer_table(ctx.model_name, (channels, *spec.size)).copy()
+table = cache.get_layer_table(ctx.model_name, spec.shape).copy()
 table["map memory"] = table.pop("map bytes").map(lambda b: f"{b / 1024:,.1f} KiB")
 table["chosen"] = table["layer"].isin(st.session_state[state.LAYERS_KEY])
 st.dataframe(

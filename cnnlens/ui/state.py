@@ -46,14 +46,10 @@ _LOADED = "_url_at_open"
 class View:
     """The current view, read from session state after it has been validated."""
 
-    model: str
     seed: int
     split: str
     image: str
     layers: tuple[str, ...]
-    layer: str
-    channel: int
-    norm: str
     upload: tuple[str, bytes] | None
 
 
@@ -190,14 +186,10 @@ def current_view(dataset: Dataset) -> View:
     split = state[SPLIT_KEY]
     image = state[IMAGE_KEY] or dataset.pick(state[SEED_KEY], split)
     return View(
-        model=state[MODEL_KEY],
         seed=state[SEED_KEY],
         split=split,
         image=image,
         layers=tuple(state.get(LAYERS_KEY, ())),
-        layer=state.get(LAYER_KEY, ""),
-        channel=state.get(CHANNEL_KEY, 0),
-        norm=state[NORM_KEY],
         upload=state[UPLOAD_KEY],
     )
 
