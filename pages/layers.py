@@ -12,7 +12,8 @@ spec = ctx.info.spec
 st.title("Layers")
 st.markdown(
     "The network as cnnlens sees it: every layer in order, named by its kind and the "
-    "conv block it belongs to (`conv_1`, `bn_1`, `relu_1`, `pool_1`, `conv_2`, …)."
+    "conv block it belongs to (`conv_1`, `relu_1`, `pool_1`, `conv_2`, …; `bn_1` where "
+    "a network has batch norm)."
 )
 widgets.explain("convolution", "relu")
 
