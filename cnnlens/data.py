@@ -1,13 +1,19 @@
-"""Datasets in the seed's layout: ``train.csv`` (``filename,label``) and ``train/``.
+"""Dataset folders: the seed's CSV layout, or one subfolder of images per label.
 
-A folder may also hold a test CSV (``filename`` only) whose images sit under
-``test/``. Loading never fails on a bad row: the row is left out and listed in
-``Dataset.problems`` with the reason, and the other rows stay usable.
+The seed's layout is ``train.csv`` (``filename,label``) with the images under
+``train/``, and optionally a test CSV (``filename`` only) whose images sit under
+``test/``. The image-folder layout (torchvision's ImageFolder) is a folder per
+label, ``cat/001.jpg``, either in the dataset folder itself or under ``train/``
+with unlabelled images in ``test/`` beside it. Loading never fails on a bad
+row: the row is left out and listed in ``Dataset.problems`` with the reason, and
+the other rows stay usable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -21,6 +27,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cnnlens.registry import SEED
 
 __all__ = [
+    "LAYOUTS",
+    "MAX_DECODED_SIDE",
     "MAX_IMAGE_PIXELS",
     "Dataset",
     "Problem",
@@ -35,11 +43,18 @@ MAX_IMAGE_PIXELS = 150_000_000
 MAX_DECODED_SIDE = 2048
 """Larger images are scaled down on load; no network here needs more."""
 
-_SPLITS = ("train", "test")
+LAYOUTS = ("csv", "image-folder")
+"""The values of :attr:`Dataset.layout`."""
+
+_ACCEPTED = (
+    "cnnlens reads two layouts: train.csv (columns filename,label) with the images in "
+    "train/; or one subfolder of images per label (cat/001.jpg, dog/002.jpg), either "
+    "in the folder itself or inside train/ with unlabelled images in test/."
+)
 
 
 class Problem(NamedTuple):
-    """A CSV row left out of a dataset, and why."""
+    """A CSV row or an image file left out of a dataset, and why."""
 
     filename: str
     reason: str
@@ -47,11 +62,12 @@ class Problem(NamedTuple):
 
 @dataclass(frozen=True)
 class Split:
-    """The usable rows of one CSV and the rows left out."""
+    """The usable rows of one CSV (or folder listing) and the rows left out."""
 
     index: pd.DataFrame
     problems: list[Problem]
     drawn_from: np.ndarray  # the CSV's filename column as written, for the seeded pick
+    stats: list[tuple[str, int, int]]  # (filename, size, mtime_ns) of each usable row
 
 
 def _find_test_csv(root: Path) -> Path | None:
@@ -109,21 +125,25 @@ _MAGIC = (
 )
 
 
-def _is_image(path: str) -> bool:
-    """Whether a file starts like an image, reading 16 bytes (Pillow only for rare formats)."""
+def _image_stat(path: str) -> os.stat_result | None:
+    """The file's stat if it starts like an image, reading 16 bytes (Pillow for rare formats).
+
+    The stat comes from the open file, so the fingerprint costs no extra lookup.
+    """
     try:
         with open(path, "rb") as file:
             head = file.read(16)
+            stat = os.fstat(file.fileno())
     except OSError:
-        return False
+        return None
     if head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return True
+        return stat
     try:
         with Image.open(path) as image:
             image.size  # noqa: B018 - reading the header is the check
-        return True
+        return stat
     except (UnidentifiedImageError, OSError, ValueError):
-        return False
+        return None
 
 
 def _check_rows(frame: pd.DataFrame, folder: Path, labelled: bool) -> Split:
@@ -133,6 +153,7 @@ def _check_rows(frame: pd.DataFrame, folder: Path, labelled: bool) -> Split:
     no_label = frame["label"].isna().to_numpy() if labelled else np.zeros(len(names), bool)
     present = set(os.listdir(folder)) if folder.is_dir() else set()
     usable: list[int] = []
+    stats: list[tuple[str, int, int]] = []
     problems: list[Problem] = []
     first_line: dict[str, int] = {}
     for row, name in enumerate(names):
@@ -150,24 +171,31 @@ def _check_rows(frame: pd.DataFrame, folder: Path, labelled: bool) -> Split:
                 problems.append(Problem(name, f"line {line} has no label"))
             elif not (name in present or os.path.isfile(path)):
                 problems.append(Problem(name, f"no such file in {folder.name}/"))
-            elif not _is_image(path):
+            elif (stat := _image_stat(path)) is None:
                 problems.append(Problem(name, "not an image Pillow can read"))
             else:
                 usable.append(row)
+                stats.append((name, stat.st_size, stat.st_mtime_ns))
     index = frame.iloc[usable].reset_index(drop=True)
-    return Split(index, problems, np.asarray(names, dtype=object))
+    return Split(index, problems, np.asarray(names, dtype=object), stats)
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A labelled image folder in the seed's layout.
+    """A labelled image folder in the seed's CSV layout or the image-folder layout.
 
     Attributes:
         root: the dataset folder.
-        index: the usable rows of ``train.csv`` (``filename``, ``label`` and any extra columns).
-        problems: ``(filename, reason)`` for each ``train.csv`` row left out.
-        test_index: the usable rows of the test CSV, or ``None`` when there is none.
-        test_problems: the test CSV rows left out.
+        index: the usable rows of ``train.csv`` (``filename``, ``label`` and any extra
+            columns); in the image-folder layout, one row per image, sorted by filename
+            (``cat/001.jpg``, relative to the label folders' parent), labelled by its folder.
+        problems: ``(filename, reason)`` for each row or image file left out.
+        test_index: the usable rows of the test CSV (or the images of ``test/`` in the
+            image-folder layout), or ``None`` when there is none.
+        test_problems: the test rows left out.
+        layout: ``"csv"`` or ``"image-folder"`` (see :data:`LAYOUTS`).
+        fingerprint: changes whenever the CSVs, the usable files (name, size, mtime)
+            or the problems change; a key for caches on disk.
     """
 
     root: Path
@@ -175,7 +203,10 @@ class Dataset:
     problems: list[Problem]
     test_index: pd.DataFrame | None = None
     test_problems: list[Problem] = field(default_factory=list)
+    layout: str = "csv"
+    fingerprint: str = ""
     _drawn_from: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _folders: dict[str, Path] = field(default_factory=dict, repr=False)
     _names_cache: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -189,14 +220,16 @@ class Dataset:
         if split == "test" and self.test_index is not None:
             return self.test_index
         if split == "test":
-            raise ValueError(f"{self.root.name} has no test CSV, so there are no test images.")
+            where = "test CSV" if self.layout == "csv" else "test/ folder"
+            raise ValueError(f"{self.root.name} has no {where}, so there are no test images.")
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
 
     def pick(self, seed: int = SEED, split: str = "train") -> str:
         """Pick one image as the seed recipe does.
 
         Returns exactly ``np.random.RandomState(seed).choice(train.filename)`` on
-        the CSV as written. If that row was left out as a problem, the same
+        the CSV as written (in the image-folder layout, on the sorted listing of
+        the image files). If that row was left out as a problem, the same
         generator draws again until it lands on a usable row.
 
         Raises:
@@ -204,7 +237,7 @@ class Dataset:
         """
         usable = self._split(split)
         if usable.empty:
-            raise ValueError(f"{split}.csv has no usable rows to pick from.")
+            raise ValueError(f"The {split} split of {self.root.name} has no usable images.")
         names = self._usable_names(split)
         drawn_from = self._drawn_from[split]
         rng = np.random.RandomState(seed)
@@ -253,32 +286,57 @@ class Dataset:
             ValueError: if the filename is not a usable row of that split.
         """
         if filename not in self._usable_names(split):
-            raise ValueError(f"{filename!r} is not a usable image of {split}.csv.")
-        return self.root / split / filename
+            raise ValueError(f"{filename!r} is not a usable image of the {split} split.")
+        return self._folders.get(split, self.root / split) / filename
 
-    def load_image(self, filename: str, mode: str = "L", split: str = "train") -> Image.Image:
+    def load_image(
+        self,
+        filename: str,
+        mode: str = "L",
+        split: str = "train",
+        max_side: int | None = None,
+    ) -> Image.Image:
         """Open a dataset image with Pillow and convert it for a model.
 
         Args:
             filename: a usable filename of the split.
             mode: ``"L"`` for a 1-channel model, ``"RGB"`` for a 3-channel one.
             split: ``"train"`` or ``"test"``.
+            max_side: scale the image down so that its longer side is at most this
+                many pixels (JPEGs decode straight at a reduced scale); it is never
+                more than :data:`MAX_DECODED_SIDE`.
 
         Raises:
-            ValueError: for an unknown filename, an unreadable image or one over
-                :data:`MAX_IMAGE_PIXELS`.
+            ValueError: for an unknown filename, an unreadable image, one over
+                :data:`MAX_IMAGE_PIXELS`, or a ``max_side`` below 1.
         """
         path = self.path_of(filename, split)
-        return to_mode(open_image(path.read_bytes(), name=filename), mode)
+        return to_mode(open_image(path.read_bytes(), name=filename, max_side=max_side), mode)
 
 
-def open_image(data: bytes, name: str = "the image") -> Image.Image:
+def open_image(data: bytes, name: str = "the image", max_side: int | None = None) -> Image.Image:
     """Decode image bytes safely: pixel cap, EXIF rotation, large images scaled down.
 
+    Args:
+        data: the encoded image.
+        name: how errors call the image.
+        max_side: the longest side wanted, at most :data:`MAX_DECODED_SIDE` (the
+            default). Larger images are scaled down with their aspect ratio kept;
+            a JPEG is decoded at 1/2, 1/4 or 1/8 scale when that is still large
+            enough, so a 12-megapixel photo never sits in memory at full size.
+
     Raises:
+        TypeError: if ``max_side`` is not an integer.
         ValueError: if the bytes are not an image, are truncated, or exceed
-            :data:`MAX_IMAGE_PIXELS`.
+            :data:`MAX_IMAGE_PIXELS`, or if ``max_side`` is below 1.
     """
+    if max_side is None:
+        max_side = MAX_DECODED_SIDE
+    elif isinstance(max_side, bool) or not isinstance(max_side, int):
+        raise TypeError(f"max_side must be an integer number of pixels, got {max_side!r}.")
+    elif max_side < 1:
+        raise ValueError(f"max_side must be at least 1 pixel, got {max_side}.")
+    side = min(max_side, MAX_DECODED_SIDE)
     try:
         with warnings.catch_warnings():
             # Our own cap below replaces Pillow's bomb warning.
@@ -290,13 +348,16 @@ def open_image(data: bytes, name: str = "the image") -> Image.Image:
                     f"{name} is {width}×{height} = {width * height / 1e6:.0f} megapixels, over "
                     f"the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit. Scale it down and try again."
                 )
-            if max(width, height) > MAX_DECODED_SIDE:
-                # JPEG decodes straight to a smaller scale; other formats scale after decoding.
-                image.draft(image.mode, (MAX_DECODED_SIDE, MAX_DECODED_SIDE))
+            if max(width, height) > side:
+                # JPEG decodes straight to the smallest scale that still covers the
+                # target box; other formats are scaled after decoding.
+                scale = side / max(width, height)
+                image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
             image.load()
-            image = ImageOps.exif_transpose(image)
-            if max(image.size) > MAX_DECODED_SIDE:
-                image.thumbnail((MAX_DECODED_SIDE, MAX_DECODED_SIDE), Image.Resampling.LANCZOS)
+            # In place: a copy of a full-size decode is the memory this avoids.
+            ImageOps.exif_transpose(image, in_place=True)
+            if max(image.size) > side:
+                image.thumbnail((side, side), Image.Resampling.LANCZOS)
             return image
     except Image.DecompressionBombError as error:
         raise ValueError(f"{name} is too large to decode safely: {error}") from error
@@ -337,38 +398,136 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
     return image.convert(mode)
 
 
-def load_dataset(root: str | Path) -> Dataset:
-    """Index a dataset folder in the seed's layout.
+def _visible(name: str) -> bool:
+    """Whether a listing entry is data: not .DS_Store, ._resource forks or __MACOSX/."""
+    return not name.startswith(".") and name != "__MACOSX"
 
-    Args:
-        root: a folder holding ``train.csv`` and ``train/``, and optionally a test
-            CSV (``test.csv`` or ``Test_*.csv``, column ``filename``) and ``test/``.
 
-    Returns:
-        A :class:`Dataset`; rows that cannot be used are in ``.problems``.
+def _list_files(folder: Path) -> list[str]:
+    """The visible files under a folder, as sorted '/'-separated paths relative to it."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [name for name in dirnames if _visible(name)]
+        prefix = Path(os.path.relpath(dirpath, folder)).as_posix()
+        prefix = "" if prefix == "." else prefix + "/"
+        found.extend(prefix + name for name in filenames if _visible(name))
+    return sorted(found)
 
-    Raises:
-        ValueError: if the folder or ``train.csv`` is missing, empty, not a CSV,
-            or lacks the ``filename``/``label`` columns.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(
-            f"{root} is not a folder. Choose a folder that holds train.csv and train/."
-        )
-    train_csv = root / "train.csv"
-    if not train_csv.is_file():
-        raise ValueError(f"{root} has no train.csv. A dataset folder holds train.csv and train/.")
-    train = _check_rows(_read_csv(train_csv, ("filename", "label")), root / "train", True)
+
+def _label_values(names: list[str]) -> list:
+    """Folder names as labels; all-integer names (0/, 1/, ...) become ints like in a CSV."""
+    if names and all(
+        name.isascii() and name.isdigit() and str(int(name)) == name for name in names
+    ):
+        return [int(name) for name in names]
+    return names
+
+
+def _scan_labelled(folder: Path, loose_files_are_problems: bool) -> Split:
+    """Index ``folder/<label>/...`` images like a CSV whose rows are the sorted file listing."""
+    with os.scandir(folder) as entries:
+        listing = sorted(entries, key=lambda entry: entry.name)
+    label_dirs = [e.name for e in listing if _visible(e.name) and e.is_dir()]
+    loose = [e.name for e in listing if _visible(e.name) and not e.is_dir()]
+    names = sorted(
+        f"{label}/{rest}" for label in label_dirs for rest in _list_files(folder / label)
+    )
+    labels = _label_values([name.split("/", 1)[0] for name in names])
+    split = _check_rows(pd.DataFrame({"filename": names, "label": labels}), folder, True)
+    if loose_files_are_problems:
+        split.problems.extend(Problem(name, "not inside a label folder") for name in loose)
+    return split
+
+
+def _scan_unlabelled(folder: Path) -> Split:
+    """Index every image under a folder, without labels."""
+    frame = pd.DataFrame({"filename": _list_files(folder)}, dtype=object)
+    return _check_rows(frame, folder, False)
+
+
+def _fingerprint(layout: str, csvs: list[Path], splits: dict[str, Split]) -> str:
+    digest = hashlib.sha256(layout.encode())
+    for csv in csvs:
+        digest.update(csv.name.encode() + b"\0" + csv.read_bytes() + b"\0")
+    for name, split in splits.items():
+        digest.update(repr((name, split.stats, split.problems)).encode())
+    return digest.hexdigest()[:32]
+
+
+def _load_csv_layout(root: Path) -> Dataset:
+    train = _check_rows(_read_csv(root / "train.csv", ("filename", "label")), root / "train", True)
     test_csv = _find_test_csv(root)
     test = (
         _check_rows(_read_csv(test_csv, ("filename",)), root / "test", False) if test_csv else None
     )
+    splits = {"train": train, **({"test": test} if test else {})}
+    csvs = [root / "train.csv", *([test_csv] if test_csv else [])]
     return Dataset(
         root=root,
         index=train.index,
         problems=train.problems,
         test_index=test.index if test else None,
         test_problems=test.problems if test else [],
-        _drawn_from={"train": train.drawn_from, **({"test": test.drawn_from} if test else {})},
+        layout="csv",
+        fingerprint=_fingerprint("csv", csvs, splits),
+        _drawn_from={name: split.drawn_from for name, split in splits.items()},
+        _folders={name: root / name for name in splits},
     )
+
+
+def _has_subfolder(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any(_visible(entry.name) and entry.is_dir() for entry in entries)
+
+
+def _load_image_folder_layout(root: Path) -> Dataset:
+    nested = (root / "train").is_dir()
+    labelled = root / "train" if nested else root
+    if not _has_subfolder(labelled):
+        where = "train/ has no label subfolders" if nested else "no label subfolders"
+        raise ValueError(f"{root} has no train.csv and {where}. {_ACCEPTED}")
+    with os.scandir(labelled) as entries:
+        datasets = sorted(e.name for e in entries if (Path(e.path) / "train.csv").is_file())
+    if datasets:
+        raise ValueError(
+            f"{root} holds datasets rather than label folders: choose one of them, "
+            f"e.g. {root / datasets[0]}."
+        )
+    train = _scan_labelled(labelled, loose_files_are_problems=nested)
+    test = _scan_unlabelled(root / "test") if nested and (root / "test").is_dir() else None
+    splits = {"train": train, **({"test": test} if test else {})}
+    return Dataset(
+        root=root,
+        index=train.index,
+        problems=train.problems,
+        test_index=test.index if test else None,
+        test_problems=test.problems if test else [],
+        layout="image-folder",
+        fingerprint=_fingerprint("image-folder", [], splits),
+        _drawn_from={name: split.drawn_from for name, split in splits.items()},
+        _folders={"train": labelled, **({"test": root / "test"} if test else {})},
+    )
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Index a dataset folder in the CSV layout or the image-folder layout.
+
+    Args:
+        root: a folder holding ``train.csv`` and ``train/``, and optionally a test
+            CSV (``test.csv`` or ``Test_*.csv``, column ``filename``) and ``test/``;
+            or, without ``train.csv``, one subfolder of images per label, either in
+            ``root`` itself or in ``root/train/`` with unlabelled images in ``root/test/``.
+
+    Returns:
+        A :class:`Dataset`; rows and files that cannot be used are in ``.problems``.
+
+    Raises:
+        ValueError: if the folder is missing or is in neither layout, or if
+            ``train.csv`` is empty, not a CSV, or lacks the ``filename``/``label`` columns.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder. Choose a dataset folder. {_ACCEPTED}")
+    if (root / "train.csv").is_file():
+        return _load_csv_layout(root)
+    return _load_image_folder_layout(root)

@@ -1,18 +1,20 @@
-"""Datasets in the seed's layout: the seeded pick, bad rows, image loading."""
+"""Dataset folders in both layouts: the seeded pick, bad rows, fingerprints, image loading."""
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from cnnlens import MAX_IMAGE_PIXELS, demo_dataset, load_dataset, open_image, to_mode
+from cnnlens.data import MAX_DECODED_SIDE
 from cnnlens.models import DEMO_DATASET_DIR
-from tests.generated import write_dataset
+from tests.generated import write_dataset, write_image_folder
 
 
 def seed_recipe_pick(root: Path, seed: int) -> str:
@@ -188,3 +190,197 @@ def test_large_images_are_scaled_down_on_load():
     image = open_image(png_bytes(big, "JPEG"))
     assert max(image.size) <= 2048 and image.size[0] == 2 * image.size[1]
     assert abs(int(np.asarray(image).mean()) - 200) <= 1
+
+
+# The image-folder layout ---------------------------------------------------------------
+
+
+def test_image_folders_index_like_a_csv_sorted_by_path(tmp_path):
+    labels = ["cat", "dog", "cat", "bird", "dog", "cat", "bird", "cat"]
+    root = write_image_folder(tmp_path / "pets", labels, size=(6, 9), mode="RGB")
+    (root / "cat" / "extra").mkdir()
+    Image.new("RGB", (9, 6), (1, 2, 3)).save(root / "cat" / "extra" / "deep.png")
+    (root / "dog" / ".DS_Store").write_bytes(b"\0\0")  # hidden files are not data
+    (root / "README.txt").write_text("loose files beside the label folders are not data")
+    dataset = load_dataset(root)
+    expected = sorted([f"{label}/img_{i}.png" for i, label in enumerate(labels)])
+    expected = sorted([*expected, "cat/extra/deep.png"])
+    assert dataset.layout == "image-folder" and dataset.problems == []
+    assert list(dataset.index["filename"]) == expected
+    assert list(dataset.index["label"]) == [name.split("/")[0] for name in expected]
+    assert dataset.labels == ["bird", "cat", "dog"]
+    assert dataset.label_of("cat/extra/deep.png") == "cat"
+    assert dataset.test_index is None
+    with pytest.raises(ValueError, match="has no test/ folder"):
+        dataset.pick(1, split="test")
+    for seed in (0, 7, 128):
+        assert dataset.pick(seed) == np.random.RandomState(seed).choice(expected)
+    assert dataset.pick_many(3, 4)[0] == dataset.pick(3)
+    image = dataset.load_image("cat/img_0.png", "RGB")
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(root / "cat" / "img_0.png")))
+    assert np.asarray(dataset.load_image("cat/extra/deep.png", "RGB"))[0, 0].tolist() == [1, 2, 3]
+
+
+def test_image_folders_under_train_with_a_flat_test_folder_and_problems(tmp_path):
+    root = write_image_folder(tmp_path / "d", ["a", "b", "a", "b"], under_train=True)
+    (root / "train" / "b" / "notes.png").write_text("not a picture")
+    (root / "train" / "loose.png").write_bytes((root / "train" / "a" / "img_0.png").read_bytes())
+    (root / "test").mkdir()
+    for name, value in (("t2.png", 20), ("t1.png", 10)):
+        Image.new("L", (4, 4), value).save(root / "test" / name)
+    (root / "test" / "t3.png").write_text("plain text")
+    dataset = load_dataset(root)
+    assert list(dataset.index["filename"]) == [
+        "a/img_0.png",
+        "a/img_2.png",
+        "b/img_1.png",
+        "b/img_3.png",
+    ]
+    assert dataset.problems == [
+        ("b/notes.png", "not an image Pillow can read"),
+        ("loose.png", "not inside a label folder"),
+    ]
+    assert list(dataset.test_index["filename"]) == ["t1.png", "t2.png"]
+    assert dataset.test_problems == [("t3.png", "not an image Pillow can read")]
+    # Left-out files stay in the list the generator draws from, as left-out CSV rows do.
+    rng = np.random.RandomState(5)
+    draws = [rng.choice(["t1.png", "t2.png", "t3.png"]) for _ in range(50)]
+    assert dataset.pick(5, split="test") == next(name for name in draws if name != "t3.png")
+    assert np.asarray(dataset.load_image("t2.png", split="test")).max() == 20
+    assert dataset.path_of("a/img_2.png") == root / "train" / "a" / "img_2.png"
+    with pytest.raises(ValueError, match="not a usable image"):
+        dataset.load_image("b/notes.png")
+
+
+def test_integer_folder_names_are_integer_labels_like_in_a_csv(tmp_path):
+    labels = [i % 3 for i in range(9)]
+    as_folders = load_dataset(write_image_folder(tmp_path / "f", labels))
+    as_csv = load_dataset(write_dataset(tmp_path / "c", labels))
+    assert as_folders.labels == as_csv.labels == [0, 1, 2]
+    assert as_folders.index["label"].tolist() == sorted(labels)
+    # A zero-padded name is not the integer it spells: it stays a name.
+    padded = load_dataset(write_image_folder(tmp_path / "p", ["007", "8"]))
+    assert padded.labels == ["007", "8"]
+
+
+def test_a_folder_in_neither_layout_says_which_layouts_work(tmp_path):
+    (tmp_path / "flat").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(ValueError, match=r"no label subfolders\. cnnlens reads two layouts"):
+        load_dataset(tmp_path / "flat")
+    (tmp_path / "no_csv" / "train").mkdir(parents=True)
+    Image.new("L", (4, 4)).save(tmp_path / "no_csv" / "train" / "a.png")
+    with pytest.raises(ValueError, match="has no train.csv and train/ has no label subfolders"):
+        load_dataset(tmp_path / "no_csv")
+    with pytest.raises(ValueError, match="is not a folder.*reads two layouts"):
+        load_dataset(tmp_path / "flat" / "a.png")
+    # The folder that holds datasets (the default data root) is not itself a dataset.
+    with pytest.raises(ValueError, match="holds datasets rather than label folders.*MNIST"):
+        load_dataset(DEMO_DATASET_DIR.parent)
+
+
+def test_the_fingerprint_changes_with_the_data_and_only_then(tmp_path):
+    csv_root = write_dataset(tmp_path / "c", [0, 1, 2])
+    folder_root = write_image_folder(tmp_path / "f", [0, 1, 2])
+    first = load_dataset(csv_root).fingerprint
+    assert first == load_dataset(csv_root).fingerprint and len(first) == 32
+    assert load_dataset(folder_root).fingerprint not in (first, "")
+
+    image = csv_root / "train" / "img_1.png"
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    touched = load_dataset(csv_root).fingerprint
+    (csv_root / "train.csv").write_text("filename,label\nimg_0.png,0\nimg_1.png,1\nimg_2.png,1\n")
+    relabelled = load_dataset(csv_root).fingerprint
+    (csv_root / "train" / "img_2.png").unlink()
+    missing = load_dataset(csv_root).fingerprint
+    assert len({first, touched, relabelled, missing}) == 4
+
+    before = load_dataset(folder_root).fingerprint
+    Image.new("L", (8, 8)).save(folder_root / "1" / "new.png")
+    assert load_dataset(folder_root).fingerprint != before
+
+
+# Natural photographs of any size --------------------------------------------------------
+
+
+def quadrant_photo(width: int, height: int) -> Image.Image:
+    """Red, green, blue and white quadrants (top-left, top-right, bottom-left, bottom-right)."""
+    photo = Image.new("RGB", (width, height), (255, 255, 255))
+    photo.paste((255, 0, 0), (0, 0, width // 2, height // 2))
+    photo.paste((0, 255, 0), (width // 2, 0, width, height // 2))
+    photo.paste((0, 0, 255), (0, height // 2, width // 2, height))
+    return photo
+
+
+def test_a_large_jpeg_decodes_at_reduced_scale_to_the_requested_side(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    (root / "street").mkdir(parents=True)
+    quadrant_photo(4000, 3000).save(root / "street" / "big.jpg", quality=90)
+    decoded: list[tuple[int, int]] = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(image, mode, size):
+        result = draft(image, mode, size)
+        if result is not None:  # thumbnail() asks again; only the first request counts
+            decoded.append(image.size)  # the size the decoder will produce
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    dataset = load_dataset(root)
+    image = dataset.load_image("street/big.jpg", "RGB", max_side=256)
+    assert decoded == [(500, 375)]  # 1/8 scale: 12 MP never decoded in full
+    assert image.mode == "RGB" and image.size == (256, 192)
+    pixels = np.asarray(image).astype(int)
+    for (row, col), colour in {
+        (48, 64): (255, 0, 0),
+        (48, 192): (0, 255, 0),
+        (144, 64): (0, 0, 255),
+        (144, 192): (255, 255, 255),
+    }.items():
+        assert np.abs(pixels[row, col] - colour).max() <= 8
+    # Without max_side the cap still applies: 1/1 scale (2000 < 2048), then a resize.
+    full = dataset.load_image("street/big.jpg", "L")
+    assert full.size == (MAX_DECODED_SIDE, 1536)
+    assert decoded[-1] == (4000, 3000)
+
+
+def test_a_10000_pixel_png_is_resized_on_load_and_keeps_its_values(tmp_path):
+    canvas = Image.new("L", (10_000, 10_000), 0)
+    canvas.paste(255, (5_000, 0, 10_000, 10_000))
+    root = tmp_path / "huge"
+    (root / "scan").mkdir(parents=True)
+    canvas.save(root / "scan" / "page.png", compress_level=1)  # fast to write, same pixels
+    del canvas
+    image = load_dataset(root).load_image("scan/page.png", "L")
+    assert image.size == (MAX_DECODED_SIDE, MAX_DECODED_SIDE)
+    # A step at the middle column; the resampling filter may ring a few pixels either side.
+    pixels = np.asarray(image)
+    assert pixels[:, :1016].max() == 0 and pixels[:, 1032:].min() == 255
+    assert pixels[:, 1016:1024].mean() < 16 and pixels[:, 1024:1032].mean() > 239
+
+
+def test_exif_rotation_applies_before_the_resize():
+    sideways = Image.new("L", (400, 200), 255)
+    sideways.paste(0, (0, 0, 200, 200))  # left half black
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: the camera was turned clockwise
+    buffer = io.BytesIO()
+    sideways.save(buffer, "JPEG", exif=exif, quality=95)
+    image = open_image(buffer.getvalue(), max_side=100)
+    assert image.size == (50, 100)
+    pixels = np.asarray(image).astype(int)
+    assert pixels[:45].mean() < 8 and pixels[55:].mean() > 247  # black on top
+
+
+@pytest.mark.parametrize(
+    ("max_side", "error", "message"),
+    [
+        (0, ValueError, "at least 1 pixel"),
+        ("64", TypeError, "an integer"),
+        (True, TypeError, "True"),
+    ],
+)
+def test_max_side_must_be_a_positive_integer(max_side, error, message):
+    with pytest.raises(error, match=message):
+        open_image(png_bytes(Image.new("L", (4, 4))), max_side=max_side)
