@@ -1,10 +1,10 @@
-"""Feature extraction cost: the lens against a plain forward and torchvision's FX extractor.
+"""Feature extraction cost: the lens and the extractor against a plain forward and FX.
 
-    python benchmarks/bench_extract.py [--repeats 9]
+    python benchmarks/bench_extract.py [--repeats 9] [--section vgg|demo|resnet18]
 
 Every method runs interleaved in one process, repeat after repeat, and the
-script prints medians and ratios to the lens. Not a test: machines are noisy,
-so read the ratios, not the seconds.
+script prints medians and ratios to cnnlens's method. Not a test: machines are
+noisy, so read the ratios, not the seconds.
 """
 
 from __future__ import annotations
@@ -20,22 +20,30 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import vgg16
+from torchvision.models import resnet18, vgg16
 from torchvision.models.feature_extraction import create_feature_extractor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnlens import build_lens, demo_model, layer_names
+from cnnlens.extractor import build_extractor
 
 
-def plain_forward(layers: nn.Module, channels_last: bool) -> Callable[[torch.Tensor], object]:
-    """A bare forward of the truncated layers, on its own copy (conversion is in place)."""
+def plain_forward(
+    layers: nn.Module, channels_last: bool, no_grad: bool = False
+) -> Callable[[torch.Tensor], object]:
+    """A bare forward of the truncated layers, on its own copy (conversion is in place).
+
+    ``no_grad`` runs it as the extractor does, which keeps version counters that
+    ``inference_mode`` drops.
+    """
     layers = copy.deepcopy(layers).eval()
     if channels_last:
         layers = layers.to(memory_format=torch.channels_last)
+    grad_mode = torch.no_grad if no_grad else torch.inference_mode
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        with grad_mode():
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             return layers(x)
@@ -43,11 +51,18 @@ def plain_forward(layers: nn.Module, channels_last: bool) -> Callable[[torch.Ten
     return run
 
 
-def fx_extractor(model: nn.Module, nodes: list[str]) -> Callable[[torch.Tensor], object]:
-    extractor = create_feature_extractor(copy.deepcopy(model).eval(), {n: n for n in nodes})
+def fx_extractor(
+    model: nn.Module, nodes: list[str], channels_last: bool = False
+) -> Callable[[torch.Tensor], object]:
+    own = copy.deepcopy(model).eval()
+    if channels_last:
+        own = own.to(memory_format=torch.channels_last)
+    extractor = create_feature_extractor(own, {n: n for n in nodes})
 
     def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             return extractor(x)
 
     return run
@@ -65,12 +80,12 @@ def measure(methods: dict[str, Callable], x: torch.Tensor, repeats: int) -> dict
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def report(title: str, medians: dict[str, float]) -> None:
-    lens = medians["cnnlens lens"]
+def report(title: str, medians: dict[str, float], ours: str = "cnnlens lens") -> None:
+    short = ours.split()[-1]
     print(f"\n{title}")
-    print(f"{'method':<44} {'median ms':>10} {'lens / method':>14}")
+    print(f"{'method':<44} {'median ms':>10} {f'{short} / method':>18}")
     for name, seconds in medians.items():
-        print(f"{name:<44} {seconds * 1e3:>10.1f} {lens / seconds:>14.2f}")
+        print(f"{name:<44} {seconds * 1e3:>10.1f} {medians[ours] / seconds:>18.2f}")
 
 
 def bench_vgg(repeats: int) -> None:
@@ -121,7 +136,36 @@ def bench_demo(repeats: int) -> None:
     )
 
 
-SECTIONS = {"vgg": bench_vgg, "demo": bench_demo}
+def bench_resnet18(repeats: int) -> None:
+    model = resnet18().eval()  # random weights: timing only
+    stem = nn.Sequential(
+        model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2
+    )
+    x = torch.randn(8, 3, 224, 224)
+    medians = measure(
+        {
+            "cnnlens extractor": build_extractor(model, ["layer1", "layer2"]),
+            "plain forward to layer2, NCHW": plain_forward(stem, False),
+            "plain forward to layer2, channels_last": plain_forward(stem, True),
+            "same, no_grad instead of inference_mode": plain_forward(stem, True, no_grad=True),
+            "create_feature_extractor, channels_last": fx_extractor(
+                model, ["layer1", "layer2"], channels_last=True
+            ),
+        },
+        x,
+        repeats,
+    )
+    report("resnet18, batch 8×3×224×224, targets layer1, layer2", medians, "cnnlens extractor")
+    ours = medians["cnnlens extractor"]
+    fastest = min(
+        medians["plain forward to layer2, NCHW"], medians["plain forward to layer2, channels_last"]
+    )
+    print(f"extractor / fastest plain forward: {ours / fastest:.2f} (goal <= 1.05)")
+    fx = medians["create_feature_extractor, channels_last"]
+    print(f"extractor / create_feature_extractor: {ours / fx:.2f} (goal <= 1.00)")
+
+
+SECTIONS = {"vgg": bench_vgg, "demo": bench_demo, "resnet18": bench_resnet18}
 
 
 def main() -> None:
