@@ -1,0 +1,398 @@
+"""Batch extraction: streamed features, the Parquet CLI, resuming, and Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from cnnlens.__main__ import main
+from cnnlens.batch import FORMAT, extract_to_parquet, iter_features, load_pixels, normalise
+from cnnlens.data import Dataset, Problem, load_dataset
+from cnnlens.models import LoadedModel, demo_model, open_model, to_batch
+from cnnlens.registry import model_info
+from tests.generated import write_dataset
+
+LABELS = [i % 10 for i in range(11)]
+
+
+@pytest.fixture(scope="module")
+def demo() -> LoadedModel:
+    return open_model("demo")
+
+
+@pytest.fixture
+def digits(tmp_path: Path) -> Dataset:
+    """Eleven generated 28×28 images with labels, as a dataset."""
+    return load_dataset(write_dataset(tmp_path / "digits", LABELS, size=28))
+
+
+# The demo's conv layers in its features: conv_1 is features[0], each before its in-place ReLU.
+DEMO_CONVS = {"conv_1": 0, "conv_2": 2, "conv_3": 5, "conv_4": 7}
+
+
+def reference(dataset: Dataset, names: list[str], split: str = "train"):
+    """The demo's conv outputs and class probabilities, in float64, from Pillow's decoding."""
+    model = demo_model().double()
+    x = to_batch([dataset.load_image(name, "L", split) for name in names]).double()
+    maps = {}
+    with torch.no_grad():
+        probabilities = torch.softmax(model(x), 1).numpy()
+        for index, layer in enumerate(model.features):
+            x = layer(x)
+            for name, at in DEMO_CONVS.items():
+                if at == index:
+                    maps[name] = x.clone().numpy()
+    return maps, probabilities
+
+
+def collect(batches) -> tuple[list[str], list, dict[str, np.ndarray], np.ndarray | None, list]:
+    batches = list(batches)
+    names = [n for b in batches for n in b.filenames]
+    labels = [label for b in batches for label in b.labels]
+    features = {
+        key: np.concatenate([b.features[key] for b in batches]) for key in batches[0].features
+    }
+    predictions = (
+        None if batches[0].predictions is None else np.concatenate([b.predictions for b in batches])
+    )
+    problems = [p for b in batches for p in b.problems]
+    return names, labels, features, predictions, problems
+
+
+def test_pooled_features_and_predictions_equal_the_model(demo, digits):
+    names, labels, features, predictions, problems = collect(
+        iter_features(demo, digits, ["conv_2", "conv_4"], batch_size=4, with_predictions=True)
+    )
+    assert names == list(digits.index["filename"]) and labels == LABELS and problems == []
+    maps, probabilities = reference(digits, names)
+    conv2, conv4 = maps["conv_2"], maps["conv_4"]
+    assert features["conv_2"].dtype == np.float32 and features["conv_2"].shape == (11, 32)
+    np.testing.assert_allclose(features["conv_2"], conv2.mean(axis=(2, 3)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(features["conv_4"], conv4.mean(axis=(2, 3)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(predictions, probabilities, rtol=1e-5, atol=1e-5)
+    assert (conv2.min(axis=(2, 3)) < 0).any()  # the pre-ReLU values, not ReLU(conv)
+
+    _, _, maxed, none, _ = collect(iter_features(demo, digits, ["conv_2"], pool="max"))
+    np.testing.assert_allclose(maxed["conv_2"], conv2.max(axis=(2, 3)), rtol=1e-5, atol=1e-5)
+    assert none is None  # predictions only when asked for
+    _, _, whole, _, _ = collect(iter_features(demo, digits, ["conv_2"], pool="none"))
+    assert whole["conv_2"].shape == (11, 32, 28, 28)
+    np.testing.assert_allclose(whole["conv_2"], conv2, rtol=1e-5, atol=1e-5)
+
+
+def test_test_split_has_no_labels(demo, tmp_path):
+    root = write_dataset(tmp_path / "d", [0, 1], size=28)
+    (root / "test").mkdir()
+    for name in ("a.png", "b.png"):
+        (root / "test" / name).write_bytes((root / "train" / "img_0.png").read_bytes())
+    (root / "test.csv").write_text("filename\na.png\nb.png\n")
+    names, labels, features, _, _ = collect(
+        iter_features(demo, load_dataset(root), ["conv_1"], split="test")
+    )
+    expected = reference(load_dataset(root), ["img_0.png"])[0]["conv_1"]
+    assert names == ["a.png", "b.png"] and labels == [None, None]
+    np.testing.assert_allclose(
+        features["conv_1"], expected.mean(axis=(2, 3)).repeat(2, 0), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_unreadable_images_are_reported_and_skipped_in_workers(demo, digits):
+    # Damaged after indexing: the run finds out while decoding.
+    (digits.root / "train" / "img_3.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    for name in ("img_8.png", "img_9.png"):
+        (digits.root / "train" / name).unlink()
+    batches = list(iter_features(demo, digits, ["conv_1"], batch_size=2, workers=2))
+    names, labels, features, _, problems = collect(batches)
+    good = [f"img_{i}.png" for i in range(11) if i not in (3, 8, 9)]
+    assert names == good and labels == [LABELS[i] for i in range(11) if i not in (3, 8, 9)]
+    assert [p.filename for p in problems] == ["img_3.png", "img_8.png", "img_9.png"]
+    assert all(isinstance(p, Problem) for p in problems)
+    assert [p.reason for p in problems] == [
+        "img_3.png is not an image Pillow can read (PNG, JPEG, ...).",
+        "cannot be read: No such file or directory",
+        "cannot be read: No such file or directory",
+    ]
+    expected = reference(digits, good)[0]["conv_1"]
+    np.testing.assert_allclose(features["conv_1"], expected.mean(axis=(2, 3)), rtol=1e-5, atol=1e-5)
+    # Batch [img_8, img_9] failed whole: it still yields arrays of the right shape.
+    assert batches[4].filenames == [] and batches[4].features["conv_1"].shape == (0, 32)
+
+
+@pytest.mark.parametrize("model", ["demo", "alexnet", "convnext_tiny"])
+def test_bytes_scaled_on_the_device_equal_to_batch(tmp_path, model):
+    """Workers send uint8 pixels; normalise gives exactly what to_batch gives."""
+    spec = model_info(model).spec
+    root = write_dataset(tmp_path / "rgb", [0, 1, 2], size=(30, 41), mode="RGB")
+    dataset = load_dataset(root)
+    names = list(dataset.index["filename"])
+    pixels = torch.stack([load_pixels(dataset, name, "train", spec) for name in names])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, *spec.shape)
+    expected = to_batch([dataset.load_image(name, spec.mode) for name in names], spec)
+    assert torch.equal(normalise(pixels, spec, torch.device("cpu"), torch.float32), expected)
+    halves = normalise(pixels, spec, torch.device("cpu"), torch.bfloat16)
+    assert torch.equal(halves, expected.to(torch.bfloat16))
+
+
+def test_skip_stop_and_progress(demo, digits):
+    progress: list[tuple[int, int]] = []
+    asked = []
+
+    def stop() -> bool:
+        asked.append(None)
+        return len(asked) > 2
+
+    batches = list(
+        iter_features(
+            demo,
+            digits,
+            ["conv_1"],
+            batch_size=3,
+            skip={"img_0.png", "img_5.png"},
+            should_stop=stop,
+            on_progress=lambda done, total: progress.append((done, total)),
+        )
+    )
+    assert [b.filenames for b in batches] == [
+        ["img_1.png", "img_2.png", "img_3.png"],
+        ["img_4.png", "img_6.png", "img_7.png"],
+    ]
+    assert progress == [(3, 9), (6, 9)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pool": "sum"}, "pool must be one of mean, max, none"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"split": "test"}, "has no test CSV"),
+        ({"split": "valid"}, "split must be 'train' or 'test'"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(demo, digits, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        next(iter_features(demo, digits, ["conv_1"], **kwargs))
+
+
+def test_unknown_layer_lists_the_valid_ones(demo, digits):
+    with pytest.raises(
+        ValueError, match=r"Unknown layer 'conv_9' for demo. Valid layers: conv_1, relu_1, conv_2"
+    ):
+        next(iter_features(demo, digits, ["conv_9"]))
+
+
+def read_features(path: Path) -> tuple[list[str], list, dict[str, np.ndarray], dict]:
+    table = pq.read_table(path)
+    columns = {
+        name: table[name].combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+        for name in table.column_names[2:]
+    }
+    metadata = json.loads(table.schema.metadata[b"cnnlens"])
+    return table["filename"].to_pylist(), table["label"].to_pylist(), columns, metadata
+
+
+def test_parquet_rows_columns_and_metadata(demo, digits, tmp_path):
+    out = tmp_path / "features.parquet"
+    result = extract_to_parquet(demo, digits, out, ["conv_4", "conv_2"], pool="none", batch_size=4)
+    assert result.complete and result.rows == 11 and result.resumed == 0 and result.out == out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "features.parquet"]
+    names, labels, columns, metadata = read_features(out)
+    assert pq.read_table(out).schema.field("conv_2").type == pa.list_(pa.float32())
+    assert names == [f"img_{i}.png" for i in range(11)] and labels == LABELS
+    assert list(columns) == ["conv_2", "conv_4"]  # network order
+    maps, _ = reference(digits, names)
+    conv2, conv4 = maps["conv_2"], maps["conv_4"]
+    np.testing.assert_allclose(columns["conv_2"], conv2.reshape(11, -1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(columns["conv_4"], conv4.reshape(11, -1), rtol=1e-5, atol=1e-5)
+    assert metadata == {
+        "format": FORMAT,
+        "model": "demo",
+        "weights": demo.weights_id,
+        "dtype": "float32",
+        "dataset": str(digits.root.resolve()),
+        "split": "train",
+        "pool": "none",
+        "layers": {"conv_2": [32, 28, 28], "conv_4": [64, 14, 14]},
+    }
+    # The default layers, max pooling, an unreadable image reported with the dataset's problems.
+    (digits.root / "train" / "img_3.png").write_bytes(b"not an image")
+    result = extract_to_parquet(demo, digits, out, pool="max", batch_size=4)
+    names, _, columns, metadata = read_features(out)
+    assert result.rows == 10 and [p.filename for p in result.problems] == ["img_3.png"]
+    assert names == [f"img_{i}.png" for i in range(11) if i != 3]
+    assert list(columns) == ["conv_1", "conv_2", "conv_3", "conv_4"]
+    np.testing.assert_allclose(
+        columns["conv_4"], np.delete(conv4, 3, axis=0).max(axis=(2, 3)), atol=1e-5
+    )
+    assert metadata["pool"] == "max" and metadata["layers"]["conv_1"] == [32, 28, 28]
+
+
+def test_an_interrupted_run_resumes_without_lost_or_repeated_rows(demo, digits, tmp_path):
+    whole = tmp_path / "whole.parquet"
+    extract_to_parquet(demo, digits, whole, ["conv_3"], batch_size=2)
+    out = tmp_path / "resumed.parquet"
+    batches = []
+    stopped = extract_to_parquet(
+        demo,
+        digits,
+        out,
+        ["conv_3"],
+        batch_size=2,
+        should_stop=lambda: len(batches) >= 2,
+        on_progress=lambda done, total: batches.append((done, total)),
+    )
+    assert not stopped.complete and not out.exists() and stopped.rows == 4
+    assert batches == [(2, 11), (4, 11)]
+
+    def crash(done: int, total: int) -> None:
+        if done >= 8:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):  # an exception keeps what was done too
+        extract_to_parquet(demo, digits, out, ["conv_3"], batch_size=2, on_progress=crash)
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"other settings \(pool: 'mean'\).*--restart"):
+        extract_to_parquet(demo, digits, out, ["conv_3"], pool="max")
+    done = []
+    result = extract_to_parquet(
+        demo,
+        digits,
+        out,
+        ["conv_3"],
+        batch_size=2,
+        on_progress=lambda d, t: done.append((d, t)),
+    )
+    assert result.complete and result.rows == 11 and result.resumed == 8
+    assert done == [(10, 11), (11, 11)]
+    assert not (tmp_path / "resumed.parquet.parts").exists()
+    names, labels, columns, _ = read_features(out)
+    expected = read_features(whole)
+    assert names == expected[0] and labels == expected[1]
+    np.testing.assert_array_equal(columns["conv_3"], expected[2]["conv_3"])
+
+
+def test_restart_discards_an_unfinished_run(demo, digits, tmp_path):
+    out = tmp_path / "f.parquet"
+    extract_to_parquet(demo, digits, out, ["conv_1"], batch_size=2, should_stop=lambda: True)
+    assert (tmp_path / "f.parquet.parts" / "manifest.json").is_file()
+    result = extract_to_parquet(demo, digits, out, ["conv_1"], pool="max", restart=True)
+    assert result.complete and result.resumed == 0 and read_features(out)[3]["pool"] == "max"
+    with pytest.raises(ValueError, match="must end in .parquet"):
+        extract_to_parquet(demo, digits, tmp_path / "f.csv", ["conv_1"])
+
+
+def test_cli_writes_the_file_resumes_and_reports_left_out_images(demo, digits, tmp_path, capsys):
+    (digits.root / "train" / "img_3.png").write_bytes(b"not an image")
+    out = tmp_path / "cli.parquet"
+    # An interrupted run's parts, then the CLI finishes the file.
+    batches = []
+    extract_to_parquet(
+        demo,
+        digits,
+        out,
+        ["conv_1", "conv_3"],
+        batch_size=2,
+        should_stop=lambda: bool(batches),
+        on_progress=lambda done, total: batches.append(done),
+    )
+    args = [str(digits.root), "--model", "demo", "--layers", "conv_1, conv_3", "--out", str(out)]
+    assert main(["extract", *args, "--batch-size", "2", "--workers", "0", "--quiet"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "1 image left out: img_3.png (not an image Pillow can read)",  # found by the index
+        f"Wrote 10 rows (2 from an interrupted run) to {out}.",
+    ]
+    reference_file = tmp_path / "library.parquet"
+    extract_to_parquet(
+        demo, load_dataset(digits.root), reference_file, ["conv_1", "conv_3"], batch_size=2
+    )
+    names, labels, columns, metadata = read_features(out)
+    expected = read_features(reference_file)
+    assert names == expected[0] and labels == expected[1] and metadata == expected[3]
+    for name in ("conv_1", "conv_3"):
+        np.testing.assert_array_equal(columns[name], expected[2][name])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--layers", "conv_9"], "Unknown layer 'conv_9' for demo. Valid layers: conv_1, "),
+        (["--out", "x.csv"], "The output file must end in .parquet, got x.csv."),
+        (["--model", "lenet"], "Unknown model 'lenet'."),
+    ],
+)
+def test_cli_user_errors_are_one_line_with_status_2(digits, tmp_path, capsys, args, message):
+    base = {"--model": "demo", "--out": str(tmp_path / "f.parquet")}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    argv = ["extract", str(digits.root), *(x for pair in base.items() for x in pair), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m cnnlens extract: error: " + message)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "f.parquet").exists()
+
+
+def test_python_m_cnnlens_help():
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnlens", "extract", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for option in ("--model", "--layers", "--pool", "--out", "--engine", "--address"):
+        assert option in done.stdout
+
+
+def test_ray_engine_without_ray_says_how_to_install_it(demo, digits, monkeypatch):
+    from cnnlens.ray_engine import ray_source
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(ValueError, match=r"needs Ray Data.*pip install 'ray\[data\]>=2.9'"):
+        ray_source(demo, digits, ["conv_1"])
+
+
+@pytest.fixture
+def local_ray(tmp_path_factory):
+    """A local Ray with 2 CPUs whose files stay under pytest's temporary folder."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+def test_ray_engine_writes_the_same_file_as_a_local_run(demo, tmp_path, local_ray):
+    from cnnlens.ray_engine import ray_source
+
+    dataset = load_dataset(write_dataset(tmp_path / "forty", [i % 10 for i in range(40)], size=28))
+    (dataset.root / "train" / "img_7.png").write_bytes(b"not an image")
+    local = tmp_path / "local.parquet"
+    extract_to_parquet(demo, dataset, local, ["conv_2", "conv_4"], batch_size=8)
+    on_ray = tmp_path / "ray.parquet"
+    source = ray_source(demo, dataset, ["conv_2", "conv_4"], batch_size=8)
+    result = extract_to_parquet(
+        demo, dataset, on_ray, ["conv_2", "conv_4"], batch_size=8, source=source
+    )
+    assert result.complete and result.rows == 39
+    assert [(p.filename, p.reason) for p in result.problems] == [
+        ("img_7.png", "img_7.png is not an image Pillow can read (PNG, JPEG, ...).")
+    ]
+    names, labels, columns, metadata = read_features(on_ray)
+    expected = read_features(local)
+    assert names == expected[0] and labels == expected[1] and metadata == expected[3]
+    assert pq.read_table(on_ray).schema == pq.read_table(local).schema
+    for name in ("conv_2", "conv_4"):
+        np.testing.assert_allclose(columns[name], expected[2][name], rtol=1e-5, atol=1e-5)
