@@ -670,3 +670,94 @@ def ranking_figure(
         barmode="overlay",
         showlegend=len(traces) > 1,
     )
+
+
+def class_matrix_figure(
+    matrix: pd.DataFrame, means: pd.DataFrame, relative: bool, title: str | None = None
+) -> go.Figure:
+    """A classes × channels heatmap; the hover always gives the mean activation.
+
+    Args:
+        matrix: classes × channels scores (means, or scores relative across classes).
+        means: the mean activations of the same cells, for the hover.
+        relative: whether ``matrix`` is relative (a diverging colour scale around 0).
+        title: Optional figure title.
+    """
+    trace = go.Heatmap(
+        z=matrix.to_numpy(dtype=np.float32),
+        x=list(matrix.columns),
+        y=[str(name) for name in matrix.index],
+        customdata=means.to_numpy(dtype=np.float32),
+        colorscale="RdBu_r" if relative else "Viridis",
+        zmid=0 if relative else None,
+        colorbar={"thickness": 12, "title": {"text": "score" if relative else "mean"}},
+        hovertemplate="class %{y} · channel %{x} · mean %{customdata:.4g}<extra></extra>",
+    )
+    return _figure(
+        [trace],
+        title,
+        max(250, 28 * len(matrix) + 100),
+        image=False,
+        xaxis={"title": {"text": "channel"}},
+        yaxis={"title": {"text": matrix.index.name}, "type": "category", "autorange": "reversed"},
+    )
+
+
+def embedding_figure(
+    points: np.ndarray,
+    labels: list[object | None],
+    filenames: list[str],
+    wrong: np.ndarray | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Images as points on a 2-D map: one trace per label (colour, legend), crosses for mistakes.
+
+    Each point's ``customdata`` is its row in ``points``, which a selection reports.
+
+    Args:
+        points: N×2 coordinates.
+        labels: the N labels (``None`` for unlabelled images).
+        filenames: the N filenames, shown on hover.
+        wrong: N booleans, True where the network's answer is wrong; ``None`` to mark none.
+        title: Optional figure title.
+    """
+    names = np.array(filenames, dtype=object)
+    keys = pd.Series(["unlabelled" if label is None else str(label) for label in labels])
+    palette = pcolors.qualitative.Plotly
+    traces = []
+    for n, name in enumerate(sorted(keys.unique(), key=lambda s: (len(s), s))):
+        for mistaken in (False, True) if wrong is not None else (False,):
+            chosen = (keys == name).to_numpy()
+            if wrong is not None:
+                chosen = chosen & (wrong == mistaken)
+            rows = np.flatnonzero(chosen)
+            if not len(rows):
+                continue
+            traces.append(
+                go.Scattergl(
+                    x=points[rows, 0],
+                    y=points[rows, 1],
+                    customdata=rows,
+                    text=names[rows],
+                    mode="markers",
+                    name=f"{name} (wrong)" if mistaken else name,
+                    legendgroup=name,
+                    marker={
+                        "color": palette[n % len(palette)],
+                        "symbol": "x" if mistaken else "circle",
+                        "size": 9 if mistaken else 5,
+                        "opacity": 0.9 if mistaken else 0.6,
+                    },
+                    hovertemplate="%{text}<extra>" + name + "</extra>",
+                )
+            )
+    return _figure(
+        traces,
+        title,
+        520,
+        image=False,
+        dragmode="lasso",
+        legend={"title": {"text": "label"}},
+        xaxis={"showticklabels": False},
+        yaxis={"showticklabels": False},
+    )

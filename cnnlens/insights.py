@@ -1,0 +1,699 @@
+"""Dataset-wide insights: which images excite a channel, how a layer separates the classes,
+where the network looks when it decides.
+
+One pass over a dataset (:func:`layer_stats`) reduces every image's maps of one
+layer to a few numbers per channel as the batches arrive, so memory stays
+bounded however large the dataset is. The other functions work on that summary:
+:func:`top_images` (the dataset examples of a channel, like OpenAI Microscope),
+:func:`class_channel_matrix`, :func:`embedding`. The model's answers come from
+a pass of their own (:func:`predict_split`), once per dataset however many layers
+are looked at. :func:`grad_cam` explains one decision. Pure numpy and torch; no
+streamlit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from cnnlens.batch import FeatureBatch
+    from cnnlens.data import Dataset
+    from cnnlens.models import LoadedModel
+
+__all__ = [
+    "Cancelled",
+    "LayerStats",
+    "Predictions",
+    "class_channel_matrix",
+    "difference",
+    "embedding",
+    "fire_box",
+    "grad_cam",
+    "input_pixels",
+    "layer_stats",
+    "predict_split",
+    "receptive_field",
+    "top_images",
+]
+
+_SCORES = ("mean", "max")
+_METHODS = ("pca", "tsne", "umap")
+
+
+class Cancelled(Exception):
+    """A dataset pass stopped because ``should_stop()`` asked it to; nothing was kept."""
+
+
+def _meta_array(meta: dict) -> np.ndarray:
+    return np.array(json.dumps(meta))
+
+
+def _rows(filenames: list[str], labels: list[object | None]) -> dict[str, np.ndarray]:
+    return {
+        "filenames": np.array(filenames, dtype=str),
+        "labels": _meta_array({"labels": [_plain(label) for label in labels]}),
+    }
+
+
+def _read_rows(arrays: Mapping[str, np.ndarray]) -> tuple[list[str], list[object | None]]:
+    filenames = [str(name) for name in arrays["filenames"]]
+    labels = json.loads(str(arrays["labels"]))["labels"]
+    if len(labels) != len(filenames):
+        raise ValueError("The stored labels do not match the stored filenames.")
+    return filenames, labels
+
+
+@dataclass(frozen=True, eq=False)
+class LayerStats:
+    """One layer over a dataset: a few numbers per image and channel.
+
+    Attributes:
+        layer: the layer's name.
+        map_shape: ``(channels, height, width)`` of the layer's maps for one image.
+        filenames: the images, in dataset order (unreadable images left out).
+        labels: their labels (``None`` for unlabelled images).
+        mean: N×C float32, each channel's mean activation.
+        max: N×C float32, each channel's highest activation.
+        peak_y: N×C int32, the row of that highest activation in map coordinates.
+        peak_x: N×C int32, its column.
+    """
+
+    layer: str
+    map_shape: tuple[int, int, int]
+    filenames: list[str]
+    labels: list[object | None]
+    mean: np.ndarray
+    max: np.ndarray
+    peak_y: np.ndarray
+    peak_x: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for :class:`cnnlens.store.ResultStore` (no pickles)."""
+        return {
+            "meta": _meta_array({"layer": self.layer, "map_shape": list(self.map_shape)}),
+            **_rows(self.filenames, self.labels),
+            "mean": self.mean,
+            "max": self.max,
+            "peak_y": self.peak_y,
+            "peak_x": self.peak_x,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> LayerStats:
+        """The inverse of :meth:`to_arrays`.
+
+        Raises:
+            KeyError: if an array is missing.
+            ValueError: if the arrays do not fit together.
+        """
+        meta = json.loads(str(arrays["meta"]))
+        filenames, labels = _read_rows(arrays)
+        stats = cls(
+            layer=meta["layer"],
+            map_shape=tuple(meta["map_shape"]),
+            filenames=filenames,
+            labels=labels,
+            mean=arrays["mean"],
+            max=arrays["max"],
+            peak_y=arrays["peak_y"],
+            peak_x=arrays["peak_x"],
+        )
+        shape = (len(filenames), stats.map_shape[0])
+        blocks = (stats.mean, stats.max, stats.peak_y, stats.peak_x)
+        if any(block.shape != shape for block in blocks):
+            raise ValueError(f"The stored statistics of {stats.layer} do not fit together.")
+        for block in blocks:
+            block.setflags(write=False)  # one decoded result serves every session
+        return stats
+
+
+@dataclass(frozen=True, eq=False)
+class Predictions:
+    """The class the model predicts for each image of a dataset.
+
+    Kept apart from :class:`LayerStats`: it takes a pass through the whole
+    network, which is done once per dataset however many layers are looked at.
+
+    Attributes:
+        filenames: the images, in dataset order (unreadable images left out).
+        labels: their labels (``None`` for unlabelled images).
+        predicted: N int64 indices into ``classes``.
+        classes: the model's class names.
+    """
+
+    filenames: list[str]
+    labels: list[object | None]
+    predicted: np.ndarray
+    classes: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        """The predicted class of each image, by name."""
+        return [self.classes[i] for i in self.predicted]
+
+    @property
+    def misclassified(self) -> np.ndarray | None:
+        """True where a label is one of the model's classes and the prediction differs.
+
+        ``None`` when no label names one of the classes: a dataset labelled
+        differently from the model's classes cannot be judged.
+        """
+        known = set(self.classes)
+        labels = [None if label is None else str(label) for label in self.labels]
+        if not any(label in known for label in labels):
+            return None
+        names = self.names
+        return np.array(
+            [label in known and label != name for label, name in zip(labels, names, strict=True)],
+            dtype=bool,
+        )
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for :class:`cnnlens.store.ResultStore` (no pickles)."""
+        return {
+            "meta": _meta_array({"classes": list(self.classes)}),
+            **_rows(self.filenames, self.labels),
+            "predicted": self.predicted,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Predictions:
+        """The inverse of :meth:`to_arrays`.
+
+        Raises:
+            KeyError: if an array is missing.
+            ValueError: if the arrays do not fit together.
+        """
+        filenames, labels = _read_rows(arrays)
+        classes = tuple(json.loads(str(arrays["meta"]))["classes"])
+        predicted = arrays["predicted"]
+        if predicted.shape != (len(filenames),) or (
+            len(predicted) and not 0 <= predicted.min() <= predicted.max() < len(classes)
+        ):
+            raise ValueError("The stored predictions do not fit together.")
+        predicted.setflags(write=False)  # one decoded result serves every session
+        return cls(filenames, labels, predicted, classes)
+
+
+def _plain(label: object) -> object:
+    """A label as JSON keeps it: numpy scalars become Python numbers."""
+    return label.item() if isinstance(label, np.generic) else label
+
+
+def _pass(
+    loaded: LoadedModel,
+    dataset: Dataset,
+    target: str,
+    split: str,
+    options: dict,
+    should_stop: Callable[[], bool] | None,
+    **features: object,
+) -> Iterator[FeatureBatch]:
+    """The batches of one pass over a split, raising :class:`Cancelled` when asked to stop."""
+    from cnnlens.batch import iter_features
+
+    def stop() -> bool:
+        return should_stop is not None and bool(should_stop())
+
+    batches = iter_features(
+        loaded, dataset, [target], split=split, should_stop=stop, **options, **features
+    )
+    done = 0
+    with contextlib.closing(batches):
+        for batch in batches:
+            yield batch
+            done += len(batch.filenames)
+            if stop():
+                break
+    if stop():
+        raise Cancelled(f"Stopped after {done} images; nothing was kept.")
+
+
+def layer_stats(
+    loaded: LoadedModel,
+    dataset: Dataset,
+    layer: str,
+    *,
+    split: str = "train",
+    batch_size: int = 256,
+    workers: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> LayerStats:
+    """Summarise one layer over a whole split of a dataset, in one pass.
+
+    Each batch's maps are reduced right away to each channel's mean, maximum and
+    the maximum's position, so memory holds one batch of maps at a time. The
+    network runs only up to the layer.
+
+    Args:
+        loaded: the model (:func:`cnnlens.models.open_model`).
+        dataset: the dataset.
+        layer: a layer name of ``loaded.layer_names()``.
+        split: ``"train"`` or ``"test"``.
+        batch_size: images per forward pass.
+        workers: processes decoding images while the network runs (0: this thread).
+        should_stop: called between batches; returning True stops the pass.
+        on_progress: called with ``(images done, images in total)`` after each batch.
+
+    Returns:
+        The :class:`LayerStats`; images that cannot be read are left out.
+
+    Raises:
+        Cancelled: if ``should_stop()`` returned True; the partial pass is dropped.
+        ValueError: for an unknown layer or split, or a layer whose output is not a map.
+    """
+    filenames: list[str] = []
+    labels: list[object | None] = []
+    means, maxima, rows, cols = [], [], [], []
+    map_shape: tuple[int, int, int] | None = None
+    options = {"batch_size": batch_size, "workers": workers, "on_progress": on_progress}
+    for batch in _pass(loaded, dataset, layer, split, options, should_stop, pool="none"):
+        maps = batch.features[layer]
+        if maps.ndim != 4:
+            raise ValueError(
+                f"{layer} gives {maps.ndim - 1}-D outputs, not feature maps; choose a "
+                "convolutional layer."
+            )
+        count, channels, height, width = maps.shape
+        map_shape = (channels, height, width)
+        flat = maps.reshape(count, channels, height * width)
+        peak = flat.argmax(axis=2)
+        means.append(flat.mean(axis=2, dtype=np.float32))
+        maxima.append(np.take_along_axis(flat, peak[..., None], axis=2)[..., 0])
+        y, x = np.divmod(peak, width)
+        rows.append(y.astype(np.int32))
+        cols.append(x.astype(np.int32))
+        filenames.extend(batch.filenames)
+        labels.extend(batch.labels)
+    if map_shape is None:
+        raise ValueError(f"The {split} split has no readable images to summarise.")
+    return LayerStats(
+        layer=layer,
+        map_shape=map_shape,
+        filenames=filenames,
+        labels=[_plain(label) for label in labels],
+        mean=np.concatenate(means),
+        max=np.concatenate(maxima),
+        peak_y=np.concatenate(rows),
+        peak_x=np.concatenate(cols),
+    )
+
+
+def predict_split(
+    loaded: LoadedModel,
+    dataset: Dataset,
+    *,
+    split: str = "train",
+    batch_size: int = 256,
+    workers: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Predictions:
+    """The class the model predicts for every image of a split, in one pass.
+
+    Args and Raises are those of :func:`layer_stats`, and:
+
+    Raises:
+        ValueError: if the model has no classes.
+    """
+    if loaded.classes is None:
+        raise ValueError("This model has no classes, so it predicts none; choose a classifier.")
+    filenames: list[str] = []
+    labels: list[object | None] = []
+    predicted = []
+    options = {"batch_size": batch_size, "workers": workers, "on_progress": on_progress}
+    # The first layer is the cheapest target: the pass is for the predictions.
+    first = loaded.layer_names()[0]
+    for batch in _pass(
+        loaded, dataset, first, split, options, should_stop, pool="mean", with_predictions=True
+    ):
+        predicted.append(np.asarray(batch.predictions).argmax(axis=1))
+        filenames.extend(batch.filenames)
+        labels.extend(batch.labels)
+    if not filenames:
+        raise ValueError(f"The {split} split has no readable images to classify.")
+    return Predictions(
+        filenames=filenames,
+        labels=[_plain(label) for label in labels],
+        predicted=np.concatenate(predicted).astype(np.int64),
+        classes=tuple(loaded.classes),
+    )
+
+
+def _check_aligned(stats: LayerStats, predictions: Predictions) -> None:
+    if stats.filenames != predictions.filenames:
+        raise ValueError(
+            "The predictions are for other images than the layer's statistics; compute both "
+            "for the same dataset and split."
+        )
+
+
+def _scores(stats: LayerStats, by: str) -> np.ndarray:
+    if by not in _SCORES:
+        raise ValueError(f"by must be 'mean' or 'max', got {by!r}.")
+    return stats.mean if by == "mean" else stats.max
+
+
+def _check_channel(stats: LayerStats, channel: int) -> int:
+    channels = stats.map_shape[0]
+    if isinstance(channel, bool) or not isinstance(channel, int | np.integer):
+        raise TypeError(f"channel must be an integer, not {type(channel).__name__}.")
+    if not 0 <= channel < channels:
+        raise ValueError(f"{stats.layer} has channels 0 to {channels - 1}; got {channel}.")
+    return int(channel)
+
+
+def top_images(
+    stats: LayerStats,
+    channel: int,
+    k: int = 9,
+    by: str = "max",
+    among: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The images that excite one channel most: the channel's dataset examples.
+
+    Args:
+        stats: the layer's statistics.
+        channel: the channel.
+        k: how many images.
+        by: rank by the channel's ``"max"`` (strongest spot) or ``"mean"`` (overall) activation.
+        among: a boolean mask over the images to rank only some (one class, say).
+
+    Returns:
+        Up to ``k`` rows, highest score first (ties in dataset order): ``filename``,
+        ``label``, ``score``, and ``y``, ``x``, where in the map the channel peaks.
+
+    Raises:
+        ValueError: for an unknown channel or ``by``, ``k`` below 1, or a mask of
+            the wrong length.
+    """
+    channel = _check_channel(stats, channel)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}.")
+    scores = _scores(stats, by)[:, channel]
+    candidates = np.arange(len(stats))
+    if among is not None:
+        among = np.asarray(among, dtype=bool)
+        if among.shape != (len(stats),):
+            raise ValueError(f"among must mark each of the {len(stats)} images; got {among.shape}.")
+        candidates = candidates[among]
+    order = candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
+    return pd.DataFrame(
+        {
+            "filename": [stats.filenames[i] for i in order],
+            "label": pd.Series([stats.labels[i] for i in order], dtype=object),
+            "score": scores[order].astype(np.float64),
+            "y": stats.peak_y[order, channel],
+            "x": stats.peak_x[order, channel],
+        }
+    )
+
+
+def fire_box(
+    row: Mapping[str, int],
+    map_shape: tuple[int, int],
+    input_size: tuple[int, int],
+    receptive_field: int | None = None,
+) -> tuple[int, int, int, int]:
+    """The part of the input image where a channel fires, for cropping.
+
+    The map position is scaled to the input (one map cell covers ``input / map``
+    pixels); when the layer's receptive field is known the box widens to it,
+    centred on the cell, because that is all the input the value depends on.
+
+    Args:
+        row: a mapping with the map position ``y`` and ``x`` (a :func:`top_images` row).
+        map_shape: ``(height, width)`` of the layer's maps.
+        input_size: ``(height, width)`` of the network's input.
+        receptive_field: the layer's receptive field in input pixels, if known
+            (see :func:`receptive_field`).
+
+    Returns:
+        ``(left, top, right, bottom)`` in input pixels, right and bottom exclusive,
+        inside the input, as Pillow's ``Image.crop`` takes it.
+
+    Raises:
+        ValueError: if the position lies outside the map.
+    """
+    y, x = int(row["y"]), int(row["x"])
+    map_h, map_w = map_shape
+    if not (0 <= y < map_h and 0 <= x < map_w):
+        raise ValueError(f"Position ({y}, {x}) is outside a {map_h}×{map_w} map.")
+    box = []
+    for position, cells, pixels in ((x, map_w, input_size[1]), (y, map_h, input_size[0])):
+        step = pixels / cells
+        low, high = position * step, (position + 1) * step
+        if receptive_field is not None and receptive_field > high - low:
+            centre = (low + high) / 2
+            low, high = centre - receptive_field / 2, centre + receptive_field / 2
+        low_px = min(max(int(np.floor(low)), 0), pixels - 1)
+        box.append((low_px, min(max(int(np.ceil(high)), low_px + 1), pixels)))
+    (left, right), (top, bottom) = box
+    return left, top, right, bottom
+
+
+def receptive_field(loaded: LoadedModel, layer: str) -> int | None:
+    """The layer's receptive field in input pixels, where it can be derived.
+
+    Known for the renamed layers of sequential models (:func:`cnnlens.lens.layer_table`);
+    ``None`` for other models and for layers after adaptive pooling.
+    """
+    if not loaded.sequential:
+        return None
+    from cnnlens.lens import layer_table
+
+    table = layer_table(loaded.model, loaded.spec.shape)
+    field = table.loc[table["layer"] == layer, "receptive field"]
+    if field.empty or pd.isna(field.iat[0]):
+        return None
+    return int(field.iat[0])
+
+
+def class_channel_matrix(
+    stats: LayerStats,
+    by: str = "mean",
+    predictions: Predictions | None = None,
+    relative: bool = False,
+) -> pd.DataFrame:
+    """The average activation of each channel for each class.
+
+    Args:
+        stats: the layer's statistics.
+        by: average each image's channel ``"mean"`` or ``"max"``.
+        predictions: group images by the class the model predicts (from
+            :func:`predict_split` on the same images) instead of by their label.
+        relative: give each channel's averages as standard scores across the classes
+            (0 for a channel that responds to every class alike), so a channel strong
+            for every class does not hide which classes the others prefer.
+
+    Returns:
+        A classes × channels frame (index: the labels or predicted classes, sorted;
+        columns: channel numbers).
+
+    Raises:
+        ValueError: for an unknown ``by``, images without labels (and no predictions),
+            or predictions for other images.
+    """
+    scores = _scores(stats, by)
+    if predictions is None:
+        groups = pd.Series(stats.labels, dtype=object)
+        if groups.isna().all():
+            raise ValueError("These images have no labels; group them by the predicted class.")
+    else:
+        _check_aligned(stats, predictions)
+        groups = pd.Series(predictions.names, dtype=object)
+    frame = pd.DataFrame(scores.astype(np.float64), columns=range(scores.shape[1]))
+    matrix = frame.groupby(groups.to_numpy(), sort=True).mean()
+    if relative:
+        spread = matrix.std(axis=0, ddof=0)
+        matrix = (matrix - matrix.mean(axis=0)) / spread.where(spread > 0, np.inf)
+    matrix.index.name = "label" if predictions is None else "predicted"
+    matrix.columns.name = "channel"
+    return matrix
+
+
+def embedding(
+    stats_or_pooled: LayerStats | np.ndarray, method: str = "pca", seed: int = 0
+) -> np.ndarray:
+    """Place each image on a 2-D map so images the layer sees alike lie close together.
+
+    Args:
+        stats_or_pooled: a :class:`LayerStats` (its per-channel means are used) or an
+            N×D array of pooled features.
+        method: ``"pca"`` (fast, exact, the default), ``"tsne"`` (scikit-learn; slower,
+            keeps neighbourhoods) or ``"umap"`` (needs the ``umap-learn`` package).
+        seed: the random seed of t-SNE and UMAP (PCA has none).
+
+    Returns:
+        An N×2 float32 array. PCA's axes have a fixed sign: the largest weight of
+        each component is positive, so the map does not flip between runs.
+
+    Raises:
+        ValueError: for an unknown method, fewer than 2 images, or UMAP without ``umap-learn``.
+    """
+    features = stats_or_pooled.mean if isinstance(stats_or_pooled, LayerStats) else stats_or_pooled
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(
+            f"An embedding needs an N×D array of at least 2 images; got shape {features.shape}."
+        )
+    if method == "pca":
+        centred = features - features.mean(axis=0)
+        u, s, vt = np.linalg.svd(centred, full_matrices=False)
+        count = min(2, len(s))
+        signs = np.sign(vt[np.arange(count), np.abs(vt[:count]).argmax(axis=1)])
+        signs[signs == 0] = 1
+        points = np.zeros((len(features), 2))
+        points[:, :count] = u[:, :count] * s[:count] * signs
+        return points.astype(np.float32)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = min(30.0, (len(features) - 1) / 3)
+        return (
+            TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+            .fit_transform(features)
+            .astype(np.float32)
+        )
+    if method == "umap":
+        try:
+            import umap
+        except ImportError:
+            raise ValueError(
+                "UMAP needs the umap-learn package: pip install umap-learn. "
+                "PCA and t-SNE work without it."
+            ) from None
+        return (
+            umap.UMAP(n_components=2, random_state=seed).fit_transform(features).astype(np.float32)
+        )
+    raise ValueError(f"method must be one of {', '.join(_METHODS)}; got {method!r}.")
+
+
+def difference(map_a: np.ndarray, map_b: np.ndarray) -> np.ndarray:
+    """``map_a - map_b``: where the first image excites the layer more (positive) or less.
+
+    Raises:
+        ValueError: if the maps differ in shape.
+    """
+    a, b = np.asarray(map_a), np.asarray(map_b)
+    if a.shape != b.shape:
+        raise ValueError(f"Maps of shapes {a.shape} and {b.shape} cannot be compared.")
+    return a.astype(np.float32) - b.astype(np.float32)
+
+
+def input_pixels(loaded: LoadedModel, batch: torch.Tensor) -> np.ndarray:
+    """The first image of a batch as the network sees it, as uint8 pixels.
+
+    Undoes the spec's normalisation, so crops from :func:`fire_box` line up exactly.
+
+    Returns:
+        H×W for a 1-channel model, H×W×3 for an RGB one.
+    """
+    image = batch[0].detach().float().cpu()
+    spec = loaded.spec
+    if spec.mean is not None and spec.std is not None:
+        std = torch.tensor(spec.std).view(-1, 1, 1)
+        image = image * std + torch.tensor(spec.mean).view(-1, 1, 1)
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+
+
+# Grad-CAM runs on a private copy per model: captum's hooks must not fire in
+# another session's forward, and in-place ReLUs must not overwrite the layer's
+# output that the gradient is taken against.
+_cam_guard = threading.Lock()
+_cam_copies: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, threading.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _cam_copy(model: nn.Module) -> tuple[nn.Module, threading.Lock]:
+    with _cam_guard:
+        found = _cam_copies.get(model)
+        if found is None:
+            net = copy.deepcopy(model).eval()
+            for module in net.modules():
+                if getattr(module, "inplace", False):
+                    module.inplace = False
+            net.requires_grad_(False)
+            found = _cam_copies[model] = (net, threading.Lock())
+        return found
+
+
+def _layer_module(loaded: LoadedModel, net: nn.Module, layer: str) -> nn.Module:
+    """The module of ``net`` (a copy of ``loaded.model``) that a layer name stands for."""
+    names = loaded.layer_names()
+    if layer not in names:
+        raise ValueError(f"Unknown layer {layer!r}. Valid layers: {', '.join(names)}.")
+    if loaded.sequential:
+        # Lens names count the layers of the sequential stack: the model itself or its .features.
+        stack = net if isinstance(net, nn.Sequential) else net.features
+        return stack[names.index(layer)]
+    return net.get_submodule(layer)
+
+
+def grad_cam(
+    loaded: LoadedModel, batch: torch.Tensor, layer: str, class_index: int | None = None
+) -> np.ndarray:
+    """Grad-CAM: where in the image a layer holds the evidence for a class.
+
+    Each channel of the layer is weighted by the mean gradient of the class score
+    with respect to it; the weighted sum, negatives set to zero, is scaled up
+    (bilinear) to the input's size. Uses captum's ``LayerGradCam``.
+
+    Args:
+        loaded: the model; it must output class scores.
+        batch: one preprocessed image, 1×C×H×W (``loaded.batch(image)``).
+        layer: a layer name of ``loaded.layer_names()``.
+        class_index: the class to explain; default the predicted class.
+
+    Returns:
+        An H×W float32 map in input resolution, zero where the layer holds no evidence.
+
+    Raises:
+        ValueError: for an unknown layer or class, a batch of more than one image, or
+            a model that does not output class scores.
+    """
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    if batch.dim() != 4 or batch.shape[0] != 1:
+        raise ValueError(f"Grad-CAM explains one image: pass a 1×C×H×W batch, not {batch.shape}.")
+    net, lock = _cam_copy(loaded.model)
+    module = _layer_module(loaded, net, layer)
+    parameter = next(net.parameters(), None)
+    with lock, torch.inference_mode(False), torch.enable_grad():
+        x = batch.detach().clone()
+        if parameter is not None:
+            x = x.to(parameter.device, parameter.dtype)
+        with torch.no_grad():
+            logits = net(x)
+        if logits.dim() != 2:
+            raise ValueError(
+                f"Grad-CAM needs class scores, but this model outputs shape {tuple(logits.shape)}."
+            )
+        classes = logits.shape[1]
+        if class_index is None:
+            class_index = int(logits.argmax(dim=1))
+        elif not 0 <= class_index < classes:
+            raise ValueError(f"class_index must be between 0 and {classes - 1}; got {class_index}.")
+        cam = LayerGradCam(net, module).attribute(x, target=class_index, relu_attributions=True)
+        if cam.dim() != 4:
+            raise ValueError(f"{layer} gives no feature maps; choose a convolutional layer.")
+        cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+    return cam[0, 0].detach().float().cpu().numpy()

@@ -1,0 +1,541 @@
+"""Insights: what a layer does across the whole dataset, and where the network looks.
+
+Top images per channel, the class × channel matrix, an embedding map of every
+image, Grad-CAM for the current image, two images compared; and the dataset's
+features as Parquet. (The current view's exports live on the Feature maps page.)
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image, ImageDraw
+
+from cnnlens import figures
+from cnnlens.export import features_parquet
+from cnnlens.insights import (
+    LayerStats,
+    Predictions,
+    class_channel_matrix,
+    difference,
+    fire_box,
+    top_images,
+)
+from cnnlens.ui import cache, state, widgets
+
+SECTIONS = {
+    "top": "Top images",
+    "matrix": "Classes × channels",
+    "embedding": "Embedding map",
+    "gradcam": "Grad-CAM",
+    "compare": "Compare",
+}
+METHODS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
+PER_ROW = 6  # example images side by side
+THUMB_SIDE = 96  # pixels: crops and heatmaps of the examples are enlarged to about this
+PAUSED_KEY = "insights_paused"  # the dataset pass the user cancelled; not restarted by itself
+CLASS_KEY = "insights_class"
+EXPORT_KEY = "insights_parquet"  # (settings, bytes) of the last Parquet export
+plain = {"displayModeBar": False}
+
+ctx, names = widgets.context(with_layers=True)
+view, loaded = state.current_view(ctx.dataset), ctx.loaded
+
+st.title("Insights")
+st.markdown(
+    "What a layer does across **the whole dataset**: which images excite each channel, "
+    "which channels each class excites, how the layer arranges the images; and, for the "
+    "current image, where the network looks when it decides."
+)
+
+section = st.segmented_control(
+    "Show",
+    list(SECTIONS),
+    format_func=SECTIONS.get,
+    required=True,
+    default="top",
+    key="insights_section",
+    persist_state="session",
+)
+layer = st.segmented_control(
+    "Layer",
+    view.layers,
+    required=True,
+    key=state.LAYER_KEY,
+    persist_state="session",
+    help="Choose the layers to show on the Layers page.",
+)
+
+
+# --- dataset passes ----------------------------------------------------------------------
+
+
+def pause(key: tuple) -> None:
+    """Callback of Cancel: remember which pass was stopped, so it is not started again."""
+    st.session_state[PAUSED_KEY] = key
+
+
+def resume() -> None:
+    """Callback of "Go on"."""
+    st.session_state[PAUSED_KEY] = None
+
+
+def dataset_result(
+    what: str,
+    find: Callable[[], object | None],
+    compute: Callable[[Callable[[int, int], None]], object],
+) -> object:
+    """A dataset-wide result: at once when stored, else computed now with progress.
+
+    Cancel interrupts the pass at its next progress update (Streamlit stops the
+    run there); nothing is stored and the pass is not restarted until asked.
+    """
+    found = find()
+    if found is not None:
+        return found
+    key = (what, ctx.choice, ctx.root, view.split)
+    if st.session_state.get(PAUSED_KEY) == key:
+        st.info(f"{what.capitalize()} was cancelled.", icon=":material/pause_circle:")
+        st.button("Go on", on_click=resume, icon=":material/play_arrow:", key="insights_resume")
+        st.stop()
+    images = len(ctx.dataset.index if view.split == "train" else ctx.dataset.test_index)
+    bar = st.progress(0.0, text=f"{what.capitalize()}: {images:,} images…")
+    cancel = st.empty()
+    cancel.button(
+        "Cancel", on_click=pause, args=(key,), icon=":material/cancel:", key="insights_cancel"
+    )
+
+    def progress(done: int, total: int) -> None:
+        text = f"{what.capitalize()}: {done:,} of {total:,} images"
+        bar.progress(done / max(total, 1), text=text)
+
+    try:
+        result = compute(progress)
+    except ValueError as error:
+        bar.empty()
+        cancel.empty()
+        st.error(str(error), icon=":material/error:")
+        st.stop()
+    bar.empty()
+    cancel.empty()
+    return result
+
+
+def layer_summary() -> LayerStats:
+    return dataset_result(
+        f"summarising {layer}",
+        lambda: cache.find_layer_stats(ctx.choice, ctx.root, view.split, layer),
+        lambda progress: cache.layer_stats(ctx.choice, ctx.root, view.split, layer, progress),
+    )
+
+
+def class_predictions() -> Predictions:
+    return dataset_result(
+        "classifying every image",
+        lambda: cache.find_predictions(ctx.choice, ctx.root, view.split),
+        lambda progress: cache.predictions(ctx.choice, ctx.root, view.split, progress),
+    )
+
+
+# --- pieces shared by the sections ---------------------------------------------------------
+
+
+def channel_ui(channels: int) -> int:
+    if st.session_state[state.CHANNEL_KEY] >= channels:
+        st.session_state[state.CHANNEL_KEY] = 0
+    return st.number_input(
+        "Channel",
+        min_value=0,
+        max_value=channels - 1,
+        step=1,
+        key=state.CHANNEL_KEY,
+        persist_state="session",
+        help=f"{layer} has {channels} channels, 0 to {channels - 1}.",
+    )
+
+
+def examples_ui(rows: pd.DataFrame, channel: int) -> None:
+    """The images of ``rows``: the crop where the channel fires, and its map below."""
+    if rows.empty:
+        st.caption("No images to show.")
+        return
+    filenames = tuple(rows["filename"])
+    maps = cache.get_channel_maps(ctx.choice, ctx.root, view.split, filenames, layer, channel)
+    _, height, width = maps.shape
+    scale = max(1, THUMB_SIDE // max(height, width))
+    # One strip on one colour scale, so the maps compare; cut into a tile per image.
+    strip = Image.open(
+        io.BytesIO(figures.montage_png(maps, per="layer", columns=len(maps), gap=0, scale=scale))
+    ).convert("RGB")
+    field = cache.get_receptive_field(ctx.choice, layer)
+    for start in range(0, len(rows), PER_ROW):
+        columns = st.columns(PER_ROW)
+        for offset, (_, row) in enumerate(rows.iloc[start : start + PER_ROW].iterrows()):
+            i = start + offset
+            pixels = cache.get_network_input(ctx.choice, ctx.root, view.split, row["filename"])
+            crop = fire_crop(pixels, row, (height, width), field)
+            tile = strip.crop((i * width * scale, 0, (i + 1) * width * scale, height * scale))
+            label = "" if row["label"] is None else f" · {row['label']}"
+            with columns[offset]:
+                st.image(crop, caption=f"{row['filename']}{label}", width="stretch")
+                st.image(tile, caption=f"{row['score']:.3g}", width="stretch")
+
+
+def fire_crop(
+    pixels: np.ndarray, row: pd.Series, map_shape: tuple[int, int], field: int | None
+) -> Image.Image:
+    """The part of the image around where the channel fires, that spot outlined, enlarged."""
+    box = fire_box(row, map_shape, pixels.shape[:2], field)
+    # A crop of a few pixels (an early layer's field) shows nothing recognisable:
+    # show at least half the image around the spot.
+    context = fire_box(
+        row, map_shape, pixels.shape[:2], max(field or 0, min(pixels.shape[:2]) // 2)
+    )
+    crop = Image.fromarray(pixels).convert("RGB").crop(context)
+    zoom = max(1, THUMB_SIDE // max(crop.size))
+    crop = crop.resize((crop.width * zoom, crop.height * zoom), Image.Resampling.NEAREST)
+    left, top = (box[0] - context[0]) * zoom, (box[1] - context[1]) * zoom
+    right, bottom = (box[2] - context[0]) * zoom - 1, (box[3] - context[1]) * zoom - 1
+    outline = max(1, min(crop.size) // 48)
+    ImageDraw.Draw(crop).rectangle(
+        (left, top, right, bottom), outline=figures.HIGHLIGHT_COLOUR, width=outline
+    )
+    return crop
+
+
+def scores_chart(rows: pd.DataFrame, title: str, by: str, key: str) -> None:
+    st.plotly_chart(
+        figures.bar_figure(
+            list(rows["filename"]),
+            rows["score"].to_numpy(),
+            title=title,
+            x_title="image",
+            y_title=f"{by} activation",
+        ),
+        config=plain,
+        key=key,
+    )
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def top_section() -> None:
+    stats = layer_summary()
+    channels = stats.map_shape[0]
+    left, middle, right = st.columns(3)
+    with left:
+        channel = channel_ui(channels)
+    with middle:
+        by = st.segmented_control(
+            "Rank by",
+            ["max", "mean"],
+            format_func={"max": "Strongest spot", "mean": "Whole image"}.get,
+            required=True,
+            default="max",
+            key="insights_rank",
+            persist_state="session",
+        )
+    with right:
+        count = st.segmented_control(
+            "Images", [6, 12, 24], required=True, default=12, key="insights_count"
+        )
+    rows = top_images(stats, channel, k=count, by=by)
+    st.subheader(f"The {len(rows)} images that excite channel {channel} of {layer} most")
+    examples_ui(rows, channel)
+    scores_chart(rows, f"{layer}, channel {channel}: its strongest images", by, "top_scores")
+    widgets.explain("top_images")
+
+
+def pick_cell() -> None:
+    """Callback of the matrix: a clicked cell chooses its class and channel."""
+    points = st.session_state["matrix"]["selection"]["points"]
+    if points:
+        st.session_state[state.CHANNEL_KEY] = int(points[0]["x"])
+        st.session_state[CLASS_KEY] = str(points[0]["y"])
+
+
+def matrix_section() -> None:
+    stats = layer_summary()
+    labelled = any(label is not None for label in stats.labels)
+    options = (["label"] if labelled else []) + (["predicted"] if loaded.classes else [])
+    if not options:
+        st.info("These images have no labels and the model no classes: nothing to group by.")
+        return
+    left, right = st.columns(2)
+    group = left.segmented_control(
+        "Group images by",
+        options,
+        format_func={"label": "Their label", "predicted": "The network's answer"}.get,
+        required=True,
+        default=options[0],
+        key="insights_group",
+        persist_state="session",
+    )
+    with right:
+        relative = (
+            st.segmented_control(
+                "Colour",
+                ["relative", "mean"],
+                format_func={"relative": "Compared across classes", "mean": "Mean activation"}.get,
+                required=True,
+                default="relative",
+                key="insights_colour",
+                persist_state="session",
+                help="Compared across classes: each channel's score for a class against its "
+                "average over all classes (red: prefers it, blue: avoids it).",
+            )
+            == "relative"
+        )
+    predicted = class_predictions() if group == "predicted" else None
+    means = class_channel_matrix(stats, predictions=predicted)
+    matrix = (
+        class_channel_matrix(stats, predictions=predicted, relative=True) if relative else means
+    )
+    st.plotly_chart(
+        figures.class_matrix_figure(
+            matrix,
+            means,
+            relative,
+            title=f"Which classes each channel of {layer} prefers"
+            if relative
+            else f"Mean activation of each channel of {layer}, per class",
+        ),
+        key="matrix",
+        on_select=pick_cell,
+        selection_mode="points",
+        config=plain,
+        theme=None,
+    )
+    widgets.explain("class_matrix")
+    classes = [str(name) for name in matrix.index]
+    if st.session_state.get(CLASS_KEY) not in classes:
+        st.session_state[CLASS_KEY] = classes[0]
+    left, right = st.columns(2)
+    with left:
+        chosen = st.selectbox("Class", classes, key=CLASS_KEY, help="Or click a cell above.")
+    with right:
+        channel = channel_ui(stats.map_shape[0])
+    names = predicted.names if predicted is not None else [str(label) for label in stats.labels]
+    rows = top_images(stats, channel, k=PER_ROW, among=np.array(names) == chosen)
+    st.subheader(f"Class {chosen}: the images that excite channel {channel} most")
+    examples_ui(rows, channel)
+    scores_chart(rows, f"Class {chosen}, channel {channel}", "max", "class_scores")
+
+
+def embedding_section() -> None:
+    stats = layer_summary()
+    left, right = st.columns(2)
+    with left:
+        method = st.segmented_control(
+            "Method",
+            list(METHODS),
+            format_func=METHODS.get,
+            required=True,
+            default="pca",
+            key="insights_method",
+            persist_state="session",
+        )
+    with right:
+        mark = st.toggle(
+            "Mark the images the network gets wrong",
+            value=loaded.classes is not None,
+            disabled=loaded.classes is None,
+            key="insights_mark",
+        )
+    try:
+        points = cache.get_embedding(ctx.choice, ctx.root, view.split, layer, method, 0)
+    except ValueError as error:
+        st.error(str(error), icon=":material/error:")
+        return
+    wrong = class_predictions().misclassified if mark and loaded.classes else None
+    event = st.plotly_chart(
+        figures.embedding_figure(
+            points,
+            stats.labels,
+            stats.filenames,
+            wrong,
+            title=f"Every image by what {layer} sees ({METHODS[method]})",
+        ),
+        key="embedding",
+        on_select="rerun",
+        selection_mode=("box", "lasso"),
+        theme=None,
+    )
+    if wrong is not None:
+        st.caption(f"{int(wrong.sum()):,} of {len(wrong):,} images are classified wrongly (×).")
+    widgets.explain("embedding")
+    chosen = sorted(
+        {
+            int(
+                point["customdata"][0]
+                if isinstance(point["customdata"], list)
+                else point["customdata"]
+            )
+            for point in event["selection"]["points"]
+        }
+    )
+    if not chosen:
+        st.caption("Draw a box or lasso around points to see those images here.")
+        return
+    channel = channel_ui(stats.map_shape[0])
+    among = np.zeros(len(stats), dtype=bool)
+    among[chosen] = True
+    rows = top_images(stats, channel, k=2 * PER_ROW, among=among)
+    st.subheader(
+        f"{len(chosen):,} images chosen; the {len(rows)} that excite channel {channel} most"
+    )
+    examples_ui(rows, channel)
+
+
+def gradcam_section() -> None:
+    if loaded.classes is None:
+        st.info(f"{ctx.info.title} has no classes, so there is no decision to explain.")
+        return
+    try:
+        pixels, caption = widgets.input_pixels(view, ctx)
+    except ValueError as error:
+        st.error(str(error))
+        return
+    choices = [None, *range(len(loaded.classes))]
+    if st.session_state.get("gradcam_class") not in choices:
+        st.session_state["gradcam_class"] = None  # a class of the previous model
+    left, right = st.columns([1, 2])
+    with left:
+        st.image(pixels, caption=caption, width="stretch")
+        class_index = st.selectbox(
+            "Class to explain",
+            choices,
+            format_func=lambda i: "The network's answer" if i is None else loaded.classes[i],
+            key="gradcam_class",
+        )
+        opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="gradcam_opacity")
+    try:
+        explanation = cache.get_grad_cam(ctx.choice, pixels, layer, class_index)
+    except ValueError as error:
+        st.error(str(error), icon=":material/error:")
+        return
+    answer = loaded.classes[explanation.class_index]
+    with right:
+        st.plotly_chart(
+            figures.overlay_figure(
+                explanation.pixels,
+                explanation.cam,
+                opacity=opacity,
+                colorscale="Inferno",
+                title=f"Where {layer} holds the evidence for {answer}",
+            ),
+            config=plain,
+            key="gradcam",
+            theme=None,
+        )
+    widgets.explain("gradcam")
+
+
+def compare_section() -> None:
+    try:
+        pixels_a, caption_a = widgets.input_pixels(view, ctx)
+    except ValueError as error:
+        st.error(str(error))
+        return
+    filenames = list(
+        (ctx.dataset.index if view.split == "train" else ctx.dataset.test_index)["filename"]
+    )
+    if st.session_state.get("compare_image") not in filenames:
+        st.session_state["compare_image"] = ctx.dataset.pick((view.seed + 1) % 2**32, view.split)
+    left, right = st.columns(2)
+    with left:
+        other = st.selectbox("Compare with", filenames, key="compare_image")
+    pixels_b = cache.get_dataset_image(ctx.root, view.split, other, ctx.spec.mode)
+    try:
+        maps_a = cache.get_features(ctx.choice, (layer,), pixels_a).maps[layer]
+        maps_b = cache.get_features(ctx.choice, (layer,), pixels_b).maps[layer]
+    except ValueError as error:
+        st.error(str(error), icon=":material/error:")
+        return
+    if maps_a.ndim != 3:
+        st.info(f"{layer} gives no image-shaped maps; choose a convolutional layer.")
+        return
+    with right:
+        channel = channel_ui(len(maps_a))
+    label = ctx.dataset.label_of(other) if view.split == "train" else None
+    caption_b = other + (f" · label {label}" if label is not None else "")
+    # One colour range for both maps, so equal colours mean equal values.
+    low = float(min(maps_a[channel].min(), maps_b[channel].min()))
+    high = float(max(maps_a[channel].max(), maps_b[channel].max()))
+    images, charts = st.columns(3), st.columns(3)
+    for column, image, caption, maps, key, name in (
+        (0, pixels_a, caption_a, maps_a, "compare_a", "First"),
+        (1, pixels_b, caption_b, maps_b, "compare_b", "Second"),
+    ):
+        images[column].image(image, caption=f"{name}: {caption}", width=160)
+        figure = figures.channel_figure(maps[channel], title=f"{layer}, channel {channel}")
+        figure.data[0].update(zmin=low, zmax=high)
+        charts[column].plotly_chart(figure, config=plain, key=key, theme=None)
+    images[2].markdown(
+        "**First minus second**: red where the first image excites the channel more, "
+        "blue where the second does."
+    )
+    figure = figures.channel_figure(
+        difference(maps_a[channel], maps_b[channel]),
+        title="First minus second",
+        colorscale="RdBu_r",
+    )
+    figure.data[0].zmid = 0  # white where both are equal
+    charts[2].plotly_chart(figure, config=plain, key="compare_diff", theme=None)
+    widgets.explain("compare")
+
+
+# --- exports -------------------------------------------------------------------------------
+
+
+def parquet_ui() -> None:
+    """The dataset's features as Parquet: computed on request, with progress, then offered."""
+    settings = (ctx.choice, ctx.root, view.split, view.layers)
+    ready = st.session_state.get(EXPORT_KEY)
+    if ready is not None and ready[0] == settings:
+        st.download_button(
+            "The dataset's features (Parquet)",
+            ready[1],
+            file_name=f"{ctx.model_name}-{ctx.dataset.root.name}-{view.split}-features.parquet",
+            mime="application/vnd.apache.parquet",
+            icon=":material/table:",
+            on_click="ignore",
+        )
+        return
+    if not st.button(
+        "Compute the dataset's features (Parquet)",
+        help="One row per image: each layer's channel means, as `python -m cnnlens extract` "
+        "writes them.",
+        icon=":material/table:",
+    ):
+        return
+    bar = st.progress(0.0, text="Extracting features…")
+    data = features_parquet(
+        loaded,
+        ctx.dataset,
+        view.layers,
+        split=view.split,
+        batch_size=cache.INSIGHTS_BATCH,
+        on_progress=lambda done, total: bar.progress(
+            done / max(total, 1), text=f"Extracting features: {done:,} of {total:,} images"
+        ),
+    )
+    bar.empty()
+    st.session_state[EXPORT_KEY] = (settings, data)
+    st.rerun()
+
+
+{
+    "top": top_section,
+    "matrix": matrix_section,
+    "embedding": embedding_section,
+    "gradcam": gradcam_section,
+    "compare": compare_section,
+}[section]()
+with st.expander("Export the dataset's features", icon=":material/download:"):
+    parquet_ui()

@@ -1,0 +1,197 @@
+"""The Insights page through AppTest: its charts against references computed here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.decomposition import PCA
+
+from cnnlens import insights
+from cnnlens.data import load_dataset
+from cnnlens.lens import layer_names
+from cnnlens.models import demo_model, to_batch
+from cnnlens.ui.state import ModelChoice
+from tests.generated import write_dataset
+from tests.test_app import chart, open_app, title
+
+LABELS = [i % 4 for i in range(20)]
+PAGE = "insights.py"
+
+
+@pytest.fixture
+def digits(tmp_path: Path, monkeypatch) -> Path:
+    """A small dataset of 28×28 images, opened by the dashboard, with its own result store."""
+    root = write_dataset(tmp_path / "digits", LABELS, size=28, seed=5)
+    monkeypatch.setenv("CNNLENS_DATASET", str(root))
+    monkeypatch.setenv("CNNLENS_CACHE_DIR", str(tmp_path / "cache"))
+    return root
+
+
+def reference(root: Path, layer: str) -> dict:
+    """The layer's maps and the logits of every image, from the demo model itself."""
+    dataset = load_dataset(root)
+    filenames = dataset.index["filename"].tolist()
+    model = demo_model()
+    batch = to_batch([dataset.load_image(name) for name in filenames])
+    with torch.no_grad():
+        maps = model.features[: layer_names(model).index(layer) + 1](batch).numpy()
+        logits = model(batch).numpy()
+    return {"filenames": filenames, "maps": maps, "predicted": logits.argmax(axis=1)}
+
+
+def strongest(ref: dict, channel: int, k: int, by: str = "max", among=None) -> list[int]:
+    maps = ref["maps"][:, channel]
+    scores = maps.max(axis=(1, 2)) if by == "max" else maps.mean(axis=(1, 2))
+    order = [int(i) for i in np.argsort(-scores)]
+    return [i for i in order if among is None or among[i]][:k], scores
+
+
+def test_top_images_are_the_channels_strongest_and_are_stored_for_next_time(digits, monkeypatch):
+    at = open_app(PAGE)
+    ref = reference(digits, "conv_1")
+    rows, scores = strongest(ref, 0, 12)
+    bars = chart(at, "top_scores")
+    assert list(bars["data"][0]["x"]) == [ref["filenames"][i] for i in rows]
+    np.testing.assert_allclose(bars["data"][0]["y"], scores[rows], atol=1e-5)
+    assert at.subheader[0].value == "The 12 images that excite channel 0 of conv_1 most"
+    assert len(list((digits.parent / "cache" / "insights").glob("*.npz"))) == 1
+
+    passes = []
+    monkeypatch.setattr(insights, "layer_stats", lambda *a, **k: passes.append(a))
+    again = open_app(PAGE)
+    assert passes == []
+    assert list(chart(again, "top_scores")["data"][0]["x"]) == list(bars["data"][0]["x"])
+
+    again.number_input(key="channel").set_value(5).run()
+    again.segmented_control(key="insights_rank").set_value("mean").run()
+    rows, scores = strongest(ref, 5, 12, by="mean")
+    bars = chart(again, "top_scores")
+    assert list(bars["data"][0]["x"]) == [ref["filenames"][i] for i in rows]
+    np.testing.assert_allclose(bars["data"][0]["y"], scores[rows], atol=1e-5)
+
+
+def test_the_class_matrix_averages_each_label_and_a_class_shows_its_examples(digits):
+    at = open_app(PAGE, layers="conv_2", layer="conv_2")
+    at.segmented_control(key="insights_section").set_value("matrix").run()
+    ref = reference(digits, "conv_2")
+    means = ref["maps"].mean(axis=(2, 3))
+    expected = np.stack([means[np.array(LABELS) == label].mean(axis=0) for label in range(4)])
+    relative = (expected - expected.mean(axis=0)) / expected.std(axis=0)
+    matrix = chart(at, "matrix")["data"][0]
+    assert list(matrix["y"]) == ["0", "1", "2", "3"]
+    np.testing.assert_allclose(matrix["z"], relative, atol=1e-4)
+    np.testing.assert_allclose(matrix["customdata"], expected, atol=1e-5)  # the hover's means
+    at.segmented_control(key="insights_colour").set_value("mean").run()
+    np.testing.assert_allclose(chart(at, "matrix")["data"][0]["z"], expected, atol=1e-5)
+
+    at.selectbox(key="insights_class").set_value("2").run()
+    at.number_input(key="channel").set_value(3).run()
+    rows, _ = strongest(ref, 3, 6, among=np.array(LABELS) == 2)
+    assert list(chart(at, "class_scores")["data"][0]["x"]) == [ref["filenames"][i] for i in rows]
+
+    at.segmented_control(key="insights_group").set_value("predicted").run()
+    by_answer = chart(at, "matrix")["data"][0]
+    classes = sorted({str(p) for p in ref["predicted"]})
+    assert list(by_answer["y"]) == classes
+    for row, name in enumerate(classes):
+        np.testing.assert_allclose(
+            by_answer["z"][row], means[ref["predicted"] == int(name)].mean(axis=0), atol=1e-5
+        )
+
+
+def test_the_embedding_is_the_pca_of_channel_means_with_mistakes_marked(digits):
+    at = open_app(PAGE, layers="conv_3", layer="conv_3")
+    at.segmented_control(key="insights_section").set_value("embedding").run()
+    assert not at.exception
+    ref = reference(digits, "conv_3")
+    expected = PCA(n_components=2).fit_transform(ref["maps"].mean(axis=(2, 3)))
+    points = np.full((len(LABELS), 2), np.nan)
+    crosses = np.zeros(len(LABELS), dtype=bool)
+    for trace in chart(at, "embedding")["data"]:
+        rows = np.asarray(trace["customdata"], dtype=int)
+        points[rows] = np.column_stack([trace["x"], trace["y"]])
+        crosses[rows] = trace["marker"]["symbol"] == "x"
+        assert {LABELS[i] for i in rows} == {int(trace["legendgroup"])}
+    for axis in range(2):
+        sign = np.sign(points[:, axis] @ expected[:, axis])
+        np.testing.assert_allclose(points[:, axis], sign * expected[:, axis], atol=1e-4)
+    np.testing.assert_array_equal(crosses, ref["predicted"] != np.array(LABELS))
+    assert any(f"of {len(LABELS)} images are classified wrongly" in c.value for c in at.caption)
+
+
+def hand_grad_cam(image, layer: str, target: int) -> np.ndarray:
+    model = demo_model()
+    for module in model.modules():
+        if getattr(module, "inplace", False):
+            module.inplace = False
+    kept = {}
+    index = layer_names(model).index(layer)
+    model.features[index].register_forward_hook(lambda m, i, out: kept.update(act=out))
+    logits = model(to_batch(image))
+    (gradient,) = torch.autograd.grad(logits[0, target], kept["act"])
+    cam = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * kept["act"]).sum(1, keepdim=True))
+    return F.interpolate(cam, size=(28, 28), mode="bilinear")[0, 0].detach().numpy()
+
+
+def test_grad_cam_overlays_the_evidence_for_the_answer_or_a_chosen_class(digits):
+    at = open_app(PAGE, layers="conv_1,conv_4", layer="conv_4")
+    at.segmented_control(key="insights_section").set_value("gradcam").run()
+    dataset = load_dataset(digits)
+    image = dataset.load_image(dataset.pick(128))
+    with torch.no_grad():
+        answer = int(demo_model()(to_batch(image)).argmax())
+    overlay = chart(at, "gradcam")
+    assert title(overlay) == f"Where conv_4 holds the evidence for {answer}"
+    np.testing.assert_array_equal(overlay["data"][0]["z"], np.asarray(image))
+    np.testing.assert_allclose(
+        overlay["data"][1]["z"], hand_grad_cam(image, "conv_4", answer), atol=1e-5
+    )
+
+    other = (answer + 1) % 10
+    at.selectbox(key="gradcam_class").set_value(other).run()
+    overlay = chart(at, "gradcam")
+    assert title(overlay) == f"Where conv_4 holds the evidence for {other}"
+    np.testing.assert_allclose(
+        overlay["data"][1]["z"], hand_grad_cam(image, "conv_4", other), atol=1e-5
+    )
+
+
+def test_compare_shows_both_maps_and_their_difference(digits):
+    at = open_app(PAGE, layers="conv_2", layer="conv_2")
+    at.segmented_control(key="insights_section").set_value("compare").run()
+    at.selectbox(key="compare_image").set_value("img_7.png").run()
+    at.number_input(key="channel").set_value(4).run()
+    ref = reference(digits, "conv_2")
+    dataset = load_dataset(digits)
+    first = ref["maps"][ref["filenames"].index(dataset.pick(128)), 4]
+    second = ref["maps"][ref["filenames"].index("img_7.png"), 4]
+    np.testing.assert_allclose(chart(at, "compare_a")["data"][0]["z"], first, atol=1e-5)
+    np.testing.assert_allclose(chart(at, "compare_b")["data"][0]["z"], second, atol=1e-5)
+    for key in ("compare_a", "compare_b"):  # one colour range for both
+        trace = chart(at, key)["data"][0]
+        assert trace["zmin"] == pytest.approx(min(first.min(), second.min()), abs=1e-5)
+        assert trace["zmax"] == pytest.approx(max(first.max(), second.max()), abs=1e-5)
+    diff = chart(at, "compare_diff")["data"][0]
+    np.testing.assert_allclose(diff["z"], first - second, atol=1e-5)
+    assert diff["zmid"] == 0
+
+
+def test_a_cancelled_pass_waits_until_asked_to_go_on(digits):
+    at = open_app("home.py")
+    root = str(digits)
+    at.session_state["insights_paused"] = (
+        "summarising conv_1",
+        ModelChoice("demo", "default", "auto", False),
+        root,
+        "train",
+    )
+    at.switch_page(str(Path(__file__).resolve().parent.parent / "pages" / PAGE)).run()
+    assert any("Summarising conv_1 was cancelled" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+    at.button(key="insights_resume").click().run()
+    assert not at.exception
+    assert chart(at, "top_scores")["data"][0]["x"] is not None
