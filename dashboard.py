@@ -5,32 +5,22 @@ streamlit run dashboard.py
 
 from __future__ import annotations
 
-import os
-
 import streamlit as st
 
-from cnnlens.registry import DEMO_DATASET_DIR, MODELS
 from cnnlens.ui import cache, state, widgets
 
 st.set_page_config(page_title="cnnlens", page_icon=":material/visibility:", layout="wide")
-
-ROOT = os.environ.get("CNNLENS_DATASET", str(DEMO_DATASET_DIR))
 
 pages = st.navigation(widgets.all_pages())
 widgets.show_notices(state.init_model())
 
 with st.sidebar:
     # Drawn before the context is read, so a new choice is seen in this run.
-    st.selectbox(
-        "Model",
-        list(MODELS),
-        format_func=lambda name: MODELS[name].title,
-        key=state.MODEL_KEY,
-        persist_state="session",
-    )
+    with st.expander("Data and model", expanded=True, icon=":material/tune:"):
+        widgets.controls_ui()
     sidebar = st.container()
 
-ctx = widgets.build_context(ROOT)
+ctx = widgets.build_context()
 try:
     pages.run()
     with sidebar:

@@ -203,7 +203,9 @@ class LoadedModel:
             return None
         with torch.inference_mode():
             try:
-                logits = self.model(batch.to(self.device, self.dtype))
+                logits = self.model(
+                    batch.to(self.device, self.dtype, memory_format=torch.channels_last)
+                )
             except RuntimeError as error:
                 raise ValueError(
                     f"A batch of shape {tuple(batch.shape)} does not fit {self.name}: {error}"
@@ -710,7 +712,9 @@ def open_model(
     else:
         classes = tuple(_default_weights(name).meta["categories"])
 
-    model = fitted.model.eval().to(device=device, dtype=dtype)
+    # The model is this LoadedModel's own: channels-last makes its convolutions about
+    # twice as fast on CPU (the lens and extractors work on copies of their own anyway).
+    model = fitted.model.eval().to(device=device, dtype=dtype, memory_format=torch.channels_last)
     return LoadedModel(
         name=name,
         model=model,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 
-from cnnlens import figures
+from cnnlens import export, figures
 from cnnlens.ui import cache, state, widgets
 
 # Above this many values a layer is drawn as a PNG montage (plus one hoverable
@@ -13,7 +15,7 @@ from cnnlens.ui import cache, state, widgets
 PLOTLY_GRID_LIMIT = 150_000
 
 ctx, names = widgets.context(with_layers=True)
-view, spec = state.current_view(ctx.dataset), ctx.info.spec
+view, spec = state.current_view(ctx.dataset), ctx.spec
 plain = {"displayModeBar": False}
 
 st.title("Feature maps")
@@ -53,9 +55,20 @@ with top[1]:
     widgets.upload_ui(spec.mode)
 # Filled after the grid: the grid is what people wait for, so it is sent first.
 predictions = top[2].empty()
-features = cache.get_features(ctx.model_name, view.layers, pixels)
+try:
+    features = cache.get_features(ctx.choice, view.layers, pixels)
+except ValueError as error:
+    st.error(f"{error} Choose another image or model.", icon=":material/error:")
+    st.stop()
 
 maps = features.maps[layer]
+if maps.ndim != 3:
+    st.info(
+        f"{layer} gives {'×'.join(map(str, maps.shape))} values, not image-shaped maps. "
+        "Choose a convolutional layer or block: the Layers page shows each one's output shape.",
+        icon=":material/info:",
+    )
+    st.stop()
 count, height, width = maps.shape
 st.subheader(f"{layer}: {count} channels of {height}×{width}")
 if maps.size <= PLOTLY_GRID_LIMIT:
@@ -76,17 +89,21 @@ widgets.explain("heatmap", "convolution", "relu", "brightness")
 
 with predictions.container():
     if features.probabilities is not None:
+        # The ten likeliest classes, in class order for a handful (digits), else by rank.
         probabilities = features.probabilities
-        classes = list(ctx.info.classes)
-        best = int(np.argmax(probabilities))
+        order = np.argsort(probabilities)[::-1][:10]
+        if len(probabilities) <= 10:
+            order = np.sort(order)
+        classes = [ctx.loaded.classes[i] for i in order]
+        best = classes[int(np.argmax(probabilities[order]))]
         st.plotly_chart(
             figures.bar_figure(
                 classes,
-                probabilities,
-                title=f"The network says: {classes[best]} ({probabilities[best]:.0%})",
+                probabilities[order],
+                title=f"The network says: {best} ({probabilities.max():.0%})",
                 x_title="class",
                 y_title="probability",
-                highlight=classes[best],
+                highlight=best,
             ),
             config=plain,
             key="probabilities",
@@ -152,3 +169,48 @@ if dead:
     )
 else:
     st.caption("No dead channels: every channel responds somewhere on this image.")
+
+st.subheader("Take it with you")
+meta = {
+    "model": ctx.model_name,
+    "weights": ctx.loaded.weights,
+    "weights_id": ctx.loaded.weights_id,
+    "image": caption,
+    "normalisation": "none: raw activations",
+}
+recipe = widgets.recipe_of(view, layer, channel, norm, ctx)
+stem = f"{ctx.model_name}_{Path(view.image).stem if view.upload is None else 'upload'}"
+saves = st.columns(3)
+saves[0].download_button(
+    "Feature maps (.npz)",
+    data=lambda: export.maps_npz(features.maps, meta),
+    file_name=f"{stem}_maps.npz",
+    mime="application/octet-stream",
+    on_click="ignore",
+    icon=":material/download:",
+    help="Every chosen layer's raw maps as NumPy arrays: np.load(file)[layer_name].",
+    width="stretch",
+)
+saves[1].download_button(
+    f"{layer} grid (.png)",
+    data=lambda: export.grid_png(maps, per=norm),
+    file_name=f"{stem}_{layer}.png",
+    mime="image/png",
+    on_click="ignore",
+    icon=":material/image:",
+    width="stretch",
+)
+saves[2].download_button(
+    "Recipe of this view (.json)",
+    data=recipe.to_json() if recipe is not None else "",
+    file_name=f"{stem}_recipe.json",
+    mime="application/json",
+    on_click="ignore",
+    icon=":material/receipt_long:",
+    disabled=recipe is None,
+    help="Dataset, image, model, weights and layers: open it again below, or share it."
+    if recipe is not None
+    else "An uploaded image cannot be part of a recipe.",
+    width="stretch",
+)
+widgets.recipe_ui()

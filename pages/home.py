@@ -1,4 +1,4 @@
-"""Home: what cnnlens shows, how to read a heatmap, and one click to a digit's maps."""
+"""Home: what cnnlens shows, how to read a heatmap, and one click to an image's maps."""
 
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ with left, st.container(border=True):
 with right, st.container(border=True):
     st.markdown("**Model**")
     st.markdown(ctx.info.title)
+    st.caption("Change the dataset, the model or its weights in the sidebar.")
 
 if st.button(
-    "Show me a random digit and what the network sees",
+    "Show me a random image and what the network sees",
     type="primary",
     icon=":material/casino:",
 ):

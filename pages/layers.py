@@ -1,4 +1,4 @@
-"""Layers: the renamed network as a table, and the choice of target layers."""
+"""Layers: the network as a table (or a tree of modules), and the choice of target layers."""
 
 from __future__ import annotations
 
@@ -7,14 +7,21 @@ import streamlit as st
 from cnnlens.ui import cache, state, widgets
 
 ctx, names = widgets.context(with_layers=True)
-spec = ctx.info.spec
+spec = ctx.spec
 
 st.title("Layers")
-st.markdown(
-    "The network as cnnlens sees it: every layer in order, named by its kind and the "
-    "conv block it belongs to (`conv_1`, `relu_1`, `pool_1`, `conv_2`, …; `bn_1` where "
-    "a network has batch norm)."
-)
+if ctx.loaded.sequential:
+    st.markdown(
+        "The network as cnnlens sees it: every layer in order, named by its kind and the "
+        "conv block it belongs to (`conv_1`, `relu_1`, `pool_1`, `conv_2`, …; `bn_1` where "
+        "a network has batch norm)."
+    )
+else:
+    st.markdown(
+        f"{ctx.info.title} is not a plain stack of layers, so its parts keep the names "
+        "PyTorch gives them: `layer1` is a block of the network, `layer1.0.conv1` the first "
+        "convolution inside its first unit. Open a block below to see what is inside."
+    )
 widgets.explain("convolution", "relu")
 
 st.multiselect(
@@ -22,32 +29,50 @@ st.multiselect(
     names,
     key=state.LAYERS_KEY,
     persist_state="session",
-    help="The Feature maps page shows these layers (the conv layers when none are chosen). "
-    "The network runs only up to the deepest one.",
+    help="The Feature maps page shows these layers. The network runs only up to the deepest one.",
 )
+chosen = set(st.session_state[state.LAYERS_KEY])
 
-table = cache.get_layer_table(ctx.model_name, spec.shape).copy()
+table = cache.get_layer_table(ctx.choice).copy()
 table["map memory"] = table.pop("map bytes").map(lambda b: f"{b / 1024:,.1f} KiB")
-table["chosen"] = table["layer"].isin(st.session_state[state.LAYERS_KEY])
-st.dataframe(
-    table,
-    hide_index=True,
-    column_config={
-        "layer": st.column_config.TextColumn("layer", help="Renamed as in the seed recipe"),
-        "output shape": st.column_config.TextColumn(
-            "output shape",
-            help=f"channels × height × width, for a {spec.size[0]}×{spec.size[1]} input",
-        ),
-        "parameters": st.column_config.NumberColumn("parameters", format="localized"),
-        "receptive field": st.column_config.NumberColumn(
-            "receptive field", help="How many input pixels (per side) one value of this layer sees"
-        ),
-        "map memory": st.column_config.TextColumn(
-            "map memory", help="Memory the feature maps of one image take (float32)"
-        ),
-        "chosen": st.column_config.CheckboxColumn("shown", help="Shown on the Feature maps page"),
-    },
-)
+shape_help = f"channels × height × width, for a {spec.size[0]}×{spec.size[1]} input"
+columns = {
+    "output shape": st.column_config.TextColumn("output shape", help=shape_help),
+    "parameters": st.column_config.NumberColumn("parameters", format="localized"),
+    "map memory": st.column_config.TextColumn(
+        "map memory", help="Memory the feature maps of one image take (float32)"
+    ),
+    "shown": st.column_config.CheckboxColumn("shown", help="Shown on the Feature maps page"),
+}
+
+if ctx.loaded.sequential:
+    table["shown"] = table["layer"].isin(chosen)
+    columns["receptive field"] = st.column_config.NumberColumn(
+        "receptive field", help="How many input pixels (per side) one value of this layer sees"
+    )
+    st.dataframe(table, hide_index=True, column_config=columns)
+else:
+    table["shown"] = table["name"].isin(chosen)
+    top = table[table["depth"] == 0]
+    rows = table.assign(
+        module=[
+            "\u2003" * depth + name.rsplit(".", 1)[-1]
+            for name, depth in zip(table["name"], table["depth"], strict=True)
+        ]
+    )
+    shown = ["module", "name", "type", "output shape", "parameters", "map memory", "shown"]
+    for block in top.to_dict("records"):
+        inside = rows[rows["name"].str.startswith(block["name"] + ".")]
+        mark = " · shown" if block["shown"] or inside["shown"].any() else ""
+        title = (
+            f"**{block['name']}** · {block['type']} · {block['output shape'] or 'no map'} · "
+            f"{block['parameters']:,} parameters{mark}"
+        )
+        if inside.empty:
+            st.markdown(title)
+            continue
+        with st.expander(f"{title} · {len(inside)} modules inside"):
+            st.dataframe(inside[shown], hide_index=True, column_config=columns)
 st.page_link(
     widgets.page("feature_maps"), label="See the feature maps", icon=":material/arrow_forward:"
 )

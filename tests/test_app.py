@@ -252,7 +252,7 @@ def test_layers_page_table_and_target_choice():
     assert list(table["layer"])[:4] == ["conv_1", "relu_1", "conv_2", "relu_2"]
     assert list(table["output shape"])[-1] == "64×7×7"
     assert list(table["receptive field"]) == [3, 3, 5, 5, 6, 10, 10, 14, 14, 16]
-    assert table["chosen"].sum() == 4
+    assert table["shown"].sum() == 4
     at.multiselect(key="layers").set_value(["relu_2", "pool_4"]).run()
     at.switch_page(str(PAGES / "feature_maps.py")).run()
     assert at.segmented_control(key="layer").options == ["relu_2", "pool_4"]

@@ -278,7 +278,9 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     # An image of one's own: its name shows and the maps are its maps.
     upload = tmp_path / "my_seven.png"
     upload.write_bytes(digit_png())
-    uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+    uploader = page.locator(
+        f'.{live_app.key_class("upload_widget")} [data-testid="stFileUploaderDropzoneInput"]'
+    )
     uploader.set_input_files(str(upload))
     page.get_by_text("your image my_seven.png").first.wait_for()
     live_app.settle(page)
@@ -298,3 +300,84 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     assert_no_exception(page, server)
     shot(page, "08-corrupt-upload")
     page.context.close()
+
+
+def test_own_photos_through_a_torchvision_model(
+    browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An analyst opens a folder of RGB photos by path and looks into ResNet-18's layer2."""
+    import cnnlens
+    from cnnlens.models import open_model
+    from tests.generated import write_image_folder
+
+    root = tmp_path / "data"
+    write_image_folder(root / "photos", ["cat", "dog", "owl"] * 4, size=(48, 64), mode="RGB")
+    monkeypatch.setenv("CNNLENS_DATA_ROOTS", str(root))
+    monkeypatch.setenv("CNNLENS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights: random
+    dataset = cnnlens.load_dataset(root / "photos")
+    picked = dataset.pick(128)
+    with live_app.running_server() as server:
+        page = new_page(browser)
+        _clock["last"] = time.perf_counter()
+        page.goto(server.url)
+        page.get_by_role("heading", name="See what a neural network sees").wait_for()
+        live_app.settle(page)
+
+        # A path outside the data roots is refused, the folder under them opens.
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        path_input = page.locator(f".{live_app.key_class('folder_path')} input")
+        sidebar.get_by_role("button", name="Open other data").click()
+        path_input.fill("/etc")
+        path_input.press("Enter")
+        page.get_by_role("button", name="Open folder").click()
+        page.get_by_text("outside the folders cnnlens may read").wait_for()
+        live_app.settle(page)
+        shot(page, "09-path-outside-the-roots")
+        if not path_input.is_visible():  # the popover may stay open across the rerun
+            sidebar.get_by_role("button", name="Open other data").click()
+        path_input.fill("photos")
+        path_input.press("Enter")
+        page.get_by_role("button", name="Open folder").click()
+        page.get_by_text("12 labelled images").wait_for()
+        live_app.settle(page)
+        page.keyboard.press("Escape")  # close the popover
+
+        # ResNet-18 from the model picker, then its layer2 on the Feature maps page.
+        picker = page.locator(f".{live_app.key_class('model')}")
+        picker.click()
+        page.keyboard.type("ResNet-18")
+        page.keyboard.press("Enter")
+        page.get_by_text("ResNet-18").first.wait_for()
+        live_app.settle(page)
+        page.locator('[data-testid="stSidebarNav"]').get_by_role(
+            "link", name="Feature maps"
+        ).click()
+        page.get_by_role("heading", name="Feature maps").wait_for()
+        page.get_by_role("heading", name="relu: 64 channels of 112×112").wait_for()
+        live_app.settle(page)
+        assert sidebar.get_by_text("Random weights").first.is_visible()
+        page.locator(".st-key-layer").get_by_role("radio", name="layer2").click()
+        page.get_by_role("heading", name="layer2: 128 channels of 28×28").wait_for()
+        live_app.settle(page)
+        channel_input = page.locator(".st-key-channel input")
+        channel_input.fill("5")
+        channel_input.press("Enter")
+        live_app.wait_chart(page, "channel_map", "layer2, channel 5")
+        live_app.settle(page)
+        assert_no_exception(page, server)
+        assert picked in sidebar_caption(page)
+        shot(page, "10-own-photos-resnet18-layer2")
+
+        loaded = open_model("resnet18", weights="random")
+        model = loaded.model
+        import torch
+
+        with torch.inference_mode():
+            x = model.maxpool(
+                model.relu(model.bn1(model.conv1(loaded.batch(dataset.load_image(picked, "RGB")))))
+            )
+            expected = model.layer2(model.layer1(x))[0, 5].numpy()
+        enlarged = live_app.plotly_chart(page, "channel_map", attr="z", points=[(3, 4), (20, 11)])
+        assert enlarged["values"] == pytest.approx([expected[3, 4], expected[20, 11]], abs=1e-4)
+        page.context.close()

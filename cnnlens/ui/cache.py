@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import streamlit as st
 
+from cnnlens.ui.state import DEFAULT_WEIGHTS, ModelChoice
+
 if TYPE_CHECKING:
     import pandas as pd
-    from torch import nn
 
     from cnnlens.data import Dataset
+    from cnnlens.extractor import FeatureExtractor
     from cnnlens.lens import Lens
+    from cnnlens.models import LoadedModel
 
 DISPLAY_SIDE = 512
 """Input images are shown at most this large; the maps are laid over them."""
@@ -42,35 +45,51 @@ def get_dataset(root: str) -> Dataset:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def get_model(name: str) -> nn.Module:
-    """A registered model in eval mode on the best device here, shared by every session."""
-    from cnnlens.models import load_model, pick_device
+def get_model(choice: ModelChoice) -> LoadedModel:
+    """A model with its weights in eval mode, shared by every session.
 
-    return load_model(name, pick_device())
+    Raises:
+        ValueError: for weights that cannot be read or do not fit the model.
+    """
+    import torch
+
+    from cnnlens.models import open_model, pick_device
+
+    device = pick_device(choice.device)
+    dtype = torch.bfloat16 if choice.bf16 and device.type == "cuda" else None
+    weights = None if choice.weights == DEFAULT_WEIGHTS else choice.weights
+    return open_model(choice.name, weights=weights, device=device, dtype=dtype)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def get_lens(model_name: str, targets: tuple[str, ...]) -> Lens:
-    """One lens per model and target set, shared by every session (thread-safe)."""
-    from cnnlens.lens import build_lens
-
-    return build_lens(get_model(model_name), targets)
+def get_extractor(choice: ModelChoice, targets: tuple[str, ...]) -> Lens | FeatureExtractor:
+    """One lens or extractor per model and target set, shared by every session (thread-safe)."""
+    return get_model(choice).extractor(targets)
 
 
 @st.cache_data(max_entries=8, show_spinner="Loading the model…")
-def get_layer_names(model_name: str) -> list[str]:
-    """The renamed layers of a registered model."""
-    from cnnlens.lens import layer_names
-
-    return layer_names(get_model(model_name))
+def get_layer_names(choice: ModelChoice) -> list[str]:
+    """The layers of a model: renamed layers, or qualified module names."""
+    return get_model(choice).layer_names()
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def get_layer_table(model_name: str, input_shape: tuple[int, int, int]) -> pd.DataFrame:
-    """The renamed layers with shapes, parameters and receptive fields."""
-    from cnnlens.lens import layer_table
+def get_default_layers(choice: ModelChoice) -> list[str]:
+    """The layers a model shows first."""
+    return get_model(choice).default_layers()
 
-    return layer_table(get_model(model_name), input_shape)
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def get_layer_table(choice: ModelChoice) -> pd.DataFrame:
+    """The layers with their output shapes, parameters and map memory for the model's input."""
+    loaded = get_model(choice)
+    if loaded.sequential:
+        from cnnlens.lens import layer_table
+
+        return layer_table(loaded.model, loaded.spec.shape)
+    from cnnlens.extractor import module_table
+
+    return module_table(loaded.model, loaded.spec.shape)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -91,25 +110,38 @@ def get_uploaded_image(data: bytes, name: str, mode: str) -> np.ndarray:
     return np.asarray(image)
 
 
+# Below this many input values a forward is a few ms: one thread does it fastest,
+# and OpenMP's second thread, contending with the browser for two cores, can turn
+# 3 ms into 100 ms.
+_ONE_THREAD_PIXELS = 64 * 64
+
+
 # A VGG-sized image keeps about 50 MB of maps: keep the recent few, not every one.
 @st.cache_data(max_entries=16, show_spinner=False)
-def get_features(model_name: str, targets: tuple[str, ...], pixels: np.ndarray) -> Features:
-    """The target maps and class probabilities for one image (uint8 pixels)."""
+def get_features(choice: ModelChoice, targets: tuple[str, ...], pixels: np.ndarray) -> Features:
+    """The target maps and class probabilities for one image (uint8 pixels).
+
+    Probabilities are left out for random weights, whose guesses mean nothing.
+
+    Raises:
+        ValueError: if the image does not fit the model.
+    """
     import torch
     from PIL import Image
 
-    from cnnlens.models import to_batch
-    from cnnlens.registry import model_info
-
-    info = model_info(model_name)
-    batch = to_batch(Image.fromarray(pixels), info.spec)
-    lens = get_lens(model_name, targets)
-    maps = lens(batch)
-    probabilities = None
-    if info.classes is not None:
-        with torch.inference_mode():
-            logits = get_model(model_name)(batch.to(lens.device))
-        probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+    loaded = get_model(choice)
+    batch = loaded.batch(Image.fromarray(pixels))
+    threads = torch.get_num_threads()  # per thread: other sessions keep theirs
+    if batch[0].numel() <= _ONE_THREAD_PIXELS * batch.shape[1]:
+        torch.set_num_threads(1)
+    try:
+        maps = get_extractor(choice, targets)(batch)
+        probabilities = None
+        if not loaded.weights.startswith("random"):
+            found = loaded.probabilities(batch)
+            probabilities = None if found is None else found[0]
+    finally:
+        torch.set_num_threads(threads)
     return Features({k: v[0].float().cpu().numpy() for k, v in maps.items()}, probabilities)
 
 
@@ -118,7 +150,7 @@ _warm_started = False
 
 
 def warm_up_in_background() -> None:
-    """Import torch in a background thread once per server process.
+    """Import torch and clear week-old uploads in a background thread, once per process.
 
     The first page paints without torch; by the time a user asks for feature
     maps, the 2-3 s import is done. Python's import lock makes a page that needs
@@ -129,4 +161,207 @@ def warm_up_in_background() -> None:
         if _warm_started:
             return
         _warm_started = True
-    threading.Thread(target=__import__, args=("torch",), daemon=True).start()
+
+    def warm_up() -> None:
+        from cnnlens.sources import remove_stale_uploads
+
+        remove_stale_uploads()
+        import torch  # noqa: F401
+
+    threading.Thread(target=warm_up, daemon=True).start()
+
+
+# --- Insights ---
+# Dataset-wide results live in the on-disk store (cnnlens.store), which also keeps
+# the recent ones decoded in memory. The functions that may run a dataset pass are
+# not st.cache_* functions: a cached function cannot report progress to the page
+# waiting for it, and the store already makes the second call fast.
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cnnlens.insights import LayerStats, Predictions
+    from cnnlens.registry import InputSpec
+    from cnnlens.store import ResultStore
+
+INSIGHTS_BATCH = 256
+"""Images per forward pass of a dataset pass: large batches keep small CNNs busy."""
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def get_result_store(folder: str) -> ResultStore:
+    """The on-disk store of dataset-wide results in ``folder``, shared by every session."""
+    from pathlib import Path
+
+    from cnnlens.store import ResultStore
+
+    return ResultStore(Path(folder))
+
+
+def result_store() -> ResultStore:
+    """The store under ``CNNLENS_CACHE_DIR`` (read on each call, so tests can move it)."""
+    from cnnlens.store import cache_dir
+
+    return get_result_store(str(cache_dir() / "insights"))
+
+
+def _decode_workers(spec: InputSpec) -> int:
+    """Worker processes that decode images during a dataset pass.
+
+    Digit-sized images decode in microseconds: starting a worker and sending
+    its batches across costs more than it saves. Photographs take milliseconds
+    each, so one worker decodes while the network runs.
+    """
+    import os
+
+    if spec.size[0] * spec.size[1] < 96 * 96:
+        return 0
+    return min(2, max(1, (os.cpu_count() or 1) - 1))
+
+
+def find_layer_stats(choice: ModelChoice, root: str, split: str, layer: str) -> LayerStats | None:
+    """A layer's statistics over a split if computed before (memory or disk), else ``None``."""
+    from cnnlens.insights import LayerStats
+    from cnnlens.store import layer_stats_key
+
+    key = layer_stats_key(get_model(choice), get_dataset(root), layer, split)
+    return result_store().peek(key, LayerStats.from_arrays)
+
+
+def layer_stats(
+    choice: ModelChoice,
+    root: str,
+    split: str,
+    layer: str,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> LayerStats:
+    """A layer's statistics over a split: from the store, or one pass over the dataset now.
+
+    Raises:
+        ValueError: for a layer without feature maps or a split without images.
+    """
+    from cnnlens.store import cached_layer_stats
+
+    loaded = get_model(choice)
+    return cached_layer_stats(
+        loaded,
+        get_dataset(root),
+        layer,
+        split=split,
+        store=result_store(),
+        batch_size=INSIGHTS_BATCH,
+        workers=_decode_workers(loaded.spec),
+        on_progress=on_progress,
+    )
+
+
+def find_predictions(choice: ModelChoice, root: str, split: str) -> Predictions | None:
+    """The model's predictions over a split if computed before, else ``None``."""
+    from cnnlens.insights import Predictions
+    from cnnlens.store import predictions_key
+
+    key = predictions_key(get_model(choice), get_dataset(root), split)
+    return result_store().peek(key, Predictions.from_arrays)
+
+
+def predictions(
+    choice: ModelChoice,
+    root: str,
+    split: str,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Predictions:
+    """The model's predicted class for every image of a split: from the store, or computed now.
+
+    Raises:
+        ValueError: for a model without classes.
+    """
+    from cnnlens.store import cached_predictions
+
+    loaded = get_model(choice)
+    return cached_predictions(
+        loaded,
+        get_dataset(root),
+        split=split,
+        store=result_store(),
+        batch_size=INSIGHTS_BATCH,
+        workers=_decode_workers(loaded.spec),
+        on_progress=on_progress,
+    )
+
+
+@st.cache_data(max_entries=16, show_spinner="Placing the images on a map…")
+def get_embedding(
+    choice: ModelChoice, root: str, split: str, layer: str, method: str, seed: int
+) -> np.ndarray:
+    """The images of a split on a 2-D map of a layer's channel means (N×2).
+
+    Call it once the layer's statistics exist (:func:`layer_stats`).
+
+    Raises:
+        ValueError: for UMAP without ``umap-learn``.
+    """
+    from cnnlens.insights import embedding
+
+    return embedding(layer_stats(choice, root, split, layer), method=method, seed=seed)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def get_receptive_field(choice: ModelChoice, layer: str) -> int | None:
+    """A layer's receptive field in input pixels, where it can be derived."""
+    from cnnlens.insights import receptive_field
+
+    return receptive_field(get_model(choice), layer)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def get_network_input(choice: ModelChoice, root: str, split: str, filename: str) -> np.ndarray:
+    """A dataset image as the network sees it (resized, cropped), as uint8 pixels."""
+    from cnnlens.insights import input_pixels
+
+    loaded = get_model(choice)
+    image = get_dataset(root).load_image(filename, loaded.spec.mode, split)
+    return input_pixels(loaded, loaded.batch(image))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def get_channel_maps(
+    choice: ModelChoice, root: str, split: str, filenames: tuple[str, ...], layer: str, channel: int
+) -> np.ndarray:
+    """One channel's maps for a few dataset images (k×H×W float32), in one forward pass."""
+    loaded = get_model(choice)
+    dataset = get_dataset(root)
+    images = [dataset.load_image(name, loaded.spec.mode, split) for name in filenames]
+    maps = get_extractor(choice, (layer,))(loaded.batch(images))[layer]
+    return maps[:, channel].float().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Grad-CAM of one image: where the chosen layer holds the evidence for a class."""
+
+    pixels: np.ndarray  # the image as the network sees it, uint8
+    cam: np.ndarray  # H×W float32 at the input's size
+    class_index: int
+
+
+@st.cache_data(max_entries=32, show_spinner="Tracing the decision back…")
+def get_grad_cam(
+    choice: ModelChoice, pixels: np.ndarray, layer: str, class_index: int | None
+) -> Explanation:
+    """Grad-CAM for one image (uint8 pixels) and class; ``None``: the predicted class.
+
+    Raises:
+        ValueError: for a layer without maps or a model without class scores.
+    """
+    from PIL import Image
+
+    from cnnlens.insights import grad_cam, input_pixels
+
+    loaded = get_model(choice)
+    if loaded.classes is None:
+        raise ValueError(f"{loaded.name} has no classes, so there is no decision to explain.")
+    batch = loaded.batch(Image.fromarray(pixels))
+    if class_index is None:
+        class_index = int(np.argmax(loaded.probabilities(batch)[0]))
+    cam = grad_cam(loaded, batch, layer, class_index)
+    return Explanation(input_pixels(loaded, batch), cam, class_index)

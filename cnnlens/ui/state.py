@@ -1,24 +1,32 @@
 """Session state keys, their defaults, and their sync with the URL.
 
-The view (seed, image, layers, layer, channel, normalisation) lives in
-``st.session_state`` under the keys below and is mirrored into the URL, so a
-copied URL reopens the same view. Widgets use these keys directly, with
-``persist_state="session"`` so a value survives page switches.
+The view (dataset, model, weights, seed, image, layers, layer, channel,
+normalisation) lives in ``st.session_state`` under the keys below and is
+mirrored into the URL, so a copied URL reopens the same view. Widgets use these
+keys directly, with ``persist_state="session"`` so a value survives page switches.
+Uploads (an image, a zip, a weights file) live on this server only: a link
+cannot carry them.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import streamlit as st
 
-from cnnlens.registry import MODELS, SEED
+from cnnlens.registry import DEMO_DATASET_DIR, MODELS, SEED
 
 if TYPE_CHECKING:
     from cnnlens.data import Dataset
 
+DATA_KEY = "data"  # the dataset folder, an absolute path
 MODEL_KEY = "model"
+WEIGHTS_KEY = "weights"  # "default", "random" or the path of a state_dict file
+DEVICE_KEY = "device"  # "auto", "cpu" or "cuda"
+BF16_KEY = "bf16"
 SEED_KEY = "seed"
 SPLIT_KEY = "split"
 IMAGE_KEY = "image"
@@ -29,8 +37,11 @@ NORM_KEY = "norm"
 UPLOAD_KEY = "upload"  # (name, bytes) of an uploaded image; never in the URL
 
 NORMS = ("channel", "layer")
+DEFAULT_WEIGHTS = "default"
 _URL_KEYS = (
+    DATA_KEY,
     MODEL_KEY,
+    WEIGHTS_KEY,
     SEED_KEY,
     SPLIT_KEY,
     IMAGE_KEY,
@@ -40,6 +51,21 @@ _URL_KEYS = (
     NORM_KEY,
 )
 _LOADED = "_url_at_open"
+
+
+class ModelChoice(NamedTuple):
+    """Which network a session looks into: the cache key of a loaded model."""
+
+    name: str
+    weights: str  # "default", "random" or a state_dict path
+    device: str  # "auto", "cpu" or "cuda"
+    bf16: bool
+
+
+def model_choice() -> ModelChoice:
+    """This session's model, weights and device."""
+    state = st.session_state
+    return ModelChoice(state[MODEL_KEY], state[WEIGHTS_KEY], state[DEVICE_KEY], state[BF16_KEY])
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,15 @@ def _parse(key: str, raw: str, dataset: Dataset | None, names: list[str]) -> obj
         if raw not in MODELS:
             raise ValueError
         return raw
+    if key in (DATA_KEY, WEIGHTS_KEY):
+        if key == WEIGHTS_KEY and raw in (DEFAULT_WEIGHTS, "random"):
+            return raw
+        from cnnlens.sources import resolve_under_roots
+
+        path = resolve_under_roots(raw)
+        if not (path.is_dir() if key == DATA_KEY else path.is_file()):
+            raise ValueError
+        return str(path)
     if key == SEED_KEY:
         seed = int(raw)
         if not 0 <= seed < 2**32:
@@ -90,11 +125,6 @@ def _parse(key: str, raw: str, dataset: Dataset | None, names: list[str]) -> obj
     return raw
 
 
-def default_layers(names: list[str]) -> list[str]:
-    """The conv layers, which is what people come to see first."""
-    return [name for name in names if name.startswith("conv")] or names[:1]
-
-
 def _url_value(key: str) -> str | None:
     """A query value given when the session opened (the URL it was opened with)."""
     return st.session_state[_LOADED].get(key)
@@ -122,14 +152,24 @@ def _settle_from_url(
     return notices
 
 
+def default_dataset() -> str:
+    """The dataset a session starts with: ``CNNLENS_DATASET``, else the embedded demo."""
+    return os.environ.get("CNNLENS_DATASET") or str(DEMO_DATASET_DIR)
+
+
 def init_model() -> list[str]:
-    """Settle the model (from the URL once per session); needs neither torch nor the dataset.
+    """Settle dataset, model and weights (from the URL once per session); needs no torch.
 
     Returns:
         Notices for URL values that were invalid and fell back to defaults.
     """
-    notices = _settle_from_url("_url_model_loaded", (MODEL_KEY,), None, [])
-    st.session_state.setdefault(MODEL_KEY, "demo")
+    notices = _settle_from_url("_url_model_loaded", (DATA_KEY, MODEL_KEY, WEIGHTS_KEY), None, [])
+    state = st.session_state
+    state.setdefault(DATA_KEY, default_dataset())
+    state.setdefault(MODEL_KEY, "demo")
+    state.setdefault(WEIGHTS_KEY, DEFAULT_WEIGHTS)
+    state.setdefault(DEVICE_KEY, "auto")
+    state.setdefault(BF16_KEY, False)
     return notices
 
 
@@ -162,7 +202,7 @@ def init_state(dataset: Dataset) -> list[str]:
     return notices
 
 
-def init_layers(names: list[str]) -> list[str]:
+def init_layers(names: list[str], defaults: list[str]) -> list[str]:
     """Settle the target layers, the shown layer and the channel for a model's layers.
 
     Returns:
@@ -173,7 +213,7 @@ def init_layers(names: list[str]) -> list[str]:
         "_url_layers_loaded", (LAYERS_KEY, LAYER_KEY, CHANNEL_KEY), None, names
     )
     if not state.get(LAYERS_KEY) or any(n not in names for n in state[LAYERS_KEY]):
-        state[LAYERS_KEY] = default_layers(names)
+        state[LAYERS_KEY] = list(defaults)
     if state.get(LAYER_KEY) not in state[LAYERS_KEY]:
         state[LAYER_KEY] = state[LAYERS_KEY][0]
     state.setdefault(CHANNEL_KEY, 0)
@@ -194,12 +234,30 @@ def current_view(dataset: Dataset) -> View:
     )
 
 
+def _linkable(path: str) -> str | None:
+    """A dataset or weights path as a link shows it: relative to its data root.
+
+    ``None`` for a path outside the roots (an upload), which a link cannot carry.
+    """
+    from cnnlens.sources import data_roots
+
+    for root in data_roots():
+        if Path(path).is_relative_to(root):
+            return str(Path(path).relative_to(root)) if root == data_roots()[0] else path
+    return None
+
+
 def sync_url() -> None:
     """Mirror the view into the URL (values equal to their defaults are left out)."""
     state = st.session_state
     layers = state.get(LAYERS_KEY)
+    data, weights = state[DATA_KEY], state[WEIGHTS_KEY]
     wanted = {
+        DATA_KEY: _linkable(data) if data != default_dataset() else None,
         MODEL_KEY: state[MODEL_KEY] if state[MODEL_KEY] != "demo" else None,
+        WEIGHTS_KEY: weights
+        if weights == "random"
+        else (_linkable(weights) if weights != DEFAULT_WEIGHTS else None),
         SEED_KEY: str(state[SEED_KEY]),
         SPLIT_KEY: state[SPLIT_KEY] if state[SPLIT_KEY] != "train" else None,
         IMAGE_KEY: state[IMAGE_KEY],
@@ -219,6 +277,15 @@ def choose_image(filename: str | None, split: str | None = None) -> None:
     if split is not None:
         st.session_state[SPLIT_KEY] = split
     st.session_state[UPLOAD_KEY] = None
+
+
+def choose_dataset(root: str) -> None:
+    """Switch this session to another dataset folder: the image view starts afresh."""
+    state = st.session_state
+    state[DATA_KEY] = root
+    state[IMAGE_KEY] = None
+    state[SPLIT_KEY] = "train"
+    state[UPLOAD_KEY] = None
 
 
 def next_seed() -> None:
