@@ -32,6 +32,7 @@ __all__ = [
     "CACHE_DIR_ENV",
     "DATA_ROOTS_ENV",
     "UploadFolder",
+    "cache_dir",
     "data_roots",
     "extract_dataset_zip",
     "recent_folders",
@@ -328,14 +329,15 @@ def remove_stale_uploads(max_age_hours: float = 24.0, base: Path | None = None) 
     return removed
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """The folder of cnnlens's caches: ``$CNNLENS_CACHE_DIR``, else ``~/.cache/cnnlens``."""
     value = os.environ.get(CACHE_DIR_ENV, "").strip()
     return Path(value).expanduser() if value else Path.home() / ".cache" / "cnnlens"
 
 
 def _read_recent() -> list[str]:
     try:
-        stored = json.loads((_cache_dir() / _RECENT_FILE).read_text(encoding="utf-8"))
+        stored = json.loads((cache_dir() / _RECENT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []  # missing or corrupt: start afresh rather than fail the app
     if not isinstance(stored, list):
@@ -353,7 +355,7 @@ def remember_folder(path: str | Path) -> None:
     folder = str(resolve_under_roots(path))
     with _recent_lock:
         entries = [folder] + [entry for entry in _read_recent() if entry != folder]
-        cache = _cache_dir()
+        cache = cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         # A reader (another server process) sees the old file or the new one, never half.
         handle, temp = tempfile.mkstemp(dir=cache, prefix=".recent-", suffix=".json")

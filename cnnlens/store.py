@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from cnnlens.sources import cache_dir
+
 if TYPE_CHECKING:
     from cnnlens.data import Dataset
     from cnnlens.insights import LayerStats, Predictions
@@ -38,7 +40,6 @@ __all__ = [
     "DEFAULT_MAX_MB",
     "FORMAT_VERSION",
     "ResultStore",
-    "cache_dir",
     "cached_layer_stats",
     "cached_predictions",
     "layer_stats_key",
@@ -60,12 +61,6 @@ _STALE_PARTIAL_S = 3600.0
 _UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
 T = TypeVar("T")
-
-
-def cache_dir() -> Path:
-    """The folder of cnnlens's caches: ``$CNNLENS_CACHE_DIR``, else ``~/.cache/cnnlens``."""
-    configured = os.environ.get("CNNLENS_CACHE_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "cnnlens"
 
 
 def result_key(**parts: object) -> str:

@@ -61,13 +61,15 @@ section = st.segmented_control(
     key="insights_section",
     persist_state="session",
 )
+shown = st.session_state.get(state.LAYER_KEY)
 layer = st.segmented_control(
     "Layer",
     view.layers,
     required=True,
-    key=state.LAYER_KEY,
-    persist_state="session",
-    help="Choose the layers to show on the Layers page.",
+    help="Choose the layers offered here on the Layers page.",
+    **state.shared_widget(
+        state.LAYER_KEY, "insights_layer", shown if shown in view.layers else view.layers[0]
+    ),
 )
 
 
@@ -145,16 +147,17 @@ def class_predictions() -> Predictions:
 
 
 def channel_ui(channels: int) -> int:
-    if st.session_state[state.CHANNEL_KEY] >= channels:
-        st.session_state[state.CHANNEL_KEY] = 0
+    """The channel to show, the same one as on the Feature maps page."""
+    shown = st.session_state.get(state.CHANNEL_KEY, 0)
     return st.number_input(
         "Channel",
         min_value=0,
         max_value=channels - 1,
         step=1,
-        key=state.CHANNEL_KEY,
-        persist_state="session",
         help=f"{layer} has {channels} channels, 0 to {channels - 1}.",
+        **state.shared_widget(
+            state.CHANNEL_KEY, "insights_channel", shown if shown < channels else 0
+        ),
     )
 
 

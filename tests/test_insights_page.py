@@ -66,7 +66,7 @@ def test_top_images_are_the_channels_strongest_and_are_stored_for_next_time(digi
     assert passes == []
     assert list(chart(again, "top_scores")["data"][0]["x"]) == list(bars["data"][0]["x"])
 
-    again.number_input(key="channel").set_value(5).run()
+    again.number_input(key="insights_channel").set_value(5).run()
     again.segmented_control(key="insights_rank").set_value("mean").run()
     rows, scores = strongest(ref, 5, 12, by="mean")
     bars = chart(again, "top_scores")
@@ -89,7 +89,7 @@ def test_the_class_matrix_averages_each_label_and_a_class_shows_its_examples(dig
     np.testing.assert_allclose(chart(at, "matrix")["data"][0]["z"], expected, atol=1e-5)
 
     at.selectbox(key="insights_class").set_value("2").run()
-    at.number_input(key="channel").set_value(3).run()
+    at.number_input(key="insights_channel").set_value(3).run()
     rows, _ = strongest(ref, 3, 6, among=np.array(LABELS) == 2)
     assert list(chart(at, "class_scores")["data"][0]["x"]) == [ref["filenames"][i] for i in rows]
 
@@ -164,7 +164,7 @@ def test_compare_shows_both_maps_and_their_difference(digits):
     at = open_app(PAGE, layers="conv_2", layer="conv_2")
     at.segmented_control(key="insights_section").set_value("compare").run()
     at.selectbox(key="compare_image").set_value("img_7.png").run()
-    at.number_input(key="channel").set_value(4).run()
+    at.number_input(key="insights_channel").set_value(4).run()
     ref = reference(digits, "conv_2")
     dataset = load_dataset(digits)
     first = ref["maps"][ref["filenames"].index(dataset.pick(128)), 4]
@@ -195,3 +195,17 @@ def test_a_cancelled_pass_waits_until_asked_to_go_on(digits):
     at.button(key="insights_resume").click().run()
     assert not at.exception
     assert chart(at, "top_scores")["data"][0]["x"] is not None
+
+
+def test_layer_and_channel_follow_people_between_feature_maps_and_insights(digits):
+    at = open_app("feature_maps.py")
+    at.segmented_control(key="layer").set_value("conv_2").run()
+    at.number_input(key="channel").set_value(5).run()
+    at.switch_page(str(Path(__file__).resolve().parent.parent / "pages" / PAGE)).run()
+    assert not at.exception and not at.error
+    assert at.subheader[0].value == "The 12 images that excite channel 5 of conv_2 most"
+    at.segmented_control(key="insights_layer").set_value("conv_3").run()
+    at.number_input(key="insights_channel").set_value(7).run()
+    at.switch_page(str(Path(__file__).resolve().parent.parent / "pages" / "feature_maps.py")).run()
+    assert at.subheader[0].value == "conv_3: 64 channels of 14×14"
+    assert title(chart(at, "channel_map")) == "conv_3, channel 7"

@@ -14,9 +14,9 @@ import pytest
 from cnnlens import insights, store
 from cnnlens.data import load_dataset
 from cnnlens.models import open_model
+from cnnlens.sources import cache_dir
 from cnnlens.store import (
     ResultStore,
-    cache_dir,
     cached_layer_stats,
     cached_predictions,
     layer_stats_key,

@@ -150,7 +150,9 @@ _warm_started = False
 
 
 def warm_up_in_background() -> None:
-    """Import torch and clear week-old uploads in a background thread, once per process.
+    """Import torch, clear day-old uploads and warm the meta device in a background thread.
+
+    Runs once per process.
 
     The first page paints without torch; by the time a user asks for feature
     maps, the 2-3 s import is done. Python's import lock makes a page that needs
@@ -166,7 +168,11 @@ def warm_up_in_background() -> None:
         from cnnlens.sources import remove_stale_uploads
 
         remove_stale_uploads()
-        import torch  # noqa: F401
+        import torch
+
+        # The first op on the meta device loads its kernels (0.5 s): layer tables and
+        # receptive fields run there, so pay it here rather than on someone's click.
+        torch.nn.Conv2d(1, 1, 3).to("meta")(torch.zeros(1, 1, 3, 3, device="meta"))
 
     threading.Thread(target=warm_up, daemon=True).start()
 
@@ -200,7 +206,7 @@ def get_result_store(folder: str) -> ResultStore:
 
 def result_store() -> ResultStore:
     """The store under ``CNNLENS_CACHE_DIR`` (read on each call, so tests can move it)."""
-    from cnnlens.store import cache_dir
+    from cnnlens.sources import cache_dir
 
     return get_result_store(str(cache_dir() / "insights"))
 

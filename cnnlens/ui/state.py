@@ -271,6 +271,28 @@ def sync_url() -> None:
         st.query_params.from_dict(wanted)
 
 
+def shared_widget(shared: str, own: str, value: object) -> dict[str, object]:
+    """Arguments for a widget that shows a value shared with another page's widget.
+
+    Two pages' widgets with the same key lose the value when people switch between
+    the pages (it comes up empty or at its default), so each page's widget has a key
+    of its own, set from the shared value on every run and written back on change.
+
+    Args:
+        shared: the session-state key of the shared value (e.g. ``LAYER_KEY``).
+        own: this page's widget key.
+        value: the shared value, already checked against the widget's options.
+
+    Returns:
+        ``key`` and ``on_change`` for the widget call.
+    """
+    st.session_state[shared] = st.session_state[own] = value
+    return {
+        "key": own,
+        "on_change": lambda: st.session_state.update({shared: st.session_state[own]}),
+    }
+
+
 def choose_image(filename: str | None, split: str | None = None) -> None:
     """Callback: show a dataset image (``None``: the seed's pick) instead of an upload."""
     st.session_state[IMAGE_KEY] = filename
