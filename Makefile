@@ -37,7 +37,9 @@ format: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test /usr/bin/chromium
 	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_batch.py
 	$(BIN)/python benchmarks/bench_dashboard.py
+	$(BIN)/python benchmarks/bench_insights.py
 
 clean:
 	rm -rf $(VENV) test-artifacts .pytest_cache .ruff_cache
