@@ -17,10 +17,13 @@ if ctx.loaded.sequential:
         "a network has batch norm)."
     )
 else:
+    block = next((n for n in names if any(m.startswith(n + ".") for m in names)), names[0])
+    inner = next((n for n in names if n.startswith(block + ".") and n.count(".") >= 2), None)
+    example = f", `{inner}` a part inside it" if inner else ""
     st.markdown(
         f"{ctx.info.title} is not a plain stack of layers, so its parts keep the names "
-        "PyTorch gives them: `layer1` is a block of the network, `layer1.0.conv1` the first "
-        "convolution inside its first unit. Open a block below to see what is inside."
+        f"PyTorch gives them: `{block}` is a block of the network{example}. Open a block "
+        "below to see what is inside."
     )
 widgets.explain("convolution", "relu")
 
