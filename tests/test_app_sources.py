@@ -221,3 +221,47 @@ def test_a_recipe_with_other_weights_warns_and_a_missing_image_says_why(tmp_path
     ).run()
     assert any("'missing.png' is not a usable image" in e.value for e in at.error)
     assert at.session_state["image"] == "img_11.png"
+
+
+def test_missing_pretrained_weights_download_with_progress_when_online(
+    data_root, tmp_path, monkeypatch
+):
+    import hashlib
+
+    import torchvision.models as tvm
+
+    from cnnlens import models as models_module
+
+    torch.manual_seed(4)
+    state = tvm.resnet18().state_dict()
+    source = tmp_path / "served.pth"
+    torch.save(state, source)
+    cached = (
+        tmp_path / "hub" / f"resnet18-{hashlib.sha256(source.read_bytes()).hexdigest()[:8]}.pth"
+    )
+    monkeypatch.setattr(models_module, "_cached_file", lambda name: cached)
+    monkeypatch.setattr(models_module, "_weights_url", lambda name: source.as_uri())
+
+    monkeypatch.setattr(models_module, "_online", lambda: False)
+    at = open_app("feature_maps.py", model="resnet18", layers="layer1", layer="layer1")
+    assert not [b for b in at.sidebar.button if b.label.startswith("Download")]  # offline
+
+    monkeypatch.setattr(models_module, "_online", lambda: True)
+    at.run()
+    download = next(b for b in at.sidebar.button if b.label.startswith("Download"))
+    download.click().run()
+    assert not at.exception
+    assert cached.is_file()
+    assert not any("Random weights" in info.value for info in at.sidebar.info)
+    assert any("pretrained IMAGENET1K_V1" in c.value for c in at.sidebar.caption)
+    at.number_input(key="channel").set_value(2).run()
+    model = tvm.resnet18()
+    model.load_state_dict(state)
+    model.eval()
+    loaded = open_model("resnet18")
+    dataset = load_dataset(Path("datasets/MNIST"))
+    with torch.inference_mode():
+        x = loaded.batch(dataset.load_image(dataset.pick(128), "RGB"))
+        expected = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))[0, 2]
+    shown = chart(at, "channel_map")["data"][0]["z"]
+    np.testing.assert_allclose(shown, expected.numpy(), atol=1e-4)

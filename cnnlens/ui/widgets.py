@@ -464,11 +464,47 @@ def controls_ui() -> None:
 _HAS_NVIDIA = Path("/proc/driver/nvidia/version").exists()
 
 
+def download_ui(ctx: Context) -> None:
+    """Offer the pretrained weights when they are missing here but the server is online."""
+    from cnnlens.models import download_weights, weights_status
+
+    wanted = ctx.choice.weights == state.DEFAULT_WEIGHTS and ctx.info.weights is not None
+    if not wanted or ctx.loaded.weights != "random weights":
+        return
+    if weights_status(ctx.model_name) != "downloadable":
+        return
+    if not st.button(
+        f"Download the pretrained weights of {ctx.info.title}",
+        icon=":material/download:",
+        help="From download.pytorch.org into the server's torch hub cache, once for everyone.",
+        width="stretch",
+    ):
+        return
+    bar = st.progress(0.0, text="Downloading…")
+
+    def progress(done: int, total: int) -> None:
+        share = done / total if total else 0.0
+        bar.progress(min(share, 1.0), text=f"Downloading: {done / 1e6:,.0f} MB")
+
+    try:
+        download_weights(ctx.model_name, progress)
+    except ValueError as error:
+        bar.empty()
+        st.error(str(error), icon=":material/error:")
+        return
+    # Every cache keyed by "the default weights" now means other weights: start afresh,
+    # so every session gets the pretrained network and its maps.
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    st.rerun()
+
+
 def sidebar_ui(ctx: Context) -> None:
     """The model's note, the dataset and the current input (drawn after the page)."""
     if "loaded" in ctx.__dict__:  # only when the page loaded the model
         for note in ctx.loaded.notes:
             st.info(note, icon=":material/info:")
+        download_ui(ctx)
         st.caption(f"{ctx.info.title} · {ctx.loaded.weights} · {ctx.loaded.device}")
     dataset = ctx.dataset
     st.caption("Dataset")
