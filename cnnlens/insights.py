@@ -471,18 +471,14 @@ def fire_box(
 def receptive_field(loaded: LoadedModel, layer: str) -> int | None:
     """The layer's receptive field in input pixels, where it can be derived.
 
-    Known for the renamed layers of sequential models (:func:`cnnlens.lens.layer_table`);
+    Known for the renamed layers of sequential models (:func:`cnnlens.lens.receptive_fields`);
     ``None`` for other models and for layers after adaptive pooling.
     """
     if not loaded.sequential:
         return None
-    from cnnlens.lens import layer_table
+    from cnnlens.lens import receptive_fields
 
-    table = layer_table(loaded.model, loaded.spec.shape)
-    field = table.loc[table["layer"] == layer, "receptive field"]
-    if field.empty or pd.isna(field.iat[0]):
-        return None
-    return int(field.iat[0])
+    return receptive_fields(loaded.model).get(layer)
 
 
 def class_channel_matrix(

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-__all__ = ["Extractor", "Lens", "build_lens", "layer_names", "layer_table"]
+__all__ = ["Extractor", "Lens", "build_lens", "layer_names", "layer_table", "receptive_fields"]
 
 # Short names for the layer kinds of the seed; any other layer keeps its class name.
 _KIND_NAMES: dict[type[nn.Module], str] = {
@@ -276,9 +276,9 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> pd.DataF
         ValueError: if the input shape does not fit the network.
     """
     sequential = _sequential_of(model)
+    fields = receptive_fields(sequential)
     rows = []
     x = torch.zeros((1, *input_shape), device="meta")
-    field, jump = 1, 1
     for name, layer in zip(_renamed(list(sequential)), sequential, strict=True):
         probe = copy.deepcopy(layer).to("meta").eval()
         try:
@@ -287,21 +287,40 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> pd.DataF
             raise ValueError(
                 f"An input of shape {tuple(input_shape)} does not fit layer {name}: {error}"
             ) from error
-        kernel = getattr(layer, "kernel_size", None)
-        if kernel is not None and field is not None:
-            dilation = _pair(getattr(layer, "dilation", 1))
-            field += (dilation * (_pair(kernel) - 1)) * jump
-            jump *= _pair(getattr(layer, "stride", 1) or _pair(kernel))
-        elif any(True for _ in layer.children()) or isinstance(layer, nn.AdaptiveAvgPool2d):
-            field = None  # nested blocks and adaptive pooling: no single kernel to follow
         rows.append(
             {
                 "layer": name,
                 "type": type(layer).__name__,
                 "output shape": "×".join(map(str, x.shape[1:])),
                 "parameters": sum(p.numel() for p in layer.parameters()),
-                "receptive field": field,
+                "receptive field": fields[name],
                 "map bytes": x.numel() * x.element_size(),
             }
         )
     return pd.DataFrame(rows)
+
+
+def receptive_fields(model: nn.Module) -> dict[str, int | None]:
+    """How many input pixels (per side) one value of each renamed layer sees.
+
+    Worked out from kernel sizes, strides and dilations alone, without running
+    anything; ``None`` after a nested block or adaptive pooling, which have no
+    single kernel to follow.
+
+    Raises:
+        TypeError: for a model that is not a sequential CNN (see :func:`build_lens`).
+    """
+    sequential = _sequential_of(model)
+    fields: dict[str, int | None] = {}
+    field: int | None = 1
+    jump = 1
+    for name, layer in zip(_renamed(list(sequential)), sequential, strict=True):
+        kernel = getattr(layer, "kernel_size", None)
+        if kernel is not None and field is not None:
+            dilation = _pair(getattr(layer, "dilation", 1))
+            field += (dilation * (_pair(kernel) - 1)) * jump
+            jump *= _pair(getattr(layer, "stride", 1) or _pair(kernel))
+        elif any(True for _ in layer.children()) or isinstance(layer, nn.AdaptiveAvgPool2d):
+            field = None
+        fields[name] = field
+    return fields

@@ -265,3 +265,16 @@ def test_missing_pretrained_weights_download_with_progress_when_online(
         expected = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))[0, 2]
     shown = chart(at, "channel_map")["data"][0]["z"]
     np.testing.assert_allclose(shown, expected.numpy(), atol=1e-4)
+
+
+def test_a_link_cannot_open_files_outside_the_data_roots(data_root):
+    at = open_app("feature_maps.py", data="/etc", weights="/etc/passwd")
+    assert not at.exception
+    notices = " ".join(w.value for w in at.warning)
+    assert "data='/etc' is not valid here" in notices
+    assert "weights='/etc/passwd' is not valid here" in notices
+    assert at.session_state["data"] == str(Path("datasets/MNIST").resolve())
+    assert at.session_state["weights"] == "default"
+    at = open_app("feature_maps.py", weights="../../../../etc/passwd")
+    assert "is not valid here" in " ".join(w.value for w in at.warning)
+    assert at.session_state["weights"] == "default"

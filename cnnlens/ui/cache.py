@@ -150,9 +150,7 @@ _warm_started = False
 
 
 def warm_up_in_background() -> None:
-    """Import torch, clear day-old uploads and warm the meta device in a background thread.
-
-    Runs once per process.
+    """Import torch and clear day-old uploads in a background thread, once per process.
 
     The first page paints without torch; by the time a user asks for feature
     maps, the 2-3 s import is done. Python's import lock makes a page that needs
@@ -168,11 +166,7 @@ def warm_up_in_background() -> None:
         from cnnlens.sources import remove_stale_uploads
 
         remove_stale_uploads()
-        import torch
-
-        # The first op on the meta device loads its kernels (0.5 s): layer tables and
-        # receptive fields run there, so pay it here rather than on someone's click.
-        torch.nn.Conv2d(1, 1, 3).to("meta")(torch.zeros(1, 1, 3, 3, device="meta"))
+        import torch  # noqa: F401
 
     threading.Thread(target=warm_up, daemon=True).start()
 
