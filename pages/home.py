@@ -49,6 +49,8 @@ st.markdown(
 3. **Feature maps**: each small square is one *channel* of a layer, painted as a heatmap of
    where it fired on your image. Hover to read exact values; pick a channel to enlarge it
    and lay it over the image.
+4. **Insights**: the same layer across the whole dataset: which images excite a channel most,
+   which channels each class excites, and where the network looks when it decides.
 """
 )
 widgets.explain("heatmap", "convolution", "relu", "brightness", title="The words, in plain English")
