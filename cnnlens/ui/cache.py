@@ -94,10 +94,9 @@ def get_layer_table(choice: ModelChoice) -> pd.DataFrame:
 
 @st.cache_data(max_entries=512, show_spinner=False)
 def get_dataset_image(root: str, split: str, filename: str, mode: str) -> np.ndarray:
-    """A dataset image as a uint8 array in the model's mode (H×W or H×W×3)."""
-    image = get_dataset(root).load_image(filename, mode, split)
-    image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
-    return np.asarray(image)
+    """A dataset image as a uint8 array in the model's mode (H×W or H×W×3), at most
+    ``DISPLAY_SIDE`` a side (a large JPEG is decoded straight at a reduced scale)."""
+    return np.asarray(get_dataset(root).load_image(filename, mode, split, max_side=DISPLAY_SIDE))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -105,9 +104,7 @@ def get_uploaded_image(data: bytes, name: str, mode: str) -> np.ndarray:
     """An uploaded image, decoded safely and converted to the model's mode."""
     from cnnlens.data import open_image, to_mode
 
-    image = to_mode(open_image(data, name=name), mode)
-    image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
-    return np.asarray(image)
+    return np.asarray(to_mode(open_image(data, name=name, max_side=DISPLAY_SIDE), mode))
 
 
 # Below this many input values a forward is a few ms: one thread does it fastest,
