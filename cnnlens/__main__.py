@@ -23,12 +23,14 @@ _SHOWN_PROBLEMS = 5
 
 
 def _default_workers(device: torch.device) -> int:
-    """Decoding processes: none on a CPU, whose cores the network already keeps busy
-    (measured: a worker on 2 cores slows the demo by a quarter); with a GPU all
-    cores but one (up to 32), as decoding is then what bounds the rate."""
+    """Worker processes: on a CPU one per core, each decoding and running the network
+    on one thread (none on a single core); with a GPU all cores but one (up to 32),
+    which decode while the GPU runs the network."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
     if device.type != "cuda":
-        return 0
-    return max(1, min(32, (os.cpu_count() or 2) - 1))
+        return cores if cores > 1 else 0
+    return max(1, min(32, cores - 1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         metavar="N",
-        help="processes that decode images (default: 0 on a CPU, whose cores the network "
-        "uses; all cores but one, up to 32, with a GPU)",
+        help="worker processes (default: on a CPU one per core, each decoding and running "
+        "the network on one thread; with a GPU all cores but one, up to 32, which decode); "
+        "0: all in this process",
     )
     extract.add_argument(
         "--split",
@@ -128,7 +131,8 @@ def _extract(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be 0 or more, got {args.workers}.")
     if args.address and args.engine != "ray":
         raise ValueError("--address is for --engine ray.")
-    dataset = load_dataset(args.dataset)
+    # Each image is checked when it is decoded, and reported then if it cannot be.
+    dataset = load_dataset(args.dataset, check_images=False)
     layers = [name.strip() for name in args.layers.split(",")] if args.layers else None
     # With Ray, this process only checks the layers; the actors run the network.
     device = pick_device(args.device if args.engine == "local" else "cpu")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +15,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image, PngImagePlugin
 
 from cnnlens.__main__ import main
-from cnnlens.batch import FORMAT, extract_to_parquet, iter_features, load_pixels, normalise
-from cnnlens.data import Dataset, Problem, load_dataset
-from cnnlens.models import LoadedModel, demo_model, open_model, to_batch
-from cnnlens.registry import model_info
+from cnnlens.batch import (
+    FORMAT,
+    _Extraction,
+    _plain_png_pixels,
+    extract_to_parquet,
+    iter_features,
+    load_pixels,
+    normalise,
+)
+from cnnlens.data import Dataset, Problem, load_dataset, open_image, to_mode
+from cnnlens.models import DEMO_DATASET_DIR, LoadedModel, _resized, demo_model, open_model, to_batch
+from cnnlens.registry import InputSpec, model_info
 from tests.generated import write_dataset
 
 LABELS = [i % 10 for i in range(11)]
@@ -117,8 +129,11 @@ def test_unreadable_images_are_reported_and_skipped_in_workers(demo, digits):
     assert all(isinstance(p, Problem) for p in problems)
     assert [p.reason for p in problems] == [
         "img_3.png is not an image Pillow can read (PNG, JPEG, ...).",
-        "cannot be read: No such file or directory",
-        "cannot be read: No such file or directory",
+        *(
+            f"{name} cannot be read: No such file or directory. "
+            "Reload the dataset if its files changed."
+            for name in ("img_8.png", "img_9.png")
+        ),
     ]
     expected = reference(digits, good)[0]["conv_1"]
     np.testing.assert_allclose(features["conv_1"], expected.mean(axis=(2, 3)), rtol=1e-5, atol=1e-5)
@@ -139,6 +154,101 @@ def test_bytes_scaled_on_the_device_equal_to_batch(tmp_path, model):
     assert torch.equal(normalise(pixels, spec, torch.device("cpu"), torch.float32), expected)
     halves = normalise(pixels, spec, torch.device("cpu"), torch.bfloat16)
     assert torch.equal(halves, expected.to(torch.bfloat16))
+
+
+def _png(array: np.ndarray, **save) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG", **save)
+    return out.getvalue()
+
+
+def _pillow_pixels(data: bytes, spec: InputSpec) -> torch.Tensor:
+    image = _resized(to_mode(open_image(data, name="a.png"), spec.mode), spec)
+    array = np.asarray(image)
+    return torch.from_numpy(np.array(array[None] if array.ndim == 2 else array.transpose(2, 0, 1)))
+
+
+GREY = np.random.RandomState(0).randint(0, 256, (28, 28), dtype=np.uint8)
+COLOUR = np.random.RandomState(1).randint(0, 256, (28, 28, 3), dtype=np.uint8)
+GREY_SPEC = InputSpec(mode="L", size=(28, 28))
+RGB_SPEC = InputSpec(mode="RGB", size=(28, 28))
+TEXT = PngImagePlugin.PngInfo()
+TEXT.add_text("Comment", "made by a test")
+TRANSPARENT = _png(GREY, transparency=0)
+
+
+@pytest.mark.parametrize(
+    ("data", "spec", "fast"),
+    [
+        (_png(GREY), GREY_SPEC, True),
+        (_png(GREY), RGB_SPEC, True),  # the grey channel repeated, as Pillow does
+        (_png(COLOUR), RGB_SPEC, True),
+        (_png(GREY, optimize=True, compress_level=9), GREY_SPEC, True),
+        (_png(COLOUR), GREY_SPEC, False),  # Pillow's grey weights are not libpng's
+        (_png(GREY, pnginfo=TEXT), GREY_SPEC, False),  # text may hold an orientation
+        (TRANSPARENT, GREY_SPEC, False),
+        (_png(GREY[:, :27]), GREY_SPEC, False),  # resized by Pillow
+        (_png(GREY.astype(np.uint16) * 257), GREY_SPEC, False),
+        (_png(COLOUR).replace(b"IEND", b"IENX"), RGB_SPEC, False),
+        (_png(GREY)[:60], GREY_SPEC, False),  # truncated: Pillow words the error
+        (_png(np.zeros((224, 224, 3), np.uint8)), model_info("alexnet").spec, False),
+    ],
+    ids=[
+        "grey", "grey-as-rgb", "rgb", "optimised", "rgb-as-grey", "text", "alpha", "size",
+        "16-bit", "unknown-chunk", "truncated", "resized-then-cropped",
+    ],
+)  # fmt: skip
+def test_plain_pngs_skip_pillow_with_pillows_values(tmp_path, data, spec, fast):
+    """The libpng path takes only the PNGs where it gives exactly Pillow's pixels."""
+    assert (_plain_png_pixels(data, spec) is not None) is fast
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "a.png").write_bytes(data)
+    (tmp_path / "train.csv").write_text("filename,label\na.png,0\n")
+    try:
+        expected = _pillow_pixels(data, spec)
+    except ValueError as error:
+        with pytest.raises(ValueError, match=re.escape(str(error))):
+            load_pixels(load_dataset(tmp_path), "a.png", "train", spec)
+        return
+    pixels = load_pixels(load_dataset(tmp_path), "a.png", "train", spec)
+    assert pixels.dtype == torch.uint8 and torch.equal(pixels, expected)
+
+
+def test_demo_digits_take_the_libpng_path_with_pillows_values(demo):
+    dataset = load_dataset(DEMO_DATASET_DIR)
+    names = list(dataset.index["filename"])[::40]
+    for name in names:
+        data = dataset.read_bytes(name)
+        fast = _plain_png_pixels(data, demo.spec)
+        assert fast is not None, name
+        assert torch.equal(fast, _pillow_pixels(data, demo.spec)), name
+
+
+def test_cpu_workers_run_the_network_and_keep_the_order(demo, digits):
+    """On a CPU each worker decodes and extracts its batches; the stream is unchanged."""
+    (digits.root / "train" / "img_4.png").write_bytes(b"not an image")
+    kwargs = {"pool": "none", "batch_size": 3, "with_predictions": True}
+    inline = collect(iter_features(demo, digits, ["conv_2", "conv_4"], workers=0, **kwargs))
+    spread = collect(iter_features(demo, digits, ["conv_2", "conv_4"], workers=2, **kwargs))
+    assert spread[0] == inline[0] == [f"img_{i}.png" for i in range(11) if i != 4]
+    assert spread[1] == inline[1] and spread[4] == inline[4]
+    assert [p.filename for p in spread[4]] == ["img_4.png"]
+    for name in ("conv_2", "conv_4"):
+        np.testing.assert_allclose(spread[2][name], inline[2][name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(spread[3], inline[3], rtol=1e-5, atol=1e-6)
+    maps, probabilities = reference(digits, spread[0])
+    np.testing.assert_allclose(spread[2]["conv_4"], maps["conv_4"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(spread[3], probabilities, rtol=1e-4, atol=1e-6)
+
+
+def test_the_extraction_travels_to_spawned_workers_without_its_extractor(demo, digits):
+    extraction = _Extraction(demo, ["conv_1"], "max", predict=False)
+    copy = pickle.loads(pickle.dumps(extraction))
+    assert copy._extract is None  # rebuilt on first use in the worker
+    pixels = torch.stack([load_pixels(digits, f"img_{i}.png", "train", demo.spec) for i in (0, 1)])
+    expected, _ = extraction(pixels)
+    got, predictions = copy(pixels)
+    assert predictions is None and torch.equal(got["conv_1"], expected["conv_1"])
 
 
 def test_skip_stop_and_progress(demo, digits):
@@ -305,13 +415,14 @@ def test_cli_writes_the_file_resumes_and_reports_left_out_images(demo, digits, t
     args = [str(digits.root), "--model", "demo", "--layers", "conv_1, conv_3", "--out", str(out)]
     assert main(["extract", *args, "--batch-size", "2", "--workers", "0", "--quiet"]) == 0
     assert capsys.readouterr().err.splitlines() == [
-        "1 image left out: img_3.png (not an image Pillow can read)",  # found by the index
+        # Found when decoded: the CLI's index does not open the images.
+        "1 image left out: img_3.png (img_3.png is not an image Pillow can read (PNG, JPEG, ...).)",
         f"Wrote 10 rows (2 from an interrupted run) to {out}.",
     ]
     reference_file = tmp_path / "library.parquet"
-    extract_to_parquet(
-        demo, load_dataset(digits.root), reference_file, ["conv_1", "conv_3"], batch_size=2
-    )
+    # Indexed as the CLI does, so the batches hold the same images and the values are equal.
+    unchecked = load_dataset(digits.root, check_images=False)
+    extract_to_parquet(demo, unchecked, reference_file, ["conv_1", "conv_3"], batch_size=2)
     names, labels, columns, metadata = read_features(out)
     expected = read_features(reference_file)
     assert names == expected[0] and labels == expected[1] and metadata == expected[3]
