@@ -1,7 +1,14 @@
 """Figures from arrays: feature-map grids, single channels, images, overlays and bar charts.
 
 Pure numpy, Pillow and plotly; never imports streamlit or torch. Each function takes plain
-arrays and returns a ``go.Figure`` (or PNG bytes); the pages decide how to show them.
+arrays and returns a ``go.Figure``, PNG bytes or an HTML snippet; the pages decide how to
+show them.
+
+A browser draws a new plotly chart from scratch on every rerun (Streamlit gives it a
+new identity when its data changes), about 0.1 s each on two cores, and the first
+paint waits for all of them. So the Feature maps page keeps one plotly chart per view
+(the hoverable one) and draws the rest as PNGs (``overlay_png``) and HTML
+(``bars_html``), which cost next to nothing.
 
 Two ways to draw a layer's grid of channels (see the rendering table in DESIGN.md):
 ``feature_grid_figure`` is one hoverable plotly heatmap, cheap for small maps (64×14×14);
@@ -11,6 +18,7 @@ paired with ``channel_figure`` for the one channel the user picks.
 
 from __future__ import annotations
 
+import html
 import io
 import math
 from functools import lru_cache
@@ -30,6 +38,7 @@ __all__ = [
     "HIGHLIGHT_COLOUR",
     "MAX_PNG_SIDE",
     "bar_figure",
+    "bars_html",
     "channel_figure",
     "channel_stats",
     "feature_grid_figure",
@@ -39,7 +48,7 @@ __all__ = [
     "montage_png",
     "normalise",
     "overlay_figure",
-    "ranking_figure",
+    "overlay_png",
     "tile_at",
 ]
 
@@ -562,6 +571,60 @@ def overlay_figure(
     return _figure([_image_trace(base, hover=False), top], title, _IMAGE_HEIGHT, image=True)
 
 
+def overlay_png(
+    image: np.ndarray,
+    map2d: np.ndarray,
+    opacity: float = 0.5,
+    colorscale: str = "Viridis",
+    min_side: int = 224,
+) -> bytes:
+    """A channel map resized (bilinear) to the image and blended over it, as a PNG.
+
+    The map spans the colorscale from its own minimum to its maximum, as
+    ``overlay_figure``'s heatmap does. Small images are enlarged (nearest pixel) so
+    that their pixels stay sharp when the browser shows them larger.
+
+    Args:
+        image: H×W grayscale or H×W×3 uint8 RGB, as for ``image_figure``.
+        map2d: h×w activations of one channel, any size.
+        opacity: Weight of the map, 0 (only the image) to 1 (only the map).
+        colorscale: A plotly colorscale name.
+        min_side: Enlarge by a whole factor until the longer side reaches this.
+
+    Returns:
+        PNG bytes of an RGB image, ``k·H`` × ``k·W`` for the enlargement ``k``.
+
+    Raises:
+        ValueError: If ``opacity`` is outside [0, 1] or an array has the wrong shape.
+        TypeError: If ``opacity`` is not a number.
+    """
+    if isinstance(opacity, bool) or not isinstance(opacity, Real):
+        raise TypeError(f"opacity must be a number in [0, 1], not {type(opacity).__name__}.")
+    if not 0 <= opacity <= 1:
+        raise ValueError(f"opacity must be between 0 and 1; got {opacity}.")
+    base = _as_image(image)
+    layer = _as_map2d(map2d).astype(np.float32)
+    _check_finite(layer, "The channel map's values")
+    height, width = base.shape[:2]
+    if base.ndim == 2:
+        low, high = _gray_range(base)
+        gray = (np.clip((base.astype(np.float32) - low) / (high - low), 0, 1) * 255).round()
+        base = np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
+    resized = np.asarray(Image.fromarray(layer).resize((width, height), Image.Resampling.BILINEAR))
+    spread = float(resized.max() - resized.min())
+    unit = (resized - resized.min()) / spread if spread > 0 else np.zeros_like(resized)
+    palette = np.frombuffer(_palette(colorscale), dtype=np.uint8).reshape(-1, 3)
+    colours = palette[np.rint(unit * (_PNG_LEVELS - 1)).astype(np.intp)]
+    blended = (1 - opacity) * base.astype(np.float32) + opacity * colours.astype(np.float32)
+    pixels = np.rint(blended).astype(np.uint8)
+    factor = max(1, min_side // max(height, width))
+    if factor > 1:
+        pixels = pixels.repeat(factor, axis=0).repeat(factor, axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def bar_figure(
     labels: list,
     values: list | np.ndarray,
@@ -612,63 +675,83 @@ def bar_figure(
     )
 
 
-def ranking_figure(
-    channels: np.ndarray,
-    scores: np.ndarray,
-    dead: np.ndarray,
+def bars_html(
+    labels: list,
+    values: list | np.ndarray,
     title: str,
-    score_name: str = "score",
-) -> go.Figure:
-    """Channels as bars in the caller's order (already ranked), dead channels in gray.
+    value_name: str,
+    highlight: object | None = None,
+    flagged: np.ndarray | None = None,
+    flag_name: str = "dead",
+    percent: bool = False,
+    height: int = 180,
+) -> str:
+    """A bar chart as a small HTML snippet (for ``st.html``): no chart library to start.
+
+    Bars go up from zero, or down for negative values; hovering one shows its label
+    and value. Labels are written under the bars when there are at most 20.
 
     Args:
-        channels: Channel numbers, in display order.
-        scores: One score per channel.
-        score_name: What the score is, for the axis and the hover (e.g. "mean activation").
-        dead: Boolean mask, True for channels that never activate.
-        title: Figure title.
+        labels: One label per bar, in display order.
+        values: One value per label.
+        title: Shown above the bars.
+        value_name: What the values are, for the hover (e.g. "mean activation").
+        highlight: The label whose bar gets ``HIGHLIGHT_COLOUR`` (e.g. the prediction).
+        flagged: Boolean mask of bars drawn in ``DEAD_COLOUR`` and named ``flag_name``.
+        flag_name: What a flagged bar is, for its hover.
+        percent: Write values as percentages.
+        height: Height of the bar area, in CSS pixels.
 
     Returns:
-        A figure with a ``"active"`` and/or a ``"dead"`` bar trace on one categorical axis
-        kept in the given order; the legend shows only when both are present.
+        An HTML string; each bar carries ``data-label`` and ``data-value``.
 
     Raises:
-        ValueError: If the three arrays are not 1-D of one length.
-        TypeError: If ``dead`` is not a boolean mask.
+        ValueError: If labels, values and ``flagged`` differ in length, or ``highlight``
+            is not a label.
     """
-    ids, heights, mask = np.asarray(channels), np.asarray(scores), np.asarray(dead)
-    if not (ids.ndim == heights.ndim == mask.ndim == 1 and len(ids) == len(heights) == len(mask)):
+    labels = list(labels)
+    heights = _numeric(np.asarray(values, dtype=float), "The bar values")
+    mask = np.zeros(len(labels), bool) if flagged is None else np.asarray(flagged, dtype=bool)
+    if heights.ndim != 1 or len(heights) != len(labels) or mask.shape != heights.shape:
         raise ValueError(
-            "channels, scores and dead must be 1-D and of one length; got shapes "
-            f"{ids.shape}, {heights.shape} and {mask.shape}."
+            f"bars_html needs one value (and flag) per label; got {len(labels)} labels, "
+            f"values of shape {heights.shape} and flags of shape {mask.shape}."
         )
-    if mask.dtype != np.bool_:
-        raise TypeError(f"dead must be a boolean mask, not an array of {mask.dtype}.")
-    traces = [
-        go.Bar(
-            x=ids[rows].tolist(),
-            y=heights[rows],
-            name=name,
-            marker={"color": colour},
-            hovertemplate=f"channel %{{x}} · {score_name} %{{y:.4g}} · {name}<extra></extra>",
+    if highlight is not None and highlight not in labels:
+        raise ValueError(f"highlight {highlight!r} is not one of the labels {labels}.")
+    _check_finite(heights, "The bar values")
+    top, bottom = max(float(heights.max(initial=0)), 0.0), max(-float(heights.min(initial=0)), 0.0)
+    span = (top + bottom) or 1.0
+    zero = bottom / span * 100
+    width = 100 / max(len(labels), 1)
+    bars = []
+    for i, (label, value, off) in enumerate(zip(labels, heights, mask, strict=True)):
+        shown = f"{value:.1%}" if percent else f"{value:.4g}"
+        colour = DEAD_COLOUR if off else HIGHLIGHT_COLOUR if label == highlight else BAR_COLOUR
+        size = abs(value) / span * 100
+        base = zero if value >= 0 else zero - size
+        words = f"{label} · {value_name} {shown}" + (f" · {flag_name}" if off else "")
+        bars.append(
+            f'<div data-label="{html.escape(str(label))}" data-value="{float(value)!r}" '
+            f'title="{html.escape(words)}" style="position:absolute;left:{i * width:.4f}%;'
+            f"width:calc({width:.4f}% - 1px);bottom:{base:.3f}%;height:max({size:.3f}%,1px);"
+            f'background:{colour}"></div>'
         )
-        for name, rows, colour in (("active", ~mask, BAR_COLOUR), ("dead", mask, DEAD_COLOUR))
-        if rows.any()
-    ]
-    return _figure(
-        traces,
-        title,
-        _CHART_HEIGHT,
-        image=False,
-        xaxis={
-            "type": "category",
-            "categoryorder": "array",
-            "categoryarray": ids.tolist(),
-            "title": {"text": "channel"},
-        },
-        yaxis={"title": {"text": score_name}},
-        barmode="overlay",
-        showlegend=len(traces) > 1,
+    names = ""
+    if len(labels) <= 20:
+        names = (
+            '<div style="display:flex;font-size:0.8rem;opacity:0.8">'
+            + "".join(
+                f'<div style="flex:1;text-align:center">{html.escape(str(label))}</div>'
+                for label in labels
+            )
+            + "</div>"
+        )
+    return (
+        f'<div style="font-weight:600;margin-bottom:0.4rem">{html.escape(title)}</div>'
+        f'<div style="position:relative;height:{height}px">{"".join(bars)}'
+        f'<div style="position:absolute;left:0;right:0;bottom:{zero:.3f}%;height:1px;'
+        f'background:rgba(128,128,128,0.5)"></div></div>{names}'
     )
 
 

@@ -96,17 +96,15 @@ with predictions.container():
             order = np.sort(order)
         classes = [ctx.loaded.classes[i] for i in order]
         best = classes[int(np.argmax(probabilities[order]))]
-        st.plotly_chart(
-            figures.bar_figure(
+        st.html(
+            figures.bars_html(
                 classes,
                 probabilities[order],
                 title=f"The network says: {best} ({probabilities.max():.0%})",
-                x_title="class",
-                y_title="probability",
+                value_name="probability",
                 highlight=best,
-            ),
-            config=plain,
-            key="probabilities",
+                percent=True,
+            )
         )
 
 
@@ -134,11 +132,11 @@ with overlay:
     opacity = st.slider(
         "Overlay opacity", 0.0, 1.0, step=0.05, key="opacity", value=0.5, persist_state="session"
     )
-    st.plotly_chart(
-        figures.overlay_figure(pixels, maps[channel], opacity=opacity, title="Laid over the image"),
-        config=plain,
-        key="overlay",
-        theme=None,
+    low, high = float(maps[channel].min()), float(maps[channel].max())
+    st.image(
+        figures.overlay_png(pixels, maps[channel], opacity=opacity),
+        caption=f"Channel {channel} laid over the image: dark {low:.3g}, bright {high:.3g}",
+        width="stretch",
     )
 
 rank_by = st.segmented_control(
@@ -151,16 +149,14 @@ rank_by = st.segmented_control(
     persist_state="session",
 )
 ranked = stats.sort_values(rank_by, ascending=False)
-st.plotly_chart(
-    figures.ranking_figure(
-        ranked["channel"].to_numpy(),
+st.html(
+    figures.bars_html(
+        ranked["channel"].tolist(),
         ranked[rank_by].to_numpy(),
-        ranked["dead"].to_numpy(dtype=bool),
-        title=f"Channels of {layer} by {rank_by} activation",
-        score_name=f"{rank_by} activation",
-    ),
-    config=plain,
-    key="ranking",
+        title=f"Channels of {layer} by {rank_by} activation (hover a bar for its channel)",
+        value_name=f"{rank_by} activation",
+        flagged=ranked["dead"].to_numpy(dtype=bool),
+    )
 )
 dead = stats.loc[stats["dead"], "channel"].tolist()
 if dead:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,17 @@ def _decode(obj: dict) -> object:
     if set(obj) == {"dtype", "bdata"}:
         return np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
     return obj
+
+
+def bars(at: AppTest, title_start: str) -> tuple[str, list[str], np.ndarray]:
+    """The HTML bar chart whose title starts so: its title, bar labels and values."""
+    for element in at.html:
+        shown = re.match(r'<div style="font-weight:600[^"]*">([^<]*)</div>', element.value)
+        if shown and html.unescape(shown.group(1)).startswith(title_start):
+            found = re.findall(r'data-label="([^"]*)" data-value="([^"]*)"', element.value)
+            labels = [html.unescape(label) for label, _ in found]
+            return html.unescape(shown.group(1)), labels, np.array([float(v) for _, v in found])
+    raise AssertionError(f"no bar chart titled {title_start!r}")
 
 
 def title(spec: dict) -> str:
@@ -149,11 +162,12 @@ def test_feature_maps_grid_equals_the_lens_output_for_the_image():
     detail = chart(at, "channel_map")
     assert title(detail) == "conv_3, channel 5"
     np.testing.assert_allclose(detail["data"][0]["z"], expected[5], atol=1e-5)
-    probabilities = chart(at, "probabilities")
-    assert title(probabilities).startswith("The network says: 9")
+    said, labels, probabilities = bars(at, "The network says: ")
+    assert said.startswith("The network says: 9")
+    assert labels == [str(digit) for digit in range(10)]
     with torch.inference_mode():
         reference = torch.softmax(demo_model()(to_batch(image)), 1)[0].numpy()
-    np.testing.assert_allclose(probabilities["data"][0]["y"], reference, atol=1e-5)
+    np.testing.assert_allclose(probabilities, reference, atol=1e-5)
 
 
 def test_per_layer_normalisation_and_ranking():
@@ -163,11 +177,12 @@ def test_per_layer_normalisation_and_ranking():
     z = chart(at, "grid")["data"][0]["z"]
     expected = montage((maps - maps.min()) / (maps.max() - maps.min()))
     np.testing.assert_allclose(z, expected, atol=1e-5, equal_nan=True)
-    ranking = chart(at, "ranking")
-    shown = [int(c) for trace in ranking["data"] for c in trace["x"]]
+    _, labels, scores = bars(at, "Channels of conv_4 by mean activation")
+    shown = [int(label) for label in labels]
     means = maps.reshape(len(maps), -1).mean(1)
     assert sorted(shown) == list(range(64))
-    assert shown[0] == int(np.argmax(means))
+    np.testing.assert_allclose(scores, means[shown], rtol=1e-5, atol=1e-6)
+    assert list(scores) == sorted(scores, reverse=True)
 
 
 def test_uploaded_image_replaces_the_dataset_image():
@@ -179,7 +194,7 @@ def test_uploaded_image_replaces_the_dataset_image():
     assert not at.exception and not at.error
     assert at.session_state["upload"][0] == "one.png"
     assert_grid_shows(at, lens_maps(upload, "conv_1"))
-    assert title(chart(at, "probabilities")).startswith("The network says: 1")
+    assert bars(at, "The network says: ")[0].startswith("The network says: 1")
 
 
 @pytest.mark.parametrize(

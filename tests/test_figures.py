@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import html
 import io
 import itertools
+import re
 import warnings
 from pathlib import Path
 
@@ -13,12 +15,14 @@ import plotly.colors as pcolors
 import pytest
 from PIL import Image
 
+from cnnlens import figures
 from cnnlens.figures import (
     BAR_COLOUR,
     DEAD_COLOUR,
     GAP_RGB,
     HIGHLIGHT_COLOUR,
     bar_figure,
+    bars_html,
     channel_figure,
     channel_stats,
     feature_grid_figure,
@@ -28,7 +32,7 @@ from cnnlens.figures import (
     montage_png,
     normalise,
     overlay_figure,
-    ranking_figure,
+    overlay_png,
     tile_at,
 )
 
@@ -342,25 +346,67 @@ def test_bar_figure_highlights_the_matching_label_on_a_category_axis():
         bar_figure(["a", "b"], [1, 2, 3], "t", "x", "y")
 
 
-def test_ranking_figure_keeps_the_callers_order_and_greys_dead_channels():
-    channels = np.array([5, 2, 7, 1])
-    scores = np.array([0.9, 0.5, 0.0, 0.0])
-    dead = np.array([False, False, True, True])
-    fig = ranking_figure(channels, scores, dead, "Most active")
-    active, gone = fig.data
-    assert (active.name, gone.name) == ("active", "dead")
-    assert list(active.x) == [5, 2] and list(gone.x) == [7, 1]
-    assert active.marker.color == BAR_COLOUR and gone.marker.color == DEAD_COLOUR
-    assert "dead" in gone.hovertemplate
-    assert list(fig.layout.xaxis.categoryarray) == [5, 2, 7, 1]
-    assert fig.layout.xaxis.type == "category" and fig.layout.showlegend is True
+def _bars(snippet: str) -> list[tuple[str, float, str, str]]:
+    """(label, value, hover title, colour) of each bar of a bars_html snippet."""
+    found = re.findall(
+        r'data-label="([^"]*)" data-value="([^"]*)" title="([^"]*)" '
+        r'style="[^"]*background:([^"]+)"',
+        snippet,
+    )
+    return [(html.unescape(a), float(b), html.unescape(c), d) for a, b, c, d in found]
 
-    all_alive = ranking_figure(channels, scores, np.zeros(4, dtype=bool), "t")
-    assert len(all_alive.data) == 1 and all_alive.layout.showlegend is False
-    with pytest.raises(TypeError, match="boolean mask"):
-        ranking_figure(channels, scores, np.array([0, 0, 1, 1]), "t")
-    with pytest.raises(ValueError, match="one length"):
-        ranking_figure(channels, scores[:3], dead, "t")
+
+def test_bars_html_keeps_the_callers_order_and_greys_flagged_bars():
+    snippet = bars_html(
+        [5, 2, 7, 1],
+        np.array([0.9, 0.5, 0.0, -0.25]),
+        "Most <active>",
+        "mean activation",
+        flagged=np.array([False, False, True, False]),
+    )
+    assert "Most &lt;active&gt;" in snippet  # escaped
+    shown = _bars(snippet)
+    assert [(label, value) for label, value, _, _ in shown] == [
+        ("5", 0.9), ("2", 0.5), ("7", 0.0), ("1", -0.25)
+    ]  # fmt: skip
+    assert [colour for *_, colour in shown] == [BAR_COLOUR, BAR_COLOUR, DEAD_COLOUR, BAR_COLOUR]
+    assert shown[2][2] == "7 · mean activation 0 · dead"
+    # Heights share one scale from the lowest to the highest value; the negative bar hangs down.
+    heights = [float(h) for h in re.findall(r"height:max\(([\d.]+)%", snippet)]
+    expected = [0.9 / 1.15 * 100, 0.5 / 1.15 * 100, 0, 0.25 / 1.15 * 100]
+    np.testing.assert_allclose(heights, expected, atol=1e-3)
+    assert "bottom:0.000%" in re.findall(r'data-label="1"[^>]*', snippet)[0]
+
+
+def test_bars_html_percent_highlight_and_errors():
+    shown = _bars(bars_html(list("abc"), [0.1, 0.7, 0.2], "P", "probability", "b", percent=True))
+    assert [colour for *_, colour in shown] == [BAR_COLOUR, HIGHLIGHT_COLOUR, BAR_COLOUR]
+    assert shown[1][2] == "b · probability 70.0%"
+    with pytest.raises(ValueError, match="not one of the labels"):
+        bars_html(["a", "b"], [1, 2], "t", "v", highlight="c")
+    with pytest.raises(ValueError, match="one value"):
+        bars_html(["a", "b"], [1, 2, 3], "t", "v")
+    with pytest.raises(ValueError, match="not finite|NaN|infinite"):
+        bars_html(["a", "b"], [1, float("nan")], "t", "v")
+
+
+def test_overlay_png_blends_the_resized_map_over_the_image():
+    image = np.zeros((7, 7), dtype=np.uint8)
+    image[:, 3:] = 255
+    ramp = np.arange(49, dtype=np.float32).reshape(7, 7)
+    rgb = decode(overlay_png(image, ramp, opacity=0.25, colorscale="Magma", min_side=28))
+    assert rgb.shape == (28, 28, 3)  # enlarged 4×, nearest pixel
+    assert np.array_equal(rgb[::4, ::4], rgb[3::4, 3::4])
+    palette = np.frombuffer(figures._palette("Magma"), np.uint8).reshape(-1, 3)
+    low, high = palette[0].astype(float), palette[254].astype(float)
+    np.testing.assert_allclose(rgb[0, 0], np.rint(0.25 * low), atol=1)  # black, map's minimum
+    np.testing.assert_allclose(rgb[-1, -1], np.rint(0.75 * 255 + 0.25 * high), atol=1)
+    only_image = decode(overlay_png(np.zeros((4, 4, 3), np.uint8) + 9, ramp, opacity=0.0))
+    assert only_image.shape == (224, 224, 3) and (only_image == 9).all()
+    with pytest.raises(ValueError, match="opacity must be between 0 and 1"):
+        overlay_png(image, ramp, opacity=1.5)
+    with pytest.raises(TypeError, match="opacity must be a number"):
+        overlay_png(image, ramp, opacity="0.5")
 
 
 def test_channel_stats_marks_only_all_zero_channels_dead():
