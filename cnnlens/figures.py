@@ -1,23 +1,21 @@
 """Figures from arrays: feature-map grids, single channels, images, overlays and bar charts.
 
 Pure numpy, Pillow and plotly; never imports streamlit or torch. Each function takes plain
-arrays and returns a ``go.Figure``, PNG bytes or an HTML snippet; the pages decide how to
-show them.
+arrays and returns a ``go.Figure``, PNG bytes, a dict for the map view or an HTML
+snippet; the pages decide how to show them.
 
-A browser draws a new plotly chart from scratch on every rerun (Streamlit gives it a
-new identity when its data changes), about 0.1 s each on two cores, and the first
-paint waits for all of them. So the Feature maps page keeps one plotly chart per view
-(the hoverable one) and draws the rest as PNGs (``overlay_png``) and HTML
-(``bars_html``), which cost next to nothing.
-
-Two ways to draw a layer's grid of channels (see the rendering table in DESIGN.md):
-``feature_grid_figure`` is one hoverable plotly heatmap, cheap for small maps (64×14×14);
-``montage_png`` is a colour-mapped PNG, the fast path for large maps (64×112×112), usually
-paired with ``channel_figure`` for the one channel the user picks.
+A browser draws a plotly chart from scratch on every rerun (Streamlit gives it a new
+identity whenever its data changes): about 0.1 s each on two cores, and the first
+paint waits for all of them. So the Feature maps page, where every click brings a new
+image, uses none: its grid and enlarged channel are ``map_view_data`` (a
+``montage_png`` picture plus the raw values, which the map view component reads out
+on hover and only swaps on a rerun), its overlay is ``overlay_png`` and its bar
+charts are ``bars_html``. The Insights page, which changes less often, keeps plotly.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import math
@@ -41,9 +39,9 @@ __all__ = [
     "bars_html",
     "channel_figure",
     "channel_stats",
-    "feature_grid_figure",
     "grid_shape",
     "image_figure",
+    "map_view_data",
     "montage",
     "montage_png",
     "normalise",
@@ -383,55 +381,73 @@ def _palette(colorscale: str) -> bytes:
 # --- figures ----------------------------------------------------------------------------
 
 
-def feature_grid_figure(
+def map_view_data(
     maps: np.ndarray,
     per: str = "channel",
     columns: int | None = None,
     colorscale: str = "Viridis",
+    with_values: bool = True,
     title: str | None = None,
-) -> go.Figure:
-    """All channels of a layer as one hoverable heatmap montage.
+    colorbar: bool = False,
+) -> dict:
+    """What the map view shows for C×H×W maps: a grid of channels, or one channel enlarged.
 
-    The colours show the normalised maps; the hover shows the channel, x, y and the raw
-    activation. Best for small maps; for large ones use ``montage_png``.
+    The colours are a ``montage_png``; hovering reads the raw value at that pixel
+    from ``values``. The browser only swaps a picture when the maps change, where a
+    plotly heatmap is drawn again from scratch.
 
     Args:
-        maps: C×H×W activations.
-        per: ``"channel"`` or ``"layer"`` normalisation (see ``normalise``).
+        maps: C×H×W activations (C = 1 for one channel).
+        per: ``"channel"`` or ``"layer"`` normalisation of the colours (see ``normalise``).
         columns: Tiles per row; default ``ceil(sqrt(C))``.
         colorscale: A plotly colorscale name.
-        title: Optional figure title.
+        with_values: Send the raw values for the hover; ``False`` for large layers, whose
+            hover then names the channel, x and y only.
+        title: Shown above the maps.
+        colorbar: Show the colour scale with the lowest and highest raw value
+            (meaningful for one channel, or with ``per="layer"``).
 
     Returns:
-        A figure with exactly one ``go.Heatmap`` trace; its ``customdata`` is a float32
-        array (H', W', 4) of channel, x, y and raw value, NaN on gaps.
+        A JSON-ready dict: ``png`` (base64), ``channels``, ``height``, ``width``,
+        ``columns``, ``gap``, ``values`` (base64 little-endian float32, C·H·W in C
+        order, or ``None``), ``title``, ``low``/``high`` (the raw range) and
+        ``colorbar``: a list of CSS colours from low to high, or ``None``, and
+        ``max_height``: the tallest it should be drawn, in CSS pixels.
+
+    Raises:
+        ValueError: for the reasons of ``montage_png``.
     """
-    array = _as_maps(maps)
-    scale = _named_colorscale(colorscale)
-    z = montage(normalise(array, per), columns, _GRID_GAP)
+    array = _as_maps(maps).astype(np.float32, copy=False)
+    _check_finite(array, "The feature maps")
     channels, height, width = array.shape
+    columns = grid_shape(channels, columns)[1]
+    stops = None
+    if colorbar:
+        stops = pcolors.sample_colorscale(
+            _named_colorscale(colorscale), np.linspace(0, 1, 11).tolist()
+        )
     rows = grid_shape(channels, columns)[0]
-    per_pixel = np.empty((channels, height, width, 4), dtype=np.float32)
-    per_pixel[..., 0] = np.arange(channels)[:, None, None]
-    per_pixel[..., 1] = np.arange(width)
-    per_pixel[..., 2] = np.arange(height)[:, None]
-    per_pixel[..., 3] = array
-    trace = go.Heatmap(
-        z=z,
-        customdata=_tile(per_pixel, columns, _GRID_GAP),
-        colorscale=scale,
-        zmin=0,
-        zmax=1,
-        showscale=False,
-        hoverongaps=False,
-        hovertemplate=(
-            "channel %{customdata[0]} · x %{customdata[1]} · y %{customdata[2]}"
-            " · value %{customdata[3]:.4g}<extra></extra>"
-        ),
-    )
-    low, high = _GRID_HEIGHT_RANGE
-    height_px = min(max(rows * _GRID_ROW_PX, low), high)
-    return _figure([trace], title, height_px, image=True)
+    low_px, high_px = _GRID_HEIGHT_RANGE
+    tallest = _IMAGE_HEIGHT if channels == 1 else min(max(rows * _GRID_ROW_PX, low_px), high_px)
+    values = None
+    if with_values:
+        values = base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode()
+    return {
+        "png": base64.b64encode(
+            montage_png(array, per=per, columns=columns, gap=_GRID_GAP, colorscale=colorscale)
+        ).decode(),
+        "channels": channels,
+        "height": height,
+        "width": width,
+        "columns": columns,
+        "gap": _GRID_GAP,
+        "values": values,
+        "title": title,
+        "low": float(array.min()),
+        "high": float(array.max()),
+        "colorbar": stops,
+        "max_height": tallest,
+    }
 
 
 def montage_png(

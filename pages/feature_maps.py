@@ -10,13 +10,12 @@ import streamlit as st
 from cnnlens import export, figures
 from cnnlens.ui import cache, state, widgets
 
-# Above this many values a layer is drawn as a PNG montage (plus one hoverable
-# channel): one plotly trace of VGG's 64×112×112 takes 1.2 s and ~1 GB to draw.
-PLOTLY_GRID_LIMIT = 150_000
+# Above this many values (600 kB of float32) the grid's hover names the channel,
+# x and y only; the enlarged channel below still reads out values.
+GRID_VALUES_LIMIT = 150_000
 
 ctx, names = widgets.context(with_layers=True)
 view, spec = state.current_view(ctx.dataset), ctx.spec
-plain = {"displayModeBar": False}
 
 st.title("Feature maps")
 
@@ -71,20 +70,11 @@ if maps.ndim != 3:
     st.stop()
 count, height, width = maps.shape
 st.subheader(f"{layer}: {count} channels of {height}×{width}")
-if maps.size <= PLOTLY_GRID_LIMIT:
-    st.plotly_chart(
-        figures.feature_grid_figure(maps, per=norm),
-        config=plain,
-        key="grid",
-        theme=None,  # Streamlit's theme pass costs ~0.07 s on a hoverable grid; heatmaps need none
-    )
-else:
-    st.image(
-        figures.montage_png(maps, per=norm),
-        caption="Each square is one channel. Large maps are drawn as a picture: "
-        "pick a channel below to read its values.",
-        width="stretch",
-    )
+widgets.map_view_ui(
+    figures.map_view_data(maps, per=norm, with_values=maps.size <= GRID_VALUES_LIMIT), key="grid"
+)
+if maps.size > GRID_VALUES_LIMIT:
+    st.caption("Hover a square for its channel; pick that channel below to read its values.")
 widgets.explain("heatmap", "convolution", "relu", "brightness")
 
 with predictions.container():
@@ -122,12 +112,13 @@ with detail:
         persist_state="session",
         help="Hover the grid to find a channel's number.",
     )
-    st.plotly_chart(
-        figures.channel_figure(maps[channel], title=f"{layer}, channel {channel}"),
-        config=plain,
+    widgets.map_view_ui(
+        figures.map_view_data(
+            maps[channel : channel + 1], title=f"{layer}, channel {channel}", colorbar=True
+        ),
         key="channel_map",
-        theme=None,
     )
+
 with overlay:
     opacity = st.slider(
         "Overlay opacity", 0.0, 1.0, step=0.05, key="opacity", value=0.5, persist_state="session"

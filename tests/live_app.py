@@ -249,10 +249,60 @@ def plotly_chart(
     return page.evaluate(_CHART_JS, [key_class(key), trace, attr, [list(p) for p in points]])
 
 
+_MAP_VIEW_JS = """
+([keyClass, points, all]) => {
+  const view = document.querySelector(`.${keyClass} .cnnlens-map`);
+  const img = view && view.querySelector("img");
+  if (!view || !view.cnnlensData || !img.complete || !img.naturalWidth) return null;
+  const data = view.cnnlensData;
+  let raw = null;
+  if (data.values) {
+    const text = atob(data.values);
+    const bytes = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+    raw = new Float32Array(bytes.buffer);
+  }
+  const at = ([c, y, x]) => raw[(c * data.height + y) * data.width + x];
+  return {
+    title: data.title || "",
+    shape: [data.channels, data.height, data.width],
+    columns: data.columns,
+    picture: [img.naturalHeight, img.naturalWidth],
+    values: raw && points.map(at),
+    all: raw && all ? Array.from(raw) : null,
+  };
+}
+"""
+
+
+def map_view(
+    page: Any, key: str, points: Sequence[tuple[int, int, int]] = (), everything: bool = False
+) -> dict[str, Any] | None:
+    """Read what the map view ``key`` shows (see ``cnnlens/ui/map_view.js``).
+
+    Args:
+        page: A playwright page.
+        key: The map view's key, e.g. ``"grid"`` or ``"channel_map"``.
+        points: ``(channel, y, x)`` triples whose raw values to read.
+        everything: Also return every raw value, C·H·W in C order, as ``all``.
+
+    Returns:
+        ``{"title", "shape": [C, H, W], "columns", "picture": [height, width] in
+        pixels, "values", "all"}``, or None while its picture is not shown yet.
+    """
+    return page.evaluate(_MAP_VIEW_JS, [key_class(key), [list(p) for p in points], everything])
+
+
 def wait_chart(page: Any, key: str, title: str | None = None, timeout: float = 30.0) -> None:
-    """Wait until the chart ``key`` is drawn, and (if given) its title contains ``title``."""
+    """Wait until the chart or map view ``key`` is drawn, and its title contains ``title``."""
     page.wait_for_function(
         """([keyClass, title]) => {
+          const view = document.querySelector(`.${keyClass} .cnnlens-map`);
+          if (view) {
+            const img = view.querySelector("img");
+            return img.complete && img.naturalWidth > 0
+              && (title == null || (view.dataset.title || "").includes(title));
+          }
           const box = document.querySelector(`.${keyClass} .js-plotly-plot`);
           if (!box || !box._fullData || !box._fullLayout) return false;
           const t = ((box._fullLayout.title && box._fullLayout.title.text) || "")

@@ -15,7 +15,7 @@ from PIL import Image
 from cnnlens import build_lens, demo_model, load_dataset, to_batch
 from cnnlens.models import DEMO_WEIGHTS, open_model
 from tests.generated import write_dataset, write_image_folder
-from tests.test_app import assert_grid_shows, chart, open_app, title
+from tests.test_app import assert_grid_shows, chart, map_view, open_app, title
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_rgb_photos_through_resnet18_equal_a_manual_forward(data_root):
     with torch.inference_mode():
         x = loaded.batch(image)
         expected = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))[0]
-    shown = chart(at, "channel_map")["data"][0]["z"]
+    shown = map_view(at, "channel_map")["maps"][0]
     np.testing.assert_allclose(shown, expected[7].numpy(), atol=1e-4)
     # Random weights: no predictions.
     assert not [h for h in at.html if "The network says" in h.value]
@@ -142,7 +142,7 @@ def test_a_grayscale_image_goes_to_an_rgb_model(data_root):
     digit = Image.open(Path("datasets/MNIST/train/3282.png"))
     expected = build_lens(loaded.model, ["conv_1"])(loaded.batch(digit))["conv_1"][0].numpy()
     at.number_input(key="channel").set_value(3).run()
-    shown = chart(at, "channel_map")["data"][0]["z"]
+    shown = map_view(at, "channel_map")["maps"][0]
     np.testing.assert_allclose(shown, expected[3], atol=1e-4)
 
 
@@ -178,7 +178,7 @@ def test_a_recipe_reopens_its_view_and_a_bad_one_is_refused(data_root):
     ).run()
     assert not at.exception
     assert at.subheader[0].value == "layer2: 128 channels of 28×28"
-    assert title(chart(at, "channel_map")) == "layer2, channel 9"
+    assert map_view(at, "channel_map")["title"] == "layer2, channel 9"
     assert at.session_state["image"] == image and at.session_state["seed"] == 3
     assert dict(at.query_params)["data"] == "photos"
 
@@ -264,7 +264,7 @@ def test_missing_pretrained_weights_download_with_progress_when_online(
     with torch.inference_mode():
         x = loaded.batch(dataset.load_image(dataset.pick(128), "RGB"))
         expected = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))[0, 2]
-    shown = chart(at, "channel_map")["data"][0]["z"]
+    shown = map_view(at, "channel_map")["maps"][0]
     np.testing.assert_allclose(shown, expected.numpy(), atol=1e-4)
 
 

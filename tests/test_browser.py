@@ -91,8 +91,10 @@ def assert_no_exception(page: Any, server: live_app.Server) -> None:
 
 
 def sidebar_caption(page: Any) -> str:
-    """The caption under the current image in the sidebar, e.g. "3282.png · label 9"."""
-    caption = page.locator('[data-testid="stSidebar"] [data-testid="stImageCaption"]')
+    """The sidebar's name of the current image, e.g. "3282.png · label 9"."""
+    caption = page.locator(
+        '[data-testid="stSidebar"] .st-key-current_image [data-testid="stMarkdown"]'
+    )
     return " ".join(caption.inner_text().split())
 
 
@@ -136,25 +138,45 @@ def expected_maps(image: Image.Image, layer: str) -> np.ndarray:
     return lens(cnnlens.to_batch(image))[layer][0].numpy()
 
 
-def assert_grid_shows(page: Any, maps: np.ndarray) -> None:
-    """The grid chart is the montage of ``maps``: its shape and some raw hover values."""
-    from cnnlens.figures import grid_shape, montage
+def _hover_tile(page, maps: np.ndarray, channel: int, y: int, x: int) -> None:
+    """Point at one pixel of one tile and read the map view's hover text."""
+    from cnnlens.figures import grid_shape
 
     count, height, width = maps.shape
     columns = grid_shape(count)[1]
+    img = page.locator(".st-key-grid .cnnlens-map img")
+    img.scroll_into_view_if_needed()
+    box = img.bounding_box()
+    natural = page.evaluate("(i) => [i.naturalWidth, i.naturalHeight]", img.element_handle())
+    px = (channel % columns) * (width + 1) + x + 0.5
+    py = (channel // columns) * (height + 1) + y + 0.5
+    page.mouse.move(
+        box["x"] + px / natural[0] * box["width"], box["y"] + py / natural[1] * box["height"]
+    )
+    tip = page.locator(".st-key-grid .cnnlens-map-tip")
+    tip.wait_for(state="visible")
+    value = float(np.float32(maps[channel, y, x]))
+    assert tip.inner_text().startswith(f"channel {channel} · x {x} · y {y} · value ")
+    shown = float(tip.inner_text().rsplit(" ", 1)[1])
+    assert shown == pytest.approx(value, rel=1e-3, abs=1e-4)
+    page.mouse.move(0, 0)
+
+
+def assert_grid_shows(page: Any, maps: np.ndarray) -> None:
+    """The grid shows ``maps``: its tiling and some raw hover values."""
+    from cnnlens.figures import grid_shape, montage
+
+    count, height, width = maps.shape
     probes = [(3, 5, 7), (0, 0, 0), (count - 1, height - 1, width - 1), (count // 2, 14, 20)]
-    points = [
-        ((c // columns) * (height + 1) + y, (c % columns) * (width + 1) + x) for c, y, x in probes
-    ]
 
     def check() -> None:
-        grid = live_app.plotly_chart(page, "grid", attr="customdata", points=points)
-        assert grid is not None, "the grid chart is not drawn"
-        assert grid["traces"][0]["type"] == "heatmap"
-        assert tuple(grid["traces"][0]["z_shape"]) == montage(maps).shape
-        for (c, y, x), (channel, x_at, y_at, value) in zip(probes, grid["values"], strict=True):
-            assert (channel, x_at, y_at) == (c, x, y)
-            assert value == pytest.approx(float(maps[c, y, x]), abs=1e-4)
+        grid = live_app.map_view(page, "grid", points=probes)
+        assert grid is not None, "the grid is not drawn"
+        assert grid["shape"] == list(maps.shape)
+        assert grid["columns"] == grid_shape(count)[1]
+        assert tuple(grid["picture"]) == montage(maps).shape
+        expected = [float(maps[c, y, x]) for c, y, x in probes]
+        assert grid["values"] == pytest.approx(expected, abs=1e-4)
 
     eventually(check)
 
@@ -255,13 +277,15 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     shot(page, "05-feature-maps-conv2-channel3")
 
     # 32 maps of 28×28 tile a 6×6 grid with 1-pixel gaps: 6·28 + 5 = 173 a side.
-    assert live_app.plotly_chart(page, "grid")["traces"][0]["z_shape"] == [173, 173]
+    assert live_app.map_view(page, "grid")["picture"] == [173, 173]
     assert_grid_shows(page, maps)
-    enlarged = live_app.plotly_chart(page, "channel_map", attr="z", points=[(5, 7), (14, 20)])
+    enlarged = live_app.map_view(page, "channel_map", points=[(0, 5, 7), (0, 14, 20)])
     assert enlarged is not None
     assert enlarged["title"] == "conv_2, channel 3"
-    assert enlarged["traces"][0]["z_shape"] == [height, width]
+    assert enlarged["shape"] == [1, height, width]
     assert enlarged["values"] == pytest.approx([maps[3, 5, 7], maps[3, 14, 20]], abs=1e-4)
+    # Hovering reads the raw value out: channel 3's tile, at x 7, y 5.
+    _hover_tile(page, maps, channel=3, y=5, x=7)
 
     # The URL reopens the same view in a fresh session.
     page.wait_for_url(re.compile(r"[?&]channel=3(&|$)"))
@@ -300,7 +324,7 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     uploader.set_input_files(str(bad))
     page.get_by_text(NOT_READABLE).wait_for()
     live_app.settle(page)
-    assert page.locator(".st-key-grid .js-plotly-plot").count() == 1
+    assert page.locator(".st-key-grid .cnnlens-map img").count() == 1
     assert page.get_by_role("heading", name=subheader).is_visible()
     assert_no_exception(page, server)
     shot(page, "08-corrupt-upload")
@@ -383,6 +407,6 @@ def test_own_photos_through_a_torchvision_model(
                 model.relu(model.bn1(model.conv1(loaded.batch(dataset.load_image(picked, "RGB")))))
             )
             expected = model.layer2(model.layer1(x))[0, 5].numpy()
-        enlarged = live_app.plotly_chart(page, "channel_map", attr="z", points=[(3, 4), (20, 11)])
+        enlarged = live_app.map_view(page, "channel_map", points=[(0, 3, 4), (0, 20, 11)])
         assert enlarged["values"] == pytest.approx([expected[3, 4], expected[20, 11]], abs=1e-4)
         page.context.close()

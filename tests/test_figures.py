@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import base64
 import html
 import io
 import itertools
+import json
 import re
 import warnings
 from pathlib import Path
@@ -25,9 +27,9 @@ from cnnlens.figures import (
     bars_html,
     channel_figure,
     channel_stats,
-    feature_grid_figure,
     grid_shape,
     image_figure,
+    map_view_data,
     montage,
     montage_png,
     normalise,
@@ -183,47 +185,44 @@ def test_tile_at_rejects_pixels_outside_the_montage():
         tile_at(-1, 0, (3, 4), 3)
 
 
-# --- feature grid figure -----------------------------------------------------------------
+# --- map view ------------------------------------------------------------------------------
 
 
-def test_feature_grid_figure_shows_normalised_montage_and_raw_hover_values():
+def test_map_view_data_sends_the_montage_picture_and_the_raw_values():
     maps = np.random.default_rng(1).standard_normal((7, 4, 5)).astype(np.float32)
-    fig = feature_grid_figure(maps, per="layer", columns=3, title="conv_1")
-    assert len(fig.data) == 1
-    (trace,) = fig.data
-    assert trace.type == "heatmap"
-    np.testing.assert_array_equal(trace.z, montage(normalise(maps, "layer"), 3, 1))
-
-    custom = np.asarray(trace.customdata)
-    assert custom.dtype == np.float32 and custom.shape == (*trace.z.shape, 4)
-    for row, col in itertools.product(range(custom.shape[0]), range(custom.shape[1])):
+    data = map_view_data(maps, per="layer", columns=3, title="conv_1")
+    assert json.loads(json.dumps(data)) == data  # JSON-ready
+    assert (data["channels"], data["height"], data["width"]) == (7, 4, 5)
+    assert (data["columns"], data["gap"], data["title"]) == (3, 1, "conv_1")
+    assert base64.b64decode(data["png"]) == montage_png(maps, per="layer", columns=3)
+    raw = np.frombuffer(base64.b64decode(data["values"]), "<f4").reshape(7, 4, 5)
+    np.testing.assert_array_equal(raw, maps)
+    # The browser finds a pixel's channel as tile_at does: row-major tiles, 1-pixel gaps.
+    picture = decode(base64.b64decode(data["png"]))
+    for row, col in itertools.product(range(picture.shape[0]), range(picture.shape[1])):
         where = tile_at(row, col, (4, 5), 3, gap=1)
-        if where is None or where[0] >= 7:
-            assert np.isnan(custom[row, col]).all()
-        else:
+        if where is not None and where[0] < 7:
             channel, y, x = where
-            np.testing.assert_array_equal(custom[row, col], [channel, x, y, maps[channel, y, x]])
-
-    assert "customdata[3]" in trace.hovertemplate and trace.hovertemplate.endswith(
-        "<extra></extra>"
-    )
-    assert trace.showscale is False and trace.hoverongaps is False
-    assert (trace.zmin, trace.zmax) == (0, 1)
-    assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis.scaleanchor == "x"
-    assert fig.layout.xaxis.showticklabels is False
-    assert 250 <= fig.layout.height <= 900
-    assert fig.layout.title.text == "conv_1"
-    assert '"bdata"' in fig.to_json()  # arrays travel as base64, not as lists of numbers
+            assert (channel * 4 + y) * 5 + x < raw.size
+    assert (data["low"], data["high"]) == (float(maps.min()), float(maps.max()))
+    assert data["colorbar"] is None and 250 <= data["max_height"] <= 900
 
 
-def test_feature_grid_figure_height_grows_with_rows_within_bounds():
-    heights = [feature_grid_figure(np.ones((c, 2, 2))).layout.height for c in (1, 16, 64, 512)]
-    assert heights == sorted(heights) and heights[0] == 250 and heights[-1] == 900
+def test_map_view_data_of_one_channel_with_a_colorbar_and_without_values():
+    one = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    data = map_view_data(one, colorbar=True, with_values=False)
+    assert data["values"] is None and data["channels"] == 1 and data["columns"] == 1
+    assert data["colorbar"][0] == "rgb(68, 1, 84)"  # Viridis, low to high
+    assert len(data["colorbar"]) == 11 and (data["low"], data["high"]) == (0.0, 11.0)
+    tall = [map_view_data(np.ones((c, 2, 2)))["max_height"] for c in (16, 64, 512)]
+    assert tall == sorted(tall) and tall[-1] == 900
+    with pytest.raises(ValueError, match="not finite|NaN|infinite"):
+        map_view_data(np.full((1, 2, 2), np.nan))
 
 
 def test_unknown_colorscale_is_a_clear_value_error():
     with pytest.raises(ValueError, match="Unknown colorscale 'Virdis'"):
-        feature_grid_figure(np.ones((1, 2, 2)), colorscale="Virdis")
+        map_view_data(np.ones((1, 2, 2)), colorscale="Virdis")
     with pytest.raises(ValueError, match="Unknown colorscale"):
         montage_png(np.ones((1, 2, 2)), colorscale="Virdis")
 

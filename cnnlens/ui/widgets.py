@@ -117,6 +117,26 @@ def explain(*topics: str, title: str = "What am I looking at?") -> None:
         st.markdown("\n".join(EXPLANATIONS[topic] for topic in topics))
 
 
+_MAP_VIEW_JS = (Path(__file__).parent / "map_view.js").read_text(encoding="utf-8")
+_MAP_VIEW_CSS = (Path(__file__).parent / "map_view.css").read_text(encoding="utf-8")
+
+
+def map_view_ui(data: dict, key: str) -> None:
+    """Show feature maps from :func:`cnnlens.figures.map_view_data`, values on hover.
+
+    A custom component (``map_view.js``) that keeps its element across reruns and
+    only swaps the picture, so a new image paints at once; the element's key
+    (``key``) also styles it as ``.st-key-<key>``.
+    """
+    # Registering the same definition again is free and silent; doing it here
+    # registers it with whichever runtime runs this script (AppTest makes several).
+    component = st.components.v2.component(
+        "cnnlens_map_view", js=_MAP_VIEW_JS, css=_MAP_VIEW_CSS, isolate_styles=False
+    )
+    with st.container(key=key):
+        component(data=data, key=f"{key}_view")
+
+
 def show_notices(notices: list[str]) -> None:
     """Show each notice (a URL value that fell back to its default) as a warning."""
     for notice in notices:
@@ -126,9 +146,18 @@ def show_notices(notices: list[str]) -> None:
 def input_pixels(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
     """The pixels of the current input (upload or dataset image) and a caption.
 
+    For a page that shows the input: the sidebar then names it without a
+    thumbnail, which would show the same image twice and delay every new image's
+    paint by about 0.1 s in the browser.
+
     Raises:
         ValueError: for an upload that is not a usable image; the caller shows it.
     """
+    ctx.shows_input = True
+    return _input_pixels(view, ctx)
+
+
+def _input_pixels(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
     if view.upload is not None:
         name, data = view.upload
         return cache.get_uploaded_image(data, name, ctx.info.spec.mode), f"your image {name}"
@@ -191,6 +220,7 @@ class Context:
         self.choice = choice
         self.model_name = choice.name
         self.info: ModelInfo = model_info(choice.name)
+        self.shows_input = False  # set when the page shows the input image itself
 
     @functools.cached_property
     def dataset(self) -> Dataset:
@@ -512,13 +542,15 @@ def sidebar_ui(ctx: Context) -> None:
         f"**{dataset.root.name}** · {len(dataset.index):,} images · {len(dataset.labels)} labels"
     )
     try:
-        view = state.current_view(ctx.dataset)
-        pixels, caption = input_pixels(view, ctx)
+        pixels, caption = _input_pixels(state.current_view(ctx.dataset), ctx)
     except ValueError as error:
         st.error(str(error))
         return
     st.caption("Current image")
-    st.image(pixels, caption=caption, width=112)
+    with st.container(key="current_image"):
+        if not ctx.shows_input:
+            st.image(pixels, width=112)
+        st.markdown(caption)
 
 
 def recipe_of(view: state.View, layer: str, channel: int, norm: str, ctx: Context) -> Recipe | None:
