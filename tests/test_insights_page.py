@@ -16,7 +16,7 @@ from cnnlens.lens import layer_names
 from cnnlens.models import demo_model, to_batch
 from cnnlens.ui.state import ModelChoice
 from tests.generated import write_dataset
-from tests.test_app import chart, open_app, title
+from tests.test_app import chart, map_view, open_app, title
 
 LABELS = [i % 4 for i in range(20)]
 PAGE = "insights.py"
@@ -208,4 +208,4 @@ def test_layer_and_channel_follow_people_between_feature_maps_and_insights(digit
     at.number_input(key="insights_channel").set_value(7).run()
     at.switch_page(str(Path(__file__).resolve().parent.parent / "pages" / "feature_maps.py")).run()
     assert at.subheader[0].value == "conv_3: 64 channels of 14×14"
-    assert title(chart(at, "channel_map")) == "conv_3, channel 7"
+    assert map_view(at, "channel_map")["title"] == "conv_3, channel 7"
