@@ -38,10 +38,7 @@ _CLICK_TO_CHART_JS = """
 async ([link, keyClass]) => {
   const anchor = Array.from(document.querySelectorAll('[data-testid="stSidebarNav"] a'))
     .find((a) => a.innerText.trim().endsWith(link));
-  const drawn = () => {
-    const box = document.querySelector(`.${keyClass} .js-plotly-plot`);
-    return box && box._fullData && box._fullData.length > 0;
-  };
+  const drawn = () => document.querySelector(`.${keyClass} [data-label]`) !== null;
   const start = performance.now();
   anchor.click();
   while (!drawn()) {

@@ -180,6 +180,7 @@ def _extract(args: argparse.Namespace) -> int:
             pool=args.pool,
             batch_size=args.batch_size,
             workers=_default_workers(device) if args.workers is None else args.workers,
+            network_in_workers=True,  # on a CPU; a GPU runs it here whatever this says
             restart=args.restart,
             source=source,
             should_stop=lambda: stop_requested,

@@ -758,7 +758,8 @@ def bars_html(
         names = (
             '<div style="display:flex;font-size:0.8rem;opacity:0.8">'
             + "".join(
-                f'<div style="flex:1;text-align:center">{html.escape(str(label))}</div>'
+                f'<div style="flex:1;min-width:0;text-align:center;overflow:hidden;'
+                f'text-overflow:ellipsis;white-space:nowrap">{html.escape(str(label))}</div>'
                 for label in labels
             )
             + "</div>"

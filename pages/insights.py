@@ -211,17 +211,13 @@ def fire_crop(
 
 
 def scores_chart(rows: pd.DataFrame, title: str, by: str, key: str) -> None:
-    st.plotly_chart(
-        figures.bar_figure(
-            list(rows["filename"]),
-            rows["score"].to_numpy(),
-            title=title,
-            x_title="image",
-            y_title=f"{by} activation",
-        ),
-        config=plain,
-        key=key,
-    )
+    # HTML bars, not plotly: the page's first chart shows before plotly's code has loaded.
+    with st.container(key=key):
+        st.html(
+            figures.bars_html(
+                list(rows["filename"]), rows["score"].to_numpy(), title, f"{by} activation"
+            )
+        )
 
 
 # --- sections ------------------------------------------------------------------------------

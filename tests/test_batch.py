@@ -229,7 +229,11 @@ def test_cpu_workers_run_the_network_and_keep_the_order(demo, digits):
     (digits.root / "train" / "img_4.png").write_bytes(b"not an image")
     kwargs = {"pool": "none", "batch_size": 3, "with_predictions": True}
     inline = collect(iter_features(demo, digits, ["conv_2", "conv_4"], workers=0, **kwargs))
-    spread = collect(iter_features(demo, digits, ["conv_2", "conv_4"], workers=2, **kwargs))
+    spread = collect(
+        iter_features(
+            demo, digits, ["conv_2", "conv_4"], workers=2, network_in_workers=True, **kwargs
+        )
+    )
     assert spread[0] == inline[0] == [f"img_{i}.png" for i in range(11) if i != 4]
     assert spread[1] == inline[1] and spread[4] == inline[4]
     assert [p.filename for p in spread[4]] == ["img_4.png"]

@@ -16,7 +16,7 @@ from cnnlens.lens import layer_names
 from cnnlens.models import demo_model, to_batch
 from cnnlens.ui.state import ModelChoice
 from tests.generated import write_dataset
-from tests.test_app import chart, map_view, open_app, title
+from tests.test_app import bars, chart, map_view, open_app, title
 
 LABELS = [i % 4 for i in range(20)]
 PAGE = "insights.py"
@@ -54,9 +54,9 @@ def test_top_images_are_the_channels_strongest_and_are_stored_for_next_time(digi
     at = open_app(PAGE)
     ref = reference(digits, "conv_1")
     rows, scores = strongest(ref, 0, 12)
-    bars = chart(at, "top_scores")
-    assert list(bars["data"][0]["x"]) == [ref["filenames"][i] for i in rows]
-    np.testing.assert_allclose(bars["data"][0]["y"], scores[rows], atol=1e-5)
+    _, names, values = bars(at, "conv_1, channel 0: its strongest images")
+    assert names == [ref["filenames"][i] for i in rows]
+    np.testing.assert_allclose(values, scores[rows], atol=1e-5)
     assert at.subheader[0].value == "The 12 images that excite channel 0 of conv_1 most"
     assert len(list((digits.parent / "cache" / "insights").glob("*.npz"))) == 1
 
@@ -64,14 +64,14 @@ def test_top_images_are_the_channels_strongest_and_are_stored_for_next_time(digi
     monkeypatch.setattr(insights, "layer_stats", lambda *a, **k: passes.append(a))
     again = open_app(PAGE)
     assert passes == []
-    assert list(chart(again, "top_scores")["data"][0]["x"]) == list(bars["data"][0]["x"])
+    assert bars(again, "conv_1, channel 0: its strongest images")[1] == names
 
     again.number_input(key="insights_channel").set_value(5).run()
     again.segmented_control(key="insights_rank").set_value("mean").run()
     rows, scores = strongest(ref, 5, 12, by="mean")
-    bars = chart(again, "top_scores")
-    assert list(bars["data"][0]["x"]) == [ref["filenames"][i] for i in rows]
-    np.testing.assert_allclose(bars["data"][0]["y"], scores[rows], atol=1e-5)
+    _, names, values = bars(again, "conv_1, channel 5: its strongest images")
+    assert names == [ref["filenames"][i] for i in rows]
+    np.testing.assert_allclose(values, scores[rows], atol=1e-5)
 
 
 def test_the_class_matrix_averages_each_label_and_a_class_shows_its_examples(digits):
@@ -91,7 +91,7 @@ def test_the_class_matrix_averages_each_label_and_a_class_shows_its_examples(dig
     at.selectbox(key="insights_class").set_value("2").run()
     at.number_input(key="insights_channel").set_value(3).run()
     rows, _ = strongest(ref, 3, 6, among=np.array(LABELS) == 2)
-    assert list(chart(at, "class_scores")["data"][0]["x"]) == [ref["filenames"][i] for i in rows]
+    assert bars(at, "Class 2, channel 3")[1] == [ref["filenames"][i] for i in rows]
 
     at.segmented_control(key="insights_group").set_value("predicted").run()
     by_answer = chart(at, "matrix")["data"][0]
@@ -194,7 +194,7 @@ def test_a_cancelled_pass_waits_until_asked_to_go_on(digits):
     assert not at.get("plotly_chart")
     at.button(key="insights_resume").click().run()
     assert not at.exception
-    assert chart(at, "top_scores")["data"][0]["x"] is not None
+    assert bars(at, "conv_1, channel 0: its strongest images")[1]
 
 
 def test_layer_and_channel_follow_people_between_feature_maps_and_insights(digits):
