@@ -306,7 +306,7 @@ class _Item(NamedTuple):
     items: list[int]
     bad: list[tuple[int, str]]
     pixels: torch.Tensor | None
-    features: dict[str, torch.Tensor] | None = None
+    features: dict[str, np.ndarray] | None = None
     predictions: np.ndarray | None = None
 
 
@@ -351,7 +351,11 @@ class _SplitBatches(TorchDataset):
         stacked = torch.stack(pixels) if pixels else None
         if self.extraction is None:
             return _Item(items, bad, stacked)
-        return _Item(items, bad, None, *self.extraction(stacked))
+        features, predictions = self.extraction(stacked)
+        # As arrays: a pickled array crosses to the main process for a fraction of the
+        # CPU of a tensor's shared-memory handle, and that CPU is the network's.
+        arrays = {name: value.numpy() for name, value in features.items()}
+        return _Item(items, bad, None, arrays, predictions)
 
 
 def _as_is(item: _Item) -> _Item:
@@ -467,7 +471,8 @@ def iter_features(
         if item.features is None:
             current.start(*extraction(item.pixels), on_gpu)
         else:
-            current.start(item.features, item.predictions, on_gpu)
+            features = {name: torch.from_numpy(value) for name, value in item.features.items()}
+            current.start(features, item.predictions, on_gpu)
         in_flight.append(current)
         yield from drain(depth)
     yield from drain(0)
