@@ -15,189 +15,203 @@ from cnnlens.ui import cache, state, widgets
 GRID_VALUES_LIMIT = 150_000
 
 ctx, names = widgets.context(with_layers=True)
-view, spec = state.current_view(ctx.dataset), ctx.spec
 
 st.title("Feature maps")
 
-pixels, caption = widgets.input_pixels(view, ctx)
 
-top = st.columns([1.4, 3, 2])
-with top[0]:
-    st.image(pixels, caption=caption, width="stretch")
-    st.button(
-        "Another random image",
-        help="The next seed's pick from the dataset",
-        on_click=state.next_seed,
-        icon=":material/casino:",
-        key="next_image",
-        width="stretch",
-    )
-with top[1]:
-    layer = st.segmented_control(
-        "Layer",
-        view.layers,
-        required=True,
-        key=state.LAYER_KEY,
-        persist_state="session",
-        help="Choose the layers to show on the Layers page.",
-    )
-    norm = st.segmented_control(
-        "Colour scale",
-        state.NORMS,
-        format_func={"channel": "Per channel", "layer": "Per layer"}.get,
-        required=True,
-        key=state.NORM_KEY,
-        persist_state="session",
-        help="Per channel: each map uses the full colour range. "
-        "Per layer: one scale for all maps, to compare strengths.",
-    )
-    widgets.upload_ui(spec.mode)
-# Filled after the grid: the grid is what people wait for, so it is sent first.
-predictions = top[2].empty()
-try:
-    features = cache.get_features(ctx.choice, view.layers, pixels)
-except ValueError as error:
-    st.error(f"{error} Choose another image or model.", icon=":material/error:")
-    st.stop()
+@st.fragment
+def view_ui() -> None:
+    """Everything that follows the image, layer and channel: a fragment, so that a new
+    image reruns only this (no sidebar, no navigation), which is most of the clicks."""
+    view, spec = state.current_view(ctx.dataset), ctx.spec
 
-maps = features.maps[layer]
-if maps.ndim != 3:
-    st.info(
-        f"{layer} gives {'×'.join(map(str, maps.shape))} values, not image-shaped maps. "
-        "Choose a convolutional layer or block: the Layers page shows each one's output shape.",
-        icon=":material/info:",
-    )
-    st.stop()
-count, height, width = maps.shape
-st.subheader(f"{layer}: {count} channels of {height}×{width}")
-widgets.map_view_ui(
-    figures.map_view_data(maps, per=norm, with_values=maps.size <= GRID_VALUES_LIMIT), key="grid"
-)
-if maps.size > GRID_VALUES_LIMIT:
-    st.caption("Hover a square for its channel; pick that channel below to read its values.")
-widgets.explain("heatmap", "convolution", "relu", "brightness")
+    pixels, caption = widgets.input_pixels(view, ctx)
 
-with predictions.container():
-    if features.probabilities is not None:
-        # The ten likeliest classes, in class order for a handful (digits), else by rank.
-        probabilities = features.probabilities
-        order = np.argsort(probabilities)[::-1][:10]
-        if len(probabilities) <= 10:
-            order = np.sort(order)
-        classes = [ctx.loaded.classes[i] for i in order]
-        best = classes[int(np.argmax(probabilities[order]))]
-        st.html(
-            figures.bars_html(
-                classes,
-                probabilities[order],
-                title=f"The network says: {best} ({probabilities.max():.0%})",
-                value_name="probability",
-                highlight=best,
-                percent=True,
+    top = st.columns([1.4, 3, 2])
+    with top[0]:
+        st.image(pixels, caption=caption, width="stretch")  # the sidebar does not repeat it
+        st.button(
+            "Another random image",
+            help="The next seed's pick from the dataset",
+            on_click=state.next_seed,
+            icon=":material/casino:",
+            key="next_image",
+            width="stretch",
+        )
+    with top[1]:
+        layer = st.segmented_control(
+            "Layer",
+            view.layers,
+            required=True,
+            key=state.LAYER_KEY,
+            persist_state="session",
+            help="Choose the layers to show on the Layers page.",
+        )
+        norm = st.segmented_control(
+            "Colour scale",
+            state.NORMS,
+            format_func={"channel": "Per channel", "layer": "Per layer"}.get,
+            required=True,
+            key=state.NORM_KEY,
+            persist_state="session",
+            help="Per channel: each map uses the full colour range. "
+            "Per layer: one scale for all maps, to compare strengths.",
+        )
+        widgets.upload_ui(spec.mode)
+    # Filled after the grid: the grid is what people wait for, so it is sent first.
+    predictions = top[2].empty()
+    try:
+        features = cache.get_features(ctx.choice, view.layers, pixels)
+    except ValueError as error:
+        st.error(f"{error} Choose another image or model.", icon=":material/error:")
+        return
+
+    maps = features.maps[layer]
+    if maps.ndim != 3:
+        st.info(
+            f"{layer} gives {'×'.join(map(str, maps.shape))} values, not image-shaped maps. "
+            "Choose a convolutional layer or block: the Layers page shows each one's output shape.",
+            icon=":material/info:",
+        )
+        return
+    count, height, width = maps.shape
+    st.subheader(f"{layer}: {count} channels of {height}×{width}")
+    with_values = maps.size <= GRID_VALUES_LIMIT
+    widgets.map_view_ui(figures.map_view_data(maps, per=norm, with_values=with_values), key="grid")
+    if not with_values:
+        st.caption("Hover a square for its channel; pick that channel below to read its values.")
+    widgets.explain("heatmap", "convolution", "relu", "brightness")
+
+    with predictions.container():
+        if features.probabilities is not None:
+            # The ten likeliest classes, in class order for a handful (digits), else by rank.
+            probabilities = features.probabilities
+            order = np.argsort(probabilities)[::-1][:10]
+            if len(probabilities) <= 10:
+                order = np.sort(order)
+            classes = [ctx.loaded.classes[i] for i in order]
+            best = classes[int(np.argmax(probabilities[order]))]
+            st.html(
+                figures.bars_html(
+                    classes,
+                    probabilities[order],
+                    title=f"The network says: {best} ({probabilities.max():.0%})",
+                    value_name="probability",
+                    highlight=best,
+                    percent=True,
+                )
             )
+
+    if st.session_state[state.CHANNEL_KEY] >= count:
+        st.session_state[state.CHANNEL_KEY] = 0
+    stats = figures.channel_stats(maps)
+    detail, overlay = st.columns(2)
+    with detail:
+        channel = st.number_input(
+            "Channel",
+            min_value=0,
+            max_value=count - 1,
+            step=1,
+            key=state.CHANNEL_KEY,
+            persist_state="session",
+            help="Hover the grid to find a channel's number.",
+        )
+        widgets.map_view_ui(
+            figures.map_view_data(
+                maps[channel : channel + 1], title=f"{layer}, channel {channel}", colorbar=True
+            ),
+            key="channel_map",
         )
 
+    with overlay:
+        opacity = st.slider(
+            "Overlay opacity",
+            0.0,
+            1.0,
+            step=0.05,
+            key="opacity",
+            value=0.5,
+            persist_state="session",
+        )
+        low, high = float(maps[channel].min()), float(maps[channel].max())
+        st.image(
+            figures.overlay_png(pixels, maps[channel], opacity=opacity),
+            caption=f"Channel {channel} laid over the image: dark {low:.3g}, bright {high:.3g}",
+            width="stretch",
+        )
 
-if st.session_state[state.CHANNEL_KEY] >= count:
-    st.session_state[state.CHANNEL_KEY] = 0
-stats = figures.channel_stats(maps)
-detail, overlay = st.columns(2)
-with detail:
-    channel = st.number_input(
-        "Channel",
-        min_value=0,
-        max_value=count - 1,
-        step=1,
-        key=state.CHANNEL_KEY,
+    rank_by = st.segmented_control(
+        "Rank channels by",
+        ["mean", "max"],
+        format_func={"mean": "Mean activation", "max": "Max activation"}.get,
+        required=True,
+        default="mean",
+        key="rank_by",
         persist_state="session",
-        help="Hover the grid to find a channel's number.",
     )
-    widgets.map_view_ui(
-        figures.map_view_data(
-            maps[channel : channel + 1], title=f"{layer}, channel {channel}", colorbar=True
-        ),
-        key="channel_map",
+    ranked = stats.sort_values(rank_by, ascending=False)
+    st.html(
+        figures.bars_html(
+            ranked["channel"].tolist(),
+            ranked[rank_by].to_numpy(),
+            title=f"Channels of {layer} by {rank_by} activation (hover a bar for its channel)",
+            value_name=f"{rank_by} activation",
+            flagged=ranked["dead"].to_numpy(dtype=bool),
+        )
     )
+    dead = stats.loc[stats["dead"], "channel"].tolist()
+    if dead:
+        listed = ", ".join(map(str, dead))
+        st.caption(f"{len(dead)} dead channel(s), zero everywhere on this image: {listed}")
+    else:
+        st.caption("No dead channels: every channel responds somewhere on this image.")
 
-with overlay:
-    opacity = st.slider(
-        "Overlay opacity", 0.0, 1.0, step=0.05, key="opacity", value=0.5, persist_state="session"
-    )
-    low, high = float(maps[channel].min()), float(maps[channel].max())
-    st.image(
-        figures.overlay_png(pixels, maps[channel], opacity=opacity),
-        caption=f"Channel {channel} laid over the image: dark {low:.3g}, bright {high:.3g}",
+    st.subheader("Take it with you")
+    meta = {
+        "model": ctx.model_name,
+        "weights": ctx.loaded.weights,
+        "weights_id": ctx.loaded.weights_id,
+        "image": caption,
+        "normalisation": "none: raw activations",
+    }
+    recipe = widgets.recipe_of(view, layer, channel, norm, ctx)
+    stem = f"{ctx.model_name}_{Path(view.image).stem if view.upload is None else 'upload'}"
+    saves = st.columns(3)
+    saves[0].download_button(
+        "Feature maps (.npz)",
+        data=lambda: export.maps_npz(features.maps, meta),
+        file_name=f"{stem}_maps.npz",
+        mime="application/octet-stream",
+        on_click="ignore",
+        icon=":material/download:",
+        help="Every chosen layer's raw maps as NumPy arrays: np.load(file)[layer_name].",
         width="stretch",
     )
-
-rank_by = st.segmented_control(
-    "Rank channels by",
-    ["mean", "max"],
-    format_func={"mean": "Mean activation", "max": "Max activation"}.get,
-    required=True,
-    default="mean",
-    key="rank_by",
-    persist_state="session",
-)
-ranked = stats.sort_values(rank_by, ascending=False)
-st.html(
-    figures.bars_html(
-        ranked["channel"].tolist(),
-        ranked[rank_by].to_numpy(),
-        title=f"Channels of {layer} by {rank_by} activation (hover a bar for its channel)",
-        value_name=f"{rank_by} activation",
-        flagged=ranked["dead"].to_numpy(dtype=bool),
+    saves[1].download_button(
+        f"{layer} grid (.png)",
+        data=lambda: export.grid_png(maps, per=norm),
+        file_name=f"{stem}_{layer}.png",
+        mime="image/png",
+        on_click="ignore",
+        icon=":material/image:",
+        width="stretch",
     )
-)
-dead = stats.loc[stats["dead"], "channel"].tolist()
-if dead:
-    st.caption(
-        f"{len(dead)} dead channel(s), zero everywhere on this image: " + ", ".join(map(str, dead))
+    saves[2].download_button(
+        "Recipe of this view (.json)",
+        data=recipe.to_json() if recipe is not None else "",
+        file_name=f"{stem}_recipe.json",
+        mime="application/json",
+        on_click="ignore",
+        icon=":material/receipt_long:",
+        disabled=recipe is None,
+        help="Dataset, image, model, weights and layers: open it again below, or share it."
+        if recipe is not None
+        else "An uploaded image cannot be part of a recipe.",
+        width="stretch",
     )
-else:
-    st.caption("No dead channels: every channel responds somewhere on this image.")
+    state.sync_url()  # the entrypoint's call does not run on the fragment's own reruns
 
-st.subheader("Take it with you")
-meta = {
-    "model": ctx.model_name,
-    "weights": ctx.loaded.weights,
-    "weights_id": ctx.loaded.weights_id,
-    "image": caption,
-    "normalisation": "none: raw activations",
-}
-recipe = widgets.recipe_of(view, layer, channel, norm, ctx)
-stem = f"{ctx.model_name}_{Path(view.image).stem if view.upload is None else 'upload'}"
-saves = st.columns(3)
-saves[0].download_button(
-    "Feature maps (.npz)",
-    data=lambda: export.maps_npz(features.maps, meta),
-    file_name=f"{stem}_maps.npz",
-    mime="application/octet-stream",
-    on_click="ignore",
-    icon=":material/download:",
-    help="Every chosen layer's raw maps as NumPy arrays: np.load(file)[layer_name].",
-    width="stretch",
-)
-saves[1].download_button(
-    f"{layer} grid (.png)",
-    data=lambda: export.grid_png(maps, per=norm),
-    file_name=f"{stem}_{layer}.png",
-    mime="image/png",
-    on_click="ignore",
-    icon=":material/image:",
-    width="stretch",
-)
-saves[2].download_button(
-    "Recipe of this view (.json)",
-    data=recipe.to_json() if recipe is not None else "",
-    file_name=f"{stem}_recipe.json",
-    mime="application/json",
-    on_click="ignore",
-    icon=":material/receipt_long:",
-    disabled=recipe is None,
-    help="Dataset, image, model, weights and layers: open it again below, or share it."
-    if recipe is not None
-    else "An uploaded image cannot be part of a recipe.",
-    width="stretch",
-)
+
+view_ui()
+# Outside the fragment: opening a recipe may change the dataset and model, a full rerun.
 widgets.recipe_ui()

@@ -91,10 +91,16 @@ def assert_no_exception(page: Any, server: live_app.Server) -> None:
 
 
 def sidebar_caption(page: Any) -> str:
-    """The sidebar's name of the current image, e.g. "3282.png · label 9"."""
-    caption = page.locator(
-        '[data-testid="stSidebar"] .st-key-current_image [data-testid="stMarkdown"]'
-    )
+    """The caption under the current image in the sidebar, e.g. "3282.png · label 9"."""
+    caption = page.locator('[data-testid="stSidebar"] [data-testid="stImageCaption"]')
+    return " ".join(caption.inner_text().split())
+
+
+def image_caption(page: Any) -> str:
+    """The caption under the Feature maps page's input image, e.g. "3282.png · label 9"
+    (the sidebar leaves out an image the page shows)."""
+    assert page.locator('[data-testid="stSidebar"] [data-testid="stImage"]').count() == 0
+    caption = page.locator('[data-testid="stImageCaption"]').first
     return " ".join(caption.inner_text().split())
 
 
@@ -205,7 +211,7 @@ def test_shared_link_to_a_fresh_server(browser: Any, server: live_app.Server) ->
         live_app.wait_chart(page, "channel_map", "conv_2, channel 3")
         live_app.settle(page)
         picked = dataset.pick(7)
-        assert sidebar_caption(page) == f"{picked} · label {dataset.label_of(picked)}"
+        assert image_caption(page) == f"{picked} · label {dataset.label_of(picked)}"
         shot(page, "00-shared-link-first-visitor")
 
 
@@ -296,7 +302,7 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     other.get_by_role("heading", name=subheader).wait_for()
     live_app.wait_chart(other, "channel_map", "conv_2, channel 3")
     live_app.settle(other)
-    assert sidebar_caption(other) == f"{opened} · label {label}"
+    assert image_caption(other) == f"{opened} · label {label}"
     # The number box can take a frame or two longer than the chart to show its value.
     eventually(lambda: _assert_equal(other.locator(".st-key-channel input").input_value(), "3"))
     assert_no_exception(other, server)
@@ -313,7 +319,7 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     uploader.set_input_files(str(upload))
     page.get_by_text("your image my_seven.png").first.wait_for()
     live_app.settle(page)
-    assert sidebar_caption(page) == "your image my_seven.png"
+    assert image_caption(page) == "your image my_seven.png"
     assert_no_exception(page, server)
     assert_grid_shows(page, expected_maps(Image.open(upload), "conv_2"))
     shot(page, "07-uploaded-image")
@@ -395,7 +401,7 @@ def test_own_photos_through_a_torchvision_model(
         live_app.wait_chart(page, "channel_map", "layer2, channel 5")
         live_app.settle(page)
         assert_no_exception(page, server)
-        assert picked in sidebar_caption(page)
+        assert picked in image_caption(page)
         shot(page, "10-own-photos-resnet18-layer2")
 
         loaded = open_model("resnet18", weights="random")

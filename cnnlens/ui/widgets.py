@@ -146,9 +146,9 @@ def show_notices(notices: list[str]) -> None:
 def input_pixels(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
     """The pixels of the current input (upload or dataset image) and a caption.
 
-    For a page that shows the input: the sidebar then names it without a
-    thumbnail, which would show the same image twice and delay every new image's
-    paint by about 0.1 s in the browser.
+    For a page that shows the input: the sidebar then leaves it out. Shown twice, it
+    delayed every new image's paint by about 0.1 s in the browser, and a page may
+    change it in a fragment, whose reruns do not redraw the sidebar.
 
     Raises:
         ValueError: for an upload that is not a usable image; the caller shows it.
@@ -541,16 +541,15 @@ def sidebar_ui(ctx: Context) -> None:
     st.markdown(
         f"**{dataset.root.name}** · {len(dataset.index):,} images · {len(dataset.labels)} labels"
     )
+    if ctx.shows_input:
+        return
     try:
         pixels, caption = _input_pixels(state.current_view(ctx.dataset), ctx)
     except ValueError as error:
         st.error(str(error))
         return
     st.caption("Current image")
-    with st.container(key="current_image"):
-        if not ctx.shows_input:
-            st.image(pixels, width=112)
-        st.markdown(caption)
+    st.image(pixels, caption=caption, width=112)
 
 
 def recipe_of(view: state.View, layer: str, channel: int, norm: str, ctx: Context) -> Recipe | None:
