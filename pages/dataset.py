@@ -49,7 +49,7 @@ chosen_col, grid_col = st.columns([2, 3])
 with chosen_col:
     label = dataset.label_of(view.image) if view.split == "train" else None
     title = view.image + (f" · label {label}" if label is not None else "")
-    pixels = cache.get_dataset_image(ctx.root, view.split, view.image, ctx.info.spec.mode)
+    pixels = cache.get_dataset_image(ctx.dataset, view.split, view.image, ctx.info.spec.mode)
     st.plotly_chart(
         figures.image_figure(pixels, title=title),
         config={"displayModeBar": False},
@@ -84,7 +84,7 @@ with grid_col:
     columns = st.columns(GRID_COLUMNS)
     for i, name in enumerate(names):
         with columns[i % GRID_COLUMNS]:
-            thumb = cache.get_dataset_image(ctx.root, view.split, name, ctx.info.spec.mode)
+            thumb = cache.get_dataset_image(ctx.dataset, view.split, name, ctx.info.spec.mode)
             st.image(thumb, width="stretch")
             tile_label = dataset.label_of(name) if view.split == "train" else None
             st.button(

@@ -449,7 +449,7 @@ def compare_section() -> None:
     left, right = st.columns(2)
     with left:
         other = st.selectbox("Compare with", filenames, key="compare_image")
-    pixels_b = cache.get_dataset_image(ctx.root, view.split, other, ctx.spec.mode)
+    pixels_b = cache.get_dataset_image(ctx.dataset, view.split, other, ctx.spec.mode)
     try:
         maps_a = cache.get_features(ctx.choice, (layer,), pixels_a).maps[layer]
         maps_b = cache.get_features(ctx.choice, (layer,), pixels_b).maps[layer]

@@ -161,7 +161,7 @@ def _input_pixels(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
     if view.upload is not None:
         name, data = view.upload
         return cache.get_uploaded_image(data, name, ctx.info.spec.mode), f"your image {name}"
-    pixels = cache.get_dataset_image(ctx.root, view.split, view.image, ctx.info.spec.mode)
+    pixels = cache.get_dataset_image(ctx.dataset, view.split, view.image, ctx.info.spec.mode)
     label = ctx.dataset.label_of(view.image) if view.split == "train" else None
     caption = f"{view.image}" + (f" · label {label}" if label is not None else " · unlabelled")
     return pixels, caption
