@@ -543,6 +543,22 @@ def image_figure(image: np.ndarray, title: str | None = None) -> go.Figure:
     return _figure([trace], title, _IMAGE_HEIGHT, image=True)
 
 
+def _overlay_layers(
+    image: np.ndarray, map2d: np.ndarray, opacity: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The checked image and the channel map resized (bilinear) to it, for an overlay."""
+    if isinstance(opacity, bool) or not isinstance(opacity, Real):
+        raise TypeError(f"opacity must be a number in [0, 1], not {type(opacity).__name__}.")
+    if not 0 <= opacity <= 1:
+        raise ValueError(f"opacity must be between 0 and 1; got {opacity}.")
+    base = _as_image(image)
+    layer = _as_map2d(map2d).astype(np.float32)
+    _check_finite(layer, "The channel map's values")
+    height, width = base.shape[:2]
+    resized = np.asarray(Image.fromarray(layer).resize((width, height), Image.Resampling.BILINEAR))
+    return base, resized
+
+
 def overlay_figure(
     image: np.ndarray,
     map2d: np.ndarray,
@@ -567,16 +583,8 @@ def overlay_figure(
         ValueError: If ``opacity`` is outside [0, 1] or an array has the wrong shape.
         TypeError: If ``opacity`` is not a number.
     """
-    if isinstance(opacity, bool) or not isinstance(opacity, Real):
-        raise TypeError(f"opacity must be a number in [0, 1], not {type(opacity).__name__}.")
-    if not 0 <= opacity <= 1:
-        raise ValueError(f"opacity must be between 0 and 1; got {opacity}.")
-    base = _as_image(image)
-    layer = _as_map2d(map2d).astype(np.float32)
-    _check_finite(layer, "The channel map's values")
+    base, resized = _overlay_layers(image, map2d, opacity)
     scale = _named_colorscale(colorscale)
-    height, width = base.shape[:2]
-    resized = np.asarray(Image.fromarray(layer).resize((width, height), Image.Resampling.BILINEAR))
     top = go.Heatmap(
         z=resized,
         opacity=float(opacity),
@@ -614,19 +622,12 @@ def overlay_png(
         ValueError: If ``opacity`` is outside [0, 1] or an array has the wrong shape.
         TypeError: If ``opacity`` is not a number.
     """
-    if isinstance(opacity, bool) or not isinstance(opacity, Real):
-        raise TypeError(f"opacity must be a number in [0, 1], not {type(opacity).__name__}.")
-    if not 0 <= opacity <= 1:
-        raise ValueError(f"opacity must be between 0 and 1; got {opacity}.")
-    base = _as_image(image)
-    layer = _as_map2d(map2d).astype(np.float32)
-    _check_finite(layer, "The channel map's values")
+    base, resized = _overlay_layers(image, map2d, opacity)
     height, width = base.shape[:2]
     if base.ndim == 2:
         low, high = _gray_range(base)
         gray = (np.clip((base.astype(np.float32) - low) / (high - low), 0, 1) * 255).round()
         base = np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
-    resized = np.asarray(Image.fromarray(layer).resize((width, height), Image.Resampling.BILINEAR))
     spread = float(resized.max() - resized.min())
     unit = (resized - resized.min()) / spread if spread > 0 else np.zeros_like(resized)
     palette = np.frombuffer(_palette(colorscale), dtype=np.uint8).reshape(-1, 3)
