@@ -2,8 +2,9 @@
 
 :func:`iter_features` streams the pooled (or full) maps of the target layers for
 every image of a split, batch after batch: a torch ``DataLoader`` decodes and
-preprocesses images in worker processes while the network runs. An image that
-cannot be read is left out and reported with its reason; it never stops a run.
+preprocesses images in worker processes while the network runs (on a CPU, the
+workers can run it too, one thread each). An image that cannot be read is left out
+and reported with its reason; it never stops a run.
 """
 
 from __future__ import annotations
@@ -264,8 +265,9 @@ def _constants(
 class _Extraction:
     """The network's part of a batch: scale the pixels, extract the targets, pool, predict.
 
-    DataLoader workers run it on a CPU (each on one thread). Forked workers share
-    the parent's extractor; others get a copy without it and build their own.
+    This process runs it, or, with ``network_in_workers`` on a CPU, the DataLoader
+    workers (each on one thread). Forked workers share the parent's extractor;
+    others get a copy without it and build their own.
     """
 
     def __init__(self, loaded: LoadedModel, targets: list[str], pool: str, predict: bool) -> None:
