@@ -387,8 +387,9 @@ def iter_features(
     overlaps the next batch's forward. With ``network_in_workers`` on a CPU,
     each worker also runs the network on its batches, on one thread: with one
     worker per core that is faster than one process on every core, whose threads
-    wait for each other at each layer (on the demo's digits, 1.0× a bare loop
-    against 0.6×), and decoding never waits for the network or the reverse.
+    wait for each other at each layer (the demo's digits through the command line:
+    0.8× a bare two-thread loop in most runs, against 0.6× before), and decoding
+    never waits for the network or the reverse.
 
     Args:
         loaded: the model, from :func:`cnnlens.models.open_model`.
