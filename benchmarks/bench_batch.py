@@ -44,7 +44,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnnlens.__main__ import main as cli
-from cnnlens.batch import iter_features
+from cnnlens.batch import iter_features, keep_freed_memory
 from cnnlens.data import Dataset, load_dataset
 from cnnlens.models import DEMO_DATASET_DIR, open_model, to_batch
 
@@ -86,6 +86,10 @@ def bare_loop(extract: Callable, batches: list[torch.Tensor], sync: bool) -> Cal
 
 
 def bench_demo(repeats: int, limit: int | None) -> None:
+    # As the command line does: glibc's default would make the bare loop fault its
+    # maps in again at each batch, or not, by the history of what was freed
+    # (1,500 to 2,800 img/s here), so the baseline would be as slow as chance makes it.
+    keep_freed_memory()
     loaded = open_model("demo")
     layers = loaded.default_layers()
     dataset = load_dataset(DEMO_DATASET_DIR)

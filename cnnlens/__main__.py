@@ -121,7 +121,7 @@ def _summary(problems: list[Problem]) -> str:
 def _extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from cnnlens.batch import extract_to_parquet
+    from cnnlens.batch import extract_to_parquet, keep_freed_memory
     from cnnlens.data import load_dataset
     from cnnlens.models import open_model, pick_device
 
@@ -131,6 +131,7 @@ def _extract(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be 0 or more, got {args.workers}.")
     if args.address and args.engine != "ray":
         raise ValueError("--address is for --engine ray.")
+    keep_freed_memory()  # this process only extracts: it may keep what it frees
     # Each image is checked when it is decoded, and reported then if it cannot be.
     dataset = load_dataset(args.dataset, check_images=False)
     layers = [name.strip() for name in args.layers.split(",")] if args.layers else None

@@ -297,9 +297,13 @@ class Dataset:
         Raises:
             ValueError: if the filename is not a usable row of that split.
         """
+        return Path(self._path(filename, split))
+
+    def _path(self, filename: str, split: str) -> str:
+        # Strings, not Paths: pathlib took a fifth of the time to read a digit.
         if filename not in self._usable_names(split):
             raise ValueError(f"{filename!r} is not a usable image of the {split} split.")
-        return self._folders.get(split, self.root / split) / filename
+        return os.path.join(self._folders.get(split, self.root / split), filename)
 
     def load_image(
         self,
@@ -331,7 +335,7 @@ class Dataset:
             ValueError: for an unknown filename, or a file that is gone or
                 unreadable since the dataset was indexed.
         """
-        path = self.path_of(filename, split)
+        path = self._path(filename, split)
         try:
             # os-level calls: half the time of open().read(), which counts on many small files.
             descriptor = os.open(path, os.O_RDONLY)
