@@ -6,8 +6,15 @@ streamlit run dashboard.py
 from __future__ import annotations
 
 import streamlit as st
+import streamlit.delta_generator
 
 from cnnlens.ui import cache, state, widgets
+
+# Once per process, before its first element, Streamlit asks whether it runs in a
+# Python REPL by walking the stack with inspect.stack(), which reads the source of
+# every frame and indexes every loaded module: about 0.1 s of the first page's
+# paint. A server never is one; if the flag goes away, this line does nothing.
+streamlit.delta_generator._use_warning_has_been_displayed = True
 
 st.set_page_config(page_title="cnnlens", page_icon=":material/visibility:", layout="wide")
 

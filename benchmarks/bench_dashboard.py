@@ -45,7 +45,7 @@ _TITLE_PAINTED_JS = """
 # In-page: a fingerprint of what the grid's map view shows (its picture, once decoded).
 _SIGNATURES_JS = """
 window.__gridSignature = () => {
-  const img = document.querySelector(".st-key-grid .cnnlens-map img");
+  const img = document.querySelector(".st-key-grid .cnnlens-map-maps");
   return img && img.complete && img.naturalWidth > 0 ? img.src : null;
 };
 """

@@ -7,10 +7,11 @@ snippet; the pages decide how to show them.
 A browser draws a plotly chart from scratch on every rerun (Streamlit gives it a new
 identity whenever its data changes): about 0.1 s each on two cores, and the first
 paint waits for all of them. So the Feature maps page, where every click brings a new
-image, uses none: its grid and enlarged channel are ``map_view_data`` (a
+image, uses none: its grid, enlarged channel and overlay are ``map_view_data`` (a
 ``montage_png`` picture plus the raw values, which the map view component reads out
-on hover and only swaps on a rerun), its overlay is ``overlay_png`` and its bar
-charts are ``bars_html``. The Insights page, which changes less often, keeps plotly.
+on hover and only swaps on a rerun; the overlay lays it over the input image in the
+browser, with the opacity slider there) and its bar charts are ``bars_html``. The
+Insights page, which changes less often, keeps plotly.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ __all__ = [
     "montage_png",
     "normalise",
     "overlay_figure",
-    "overlay_png",
     "tile_at",
 ]
 
@@ -389,6 +389,8 @@ def map_view_data(
     with_values: bool = True,
     title: str | None = None,
     colorbar: bool = False,
+    under: np.ndarray | None = None,
+    opacity: float = 0.5,
 ) -> dict:
     """What the map view shows for C×H×W maps: a grid of channels, or one channel enlarged.
 
@@ -406,20 +408,31 @@ def map_view_data(
         title: Shown above the maps.
         colorbar: Show the colour scale with the lowest and highest raw value
             (meaningful for one channel, or with ``per="layer"``).
+        under: An image (H×W grayscale or H×W×3 uint8 RGB, as for ``image_figure``)
+            to lay one channel over. The browser stretches the map to the image,
+            smoothly, and blends it with an opacity slider of its own: no rerun.
+        opacity: The slider's first value, 0 (only the image) to 1 (only the map).
 
     Returns:
         A JSON-ready dict: ``png`` (base64), ``channels``, ``height``, ``width``,
         ``columns``, ``gap``, ``values`` (base64 little-endian float32, C·H·W in C
         order, or ``None``), ``title``, ``low``/``high`` (the raw range) and
-        ``colorbar``: a list of CSS colours from low to high, or ``None``, and
-        ``max_height``: the tallest it should be drawn, in CSS pixels.
+        ``colorbar``: a list of CSS colours from low to high, or ``None``,
+        ``max_height``: the tallest it should be drawn, in CSS pixels, ``under``:
+        the image as a base64 PNG (grayscale spans black to white as in
+        ``image_figure``), or ``None``, and ``opacity``.
 
     Raises:
-        ValueError: for the reasons of ``montage_png``.
+        ValueError: for the reasons of ``montage_png``, an image under more than one
+            channel, or an opacity outside [0, 1].
+        TypeError: for an RGB image that is not uint8, or an opacity that is not a number.
     """
     array = _as_maps(maps).astype(np.float32, copy=False)
     _check_finite(array, "The feature maps")
     channels, height, width = array.shape
+    _check_opacity(opacity)
+    if under is not None and channels != 1:
+        raise ValueError(f"Only one channel can be laid over an image; got {channels}.")
     columns = grid_shape(channels, columns)[1]
     stops = None
     if colorbar:
@@ -447,7 +460,22 @@ def map_view_data(
         "high": float(array.max()),
         "colorbar": stops,
         "max_height": tallest,
+        "under": None if under is None else base64.b64encode(_image_png(under)).decode(),
+        "opacity": float(opacity),
     }
+
+
+def _image_png(image: np.ndarray) -> bytes:
+    """An image as a PNG that looks as ``image_figure`` draws it (grayscale stretched
+    over its range, see ``_gray_range``)."""
+    pixels = _as_image(image)
+    if pixels.ndim == 2:
+        low, high = _gray_range(pixels)
+        unit = np.clip((pixels.astype(np.float32) - low) / (high - low), 0, 1)
+        pixels = np.rint(unit * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def montage_png(
@@ -543,14 +571,18 @@ def image_figure(image: np.ndarray, title: str | None = None) -> go.Figure:
     return _figure([trace], title, _IMAGE_HEIGHT, image=True)
 
 
-def _overlay_layers(
-    image: np.ndarray, map2d: np.ndarray, opacity: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """The checked image and the channel map resized (bilinear) to it, for an overlay."""
+def _check_opacity(opacity: float) -> None:
     if isinstance(opacity, bool) or not isinstance(opacity, Real):
         raise TypeError(f"opacity must be a number in [0, 1], not {type(opacity).__name__}.")
     if not 0 <= opacity <= 1:
         raise ValueError(f"opacity must be between 0 and 1; got {opacity}.")
+
+
+def _overlay_layers(
+    image: np.ndarray, map2d: np.ndarray, opacity: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The checked image and the channel map resized (bilinear) to it, for an overlay."""
+    _check_opacity(opacity)
     base = _as_image(image)
     layer = _as_map2d(map2d).astype(np.float32)
     _check_finite(layer, "The channel map's values")
@@ -593,53 +625,6 @@ def overlay_figure(
         hovertemplate="x %{x} · y %{y} · value %{z:.4g}<extra></extra>",
     )
     return _figure([_image_trace(base, hover=False), top], title, _IMAGE_HEIGHT, image=True)
-
-
-def overlay_png(
-    image: np.ndarray,
-    map2d: np.ndarray,
-    opacity: float = 0.5,
-    colorscale: str = "Viridis",
-    min_side: int = 224,
-) -> bytes:
-    """A channel map resized (bilinear) to the image and blended over it, as a PNG.
-
-    The map spans the colorscale from its own minimum to its maximum, as
-    ``overlay_figure``'s heatmap does. Small images are enlarged (nearest pixel) so
-    that their pixels stay sharp when the browser shows them larger.
-
-    Args:
-        image: H×W grayscale or H×W×3 uint8 RGB, as for ``image_figure``.
-        map2d: h×w activations of one channel, any size.
-        opacity: Weight of the map, 0 (only the image) to 1 (only the map).
-        colorscale: A plotly colorscale name.
-        min_side: Enlarge by a whole factor until the longer side reaches this.
-
-    Returns:
-        PNG bytes of an RGB image, ``k·H`` × ``k·W`` for the enlargement ``k``.
-
-    Raises:
-        ValueError: If ``opacity`` is outside [0, 1] or an array has the wrong shape.
-        TypeError: If ``opacity`` is not a number.
-    """
-    base, resized = _overlay_layers(image, map2d, opacity)
-    height, width = base.shape[:2]
-    if base.ndim == 2:
-        low, high = _gray_range(base)
-        gray = (np.clip((base.astype(np.float32) - low) / (high - low), 0, 1) * 255).round()
-        base = np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
-    spread = float(resized.max() - resized.min())
-    unit = (resized - resized.min()) / spread if spread > 0 else np.zeros_like(resized)
-    palette = np.frombuffer(_palette(colorscale), dtype=np.uint8).reshape(-1, 3)
-    colours = palette[np.rint(unit * (_PNG_LEVELS - 1)).astype(np.intp)]
-    blended = (1 - opacity) * base.astype(np.float32) + opacity * colours.astype(np.float32)
-    pixels = np.rint(blended).astype(np.uint8)
-    factor = max(1, min_side // max(height, width))
-    if factor > 1:
-        pixels = pixels.repeat(factor, axis=0).repeat(factor, axis=1)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def bar_figure(

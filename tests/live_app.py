@@ -252,7 +252,7 @@ def plotly_chart(
 _MAP_VIEW_JS = """
 ([keyClass, points, all]) => {
   const view = document.querySelector(`.${keyClass} .cnnlens-map`);
-  const img = view && view.querySelector("img");
+  const img = view && view.querySelector(".cnnlens-map-maps");
   if (!view || !view.cnnlensData || !img.complete || !img.naturalWidth) return null;
   const data = view.cnnlensData;
   let raw = null;
@@ -299,7 +299,7 @@ def wait_chart(page: Any, key: str, title: str | None = None, timeout: float = 3
         """([keyClass, title]) => {
           const view = document.querySelector(`.${keyClass} .cnnlens-map`);
           if (view) {
-            const img = view.querySelector("img");
+            const img = view.querySelector(".cnnlens-map-maps");
             return img.complete && img.naturalWidth > 0
               && (title == null || (view.dataset.title || "").includes(title));
           }

@@ -150,7 +150,7 @@ def _hover_tile(page, maps: np.ndarray, channel: int, y: int, x: int) -> None:
 
     count, height, width = maps.shape
     columns = grid_shape(count)[1]
-    img = page.locator(".st-key-grid .cnnlens-map img")
+    img = page.locator(".st-key-grid .cnnlens-map-maps")
     img.scroll_into_view_if_needed()
     box = img.bounding_box()
     natural = page.evaluate("(i) => [i.naturalWidth, i.naturalHeight]", img.element_handle())
@@ -274,11 +274,18 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     assert subheader == "conv_2: 32 channels of 28×28"
     page.get_by_role("heading", name=subheader).wait_for()
     live_app.settle(page)
+    # The overlay's opacity slider works in the browser and outlives the next rerun.
+    overlay = page.locator(".st-key-overlay")
+    overlay.locator("input[type=range]").fill("0.8")
+    assert overlay.locator(".cnnlens-map-maps").evaluate("(img) => img.style.opacity") == "0.8"
+    assert overlay.locator("output").inner_text() == "80%"
     channel_input = page.locator(".st-key-channel input")
     channel_input.fill("3")
     channel_input.press("Enter")
     live_app.wait_chart(page, "channel_map", "conv_2, channel 3")
+    live_app.wait_chart(page, "overlay", "Channel 3 laid over the image")
     live_app.settle(page)
+    assert overlay.locator(".cnnlens-map-maps").evaluate("(img) => img.style.opacity") == "0.8"
     assert_no_exception(page, server)
     shot(page, "05-feature-maps-conv2-channel3")
 
@@ -330,7 +337,7 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     uploader.set_input_files(str(bad))
     page.get_by_text(NOT_READABLE).wait_for()
     live_app.settle(page)
-    assert page.locator(".st-key-grid .cnnlens-map img").count() == 1
+    assert page.locator(".st-key-grid .cnnlens-map-maps").count() == 1
     assert page.get_by_role("heading", name=subheader).is_visible()
     assert_no_exception(page, server)
     shot(page, "08-corrupt-upload")

@@ -17,7 +17,6 @@ import plotly.colors as pcolors
 import pytest
 from PIL import Image
 
-from cnnlens import figures
 from cnnlens.figures import (
     BAR_COLOUR,
     DEAD_COLOUR,
@@ -34,7 +33,6 @@ from cnnlens.figures import (
     montage_png,
     normalise,
     overlay_figure,
-    overlay_png,
     tile_at,
 )
 
@@ -389,23 +387,30 @@ def test_bars_html_percent_highlight_and_errors():
         bars_html(["a", "b"], [1, float("nan")], "t", "v")
 
 
-def test_overlay_png_blends_the_resized_map_over_the_image():
-    image = np.zeros((7, 7), dtype=np.uint8)
-    image[:, 3:] = 255
-    ramp = np.arange(49, dtype=np.float32).reshape(7, 7)
-    rgb = decode(overlay_png(image, ramp, opacity=0.25, colorscale="Magma", min_side=28))
-    assert rgb.shape == (28, 28, 3)  # enlarged 4×, nearest pixel
-    assert np.array_equal(rgb[::4, ::4], rgb[3::4, 3::4])
-    palette = np.frombuffer(figures._palette("Magma"), np.uint8).reshape(-1, 3)
-    low, high = palette[0].astype(float), palette[254].astype(float)
-    np.testing.assert_allclose(rgb[0, 0], np.rint(0.25 * low), atol=1)  # black, map's minimum
-    np.testing.assert_allclose(rgb[-1, -1], np.rint(0.75 * 255 + 0.25 * high), atol=1)
-    only_image = decode(overlay_png(np.zeros((4, 4, 3), np.uint8) + 9, ramp, opacity=0.0))
-    assert only_image.shape == (224, 224, 3) and (only_image == 9).all()
+def test_map_view_data_under_an_image_sends_it_as_shown_and_the_slider_start():
+    gray = np.zeros((7, 7), dtype=np.uint8)
+    gray[:, 3:] = 200
+    ramp = np.arange(49, dtype=np.float32).reshape(1, 7, 7)
+    data = map_view_data(ramp, under=gray, opacity=0.25, title="over")
+    assert json.loads(json.dumps(data)) == data and data["opacity"] == 0.25
+    assert base64.b64decode(data["png"]) == montage_png(ramp)  # the map as the channel view
+    shown = decode(base64.b64decode(data["under"]))
+    np.testing.assert_array_equal(shown[..., 0], gray)  # uint8 grayscale spans 0..255
+    floats = decode(base64.b64decode(map_view_data(ramp, under=gray / 400.0)["under"]))
+    np.testing.assert_array_equal(floats[..., 0], np.rint(gray / 400.0 * 255))  # [0, 1]
+    rgb = np.random.default_rng(0).integers(0, 256, (7, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(
+        decode(base64.b64decode(map_view_data(ramp, under=rgb)["under"])), rgb
+    )
+    assert map_view_data(ramp)["under"] is None
+    with pytest.raises(ValueError, match="Only one channel can be laid over an image; got 2"):
+        map_view_data(np.ones((2, 7, 7)), under=gray)
     with pytest.raises(ValueError, match="opacity must be between 0 and 1"):
-        overlay_png(image, ramp, opacity=1.5)
+        map_view_data(ramp, under=gray, opacity=1.5)
     with pytest.raises(TypeError, match="opacity must be a number"):
-        overlay_png(image, ramp, opacity="0.5")
+        map_view_data(ramp, under=gray, opacity="0.5")
+    with pytest.raises(TypeError, match="must be uint8"):
+        map_view_data(ramp, under=rgb.astype(np.float32))
 
 
 def test_channel_stats_marks_only_all_zero_channels_dead():

@@ -11,12 +11,12 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import streamlit as st
 
 from cnnlens.ui.state import DEFAULT_WEIGHTS, ModelChoice
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from cnnlens.data import Dataset
@@ -105,12 +105,16 @@ def _dataset_identity(dataset: Dataset) -> tuple[str, str]:
 def get_dataset_image(dataset: Dataset, split: str, filename: str, mode: str) -> np.ndarray:
     """A dataset image as a uint8 array in the model's mode (H×W or H×W×3), at most
     ``DISPLAY_SIDE`` a side (a large JPEG is decoded straight at a reduced scale)."""
+    import numpy as np
+
     return np.asarray(dataset.load_image(filename, mode, split, max_side=DISPLAY_SIDE))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def get_uploaded_image(data: bytes, name: str, mode: str) -> np.ndarray:
     """An uploaded image, decoded safely and converted to the model's mode."""
+    import numpy as np
+
     from cnnlens.data import open_image, to_mode
 
     return np.asarray(to_mode(open_image(data, name=name, max_side=DISPLAY_SIDE), mode))
@@ -359,6 +363,7 @@ def get_grad_cam(
     Raises:
         ValueError: for a layer without maps or a model without class scores.
     """
+    import numpy as np
     from PIL import Image
 
     from cnnlens.insights import grad_cam, input_pixels

@@ -2,9 +2,11 @@
 //
 // Data (cnnlens.figures.map_view_data): png (base64), channels, height, width,
 // columns, gap, values (base64 float32, C·H·W, or null), title, low, high,
-// colorbar (CSS colours, or null) and max_height. Streamlit calls this function
-// again with the same parent on every rerun, so the view is built once and then
-// only updated: a new picture is one image swap, where a plotly chart is drawn anew.
+// colorbar (CSS colours, or null), max_height, under (a base64 PNG to lay the map
+// over, or null) and opacity. Streamlit calls this function again with the same
+// parent on every rerun, so the view is built once and then only updated: a new
+// picture is one image swap, where a plotly chart is drawn anew. The opacity slider
+// works in the browser alone and keeps its value across reruns.
 
 function decodeValues(base64) {
   const text = atob(base64);
@@ -37,14 +39,22 @@ function build(parent) {
   view.innerHTML = `
     <div class="cnnlens-map-title"></div>
     <div class="cnnlens-map-body">
-      <div class="cnnlens-map-frame"><img alt=""><div class="cnnlens-map-tip" hidden></div></div>
+      <div class="cnnlens-map-frame"><div class="cnnlens-map-stack">
+        <img class="cnnlens-map-under" alt="" hidden><img class="cnnlens-map-maps" alt="">
+        <div class="cnnlens-map-tip" hidden></div>
+      </div></div>
       <div class="cnnlens-map-scale" hidden>
         <span class="cnnlens-map-high"></span><div class="cnnlens-map-ramp"></div>
         <span class="cnnlens-map-low"></span>
       </div>
-    </div>`;
+    </div>
+    <label class="cnnlens-map-opacity" hidden>Map opacity
+      <input type="range" min="0" max="1" step="0.05"><output></output>
+    </label>`;
   parent.appendChild(view);
-  const img = view.querySelector("img");
+  const img = view.querySelector(".cnnlens-map-maps");
+  const slider = view.querySelector(".cnnlens-map-opacity input");
+  slider.addEventListener("input", () => showOpacity(view));
   const tip = view.querySelector(".cnnlens-map-tip");
   img.addEventListener("mousemove", (event) => {
     const data = view.cnnlensData;
@@ -75,10 +85,22 @@ function build(parent) {
   return view;
 }
 
+function showOpacity(view) {
+  const slider = view.querySelector(".cnnlens-map-opacity input");
+  const over = view.classList.contains("cnnlens-map-overlay");
+  view.querySelector(".cnnlens-map-maps").style.opacity = over ? slider.value : "";
+  view.querySelector(".cnnlens-map-opacity output").textContent =
+    `${Math.round(slider.value * 100)}%`;
+}
+
 export default function (component) {
   const { data, parentElement } = component;
   if (!data) return;
-  const view = parentElement.querySelector(".cnnlens-map") || build(parentElement);
+  let view = parentElement.querySelector(".cnnlens-map");
+  if (!view) {
+    view = build(parentElement);
+    view.querySelector(".cnnlens-map-opacity input").value = data.opacity ?? 0.5;
+  }
   view.cnnlensData = data;
   view.cnnlensValues = null;
   view.dataset.title = data.title || "";
@@ -87,9 +109,18 @@ export default function (component) {
   const rows = Math.ceil(data.channels / data.columns);
   const wide = data.columns * (data.width + data.gap) - data.gap;
   const tall = rows * (data.height + data.gap) - data.gap;
-  const img = view.querySelector("img");
-  img.style.width = `min(100cqw, ${((data.max_height * wide) / tall).toFixed(1)}px)`;
+  const img = view.querySelector(".cnnlens-map-maps");
+  const under = view.querySelector(".cnnlens-map-under");
+  // Laid over an image, the map stretches over it; the image sets the size.
+  view.classList.toggle("cnnlens-map-overlay", Boolean(data.under));
+  under.hidden = !data.under;
+  view.querySelector(".cnnlens-map-opacity").hidden = !data.under;
+  if (data.under) under.src = `data:image/png;base64,${data.under}`;
+  const size = `min(100cqw, ${((data.max_height * wide) / tall).toFixed(1)}px)`;
+  under.style.width = data.under ? size : "";
+  img.style.width = data.under ? "" : size;
   img.src = `data:image/png;base64,${data.png}`;
+  showOpacity(view);
   const scale = view.querySelector(".cnnlens-map-scale");
   scale.hidden = !data.colorbar;
   if (data.colorbar) {

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import streamlit as st
 
 from cnnlens.registry import DEMO_DATASET_DIR, MODELS, InputSpec, ModelInfo, model_info
 from cnnlens.ui import cache, state
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from cnnlens.data import Dataset
     from cnnlens.export import Recipe
     from cnnlens.models import LoadedModel
