@@ -220,6 +220,7 @@ class Dataset:
     _drawn_from: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _folders: dict[str, Path] = field(default_factory=dict, repr=False)
     _names_cache: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
+    _labels_cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def labels(self) -> list:
@@ -288,8 +289,11 @@ class Dataset:
 
     def label_of(self, filename: str) -> object | None:
         """The label of a train image, or ``None`` for an unknown or test filename."""
-        hits = self.index.loc[self.index["filename"] == filename, "label"]
-        return hits.iat[0] if len(hits) else None
+        # A dict built once: a mask over the index took 5 ms, 24 times per Dataset page.
+        if not self._labels_cache and len(self.index):
+            pairs = zip(self.index["filename"], self.index["label"].tolist(), strict=True)
+            self._labels_cache.update(pairs)
+        return self._labels_cache.get(filename)
 
     def path_of(self, filename: str, split: str = "train") -> Path:
         """The path of a usable image of a split.
