@@ -410,10 +410,10 @@ def iter_features(
     runs here; on a GPU the copy of one batch's features back to the CPU
     overlaps the next batch's forward. With ``network_in_workers`` on a CPU,
     each worker also runs the network on its batches, on one thread: with one
-    worker per core that is faster than one process on every core, whose threads
-    wait for each other at each layer (the demo's digits through the command line:
-    0.8× a bare two-thread loop in most runs, against 0.6× before), and decoding
-    never waits for the network or the reverse.
+    worker per core, decoding never waits for the network or the reverse, where
+    decoding beside a forward on every core slowed its threads, which wait for
+    each other at each layer. The demo's digits through the command line reach
+    0.7× a bare two-thread loop over decoded digits.
 
     Args:
         loaded: the model, from :func:`cnnlens.models.open_model`.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import time
@@ -71,7 +72,7 @@ def new_page(browser: Any) -> Any:
     The viewport is tall because Streamlit scrolls inside its own container, so a
     full-page screenshot would show no more than the viewport.
     """
-    context = browser.new_context(viewport={"width": 1400, "height": 2200})
+    context = browser.new_context(viewport={"width": 1400, "height": 2200}, accept_downloads=True)
     context.set_default_timeout(30_000)
     return context.new_page()
 
@@ -299,6 +300,13 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     assert enlarged["values"] == pytest.approx([maps[3, 5, 7], maps[3, 14, 20]], abs=1e-4)
     # Hovering reads the raw value out: channel 3's tile, at x 7, y 5.
     _hover_tile(page, maps, channel=3, y=5, x=7)
+    # "Save this view" holds the downloads; the recipe names this image, layer and channel.
+    page.get_by_role("button", name="Save this view").click()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Recipe of this view (.json)").click()
+    recipe = json.loads(Path(download.value.path()).read_text())
+    assert (recipe["image"], recipe["layer"], recipe["channel"]) == (opened, "conv_2", 3)
+    page.keyboard.press("Escape")
 
     # The URL reopens the same view in a fresh session.
     page.wait_for_url(re.compile(r"[?&]channel=3(&|$)"))
