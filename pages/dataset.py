@@ -8,7 +8,7 @@ from cnnlens import figures
 from cnnlens.ui import cache, state, widgets
 
 GRID_SIZE = 24
-GRID_COLUMNS = 8
+GRID_COLUMNS = 6
 
 ctx, _ = widgets.context()
 dataset = ctx.dataset
