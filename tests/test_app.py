@@ -130,10 +130,10 @@ def test_changing_the_seed_picks_that_seeds_image_and_next_seed_moves_on():
     at.button[0].click().run()  # "Another random image"
     assert at.session_state["seed"] == 8
     assert title(chart(at, "chosen_image")).startswith(DATASET.pick(8))
-    # The grid's buttons come column by column: 8 columns of 3.
+    # The grid's buttons come column by column: 6 columns of 4.
     shown = [b.key[5:] for b in grid_buttons(at)]
     expected = DATASET.pick_many(8, 24)
-    assert shown == [expected[row * 8 + col] for col in range(8) for row in range(3)]
+    assert shown == [expected[row * 6 + col] for col in range(6) for row in range(4)]
 
 
 def test_choosing_a_grid_image_opens_it():
