@@ -56,6 +56,7 @@ __all__ = [
     "download_weights",
     "load_model",
     "load_weights",
+    "network_view",
     "open_model",
     "pick_device",
     "to_batch",
@@ -801,6 +802,13 @@ def _resized(image: Image.Image, spec: InputSpec) -> Image.Image:
     return image.crop((left, top, left + width, top + height))
 
 
+def network_view(image: Image.Image, spec: InputSpec = DEMO_INPUT) -> Image.Image:
+    """The image as the network sees it, before scaling: in the model's mode, resized
+    and centre-cropped as :func:`to_batch` does. A map lies over this, not over the
+    uncropped image."""
+    return _resized(to_mode(image, spec.mode), spec)
+
+
 def to_batch(images: list[Image.Image] | Image.Image, spec: InputSpec = DEMO_INPUT) -> torch.Tensor:
     """Turn Pillow images into an N×C×H×W float batch for a model.
 
@@ -813,7 +821,7 @@ def to_batch(images: list[Image.Image] | Image.Image, spec: InputSpec = DEMO_INP
         images = [images]
     arrays = []
     for image in images:
-        image = _resized(to_mode(image, spec.mode), spec)
+        image = network_view(image, spec)
         array = np.asarray(image, dtype=np.float32) / 255.0
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     batch = torch.from_numpy(np.stack(arrays))

@@ -126,8 +126,9 @@ def view_ui() -> None:
         )
     with overlay:
         widgets.map_view_ui(
+            # Over the image as the network saw it: resized and centre-cropped.
             figures.map_view_data(
-                one, title=f"Channel {channel} laid over the image", under=pixels
+                one, title=f"Channel {channel} laid over the image", under=features.seen
             ),
             key="overlay",
         )

@@ -430,4 +430,7 @@ def test_own_photos_through_a_torchvision_model(
             expected = model.layer2(model.layer1(x))[0, 5].numpy()
         enlarged = live_app.map_view(page, "channel_map", points=[(0, 3, 4), (0, 20, 11)])
         assert enlarged["values"] == pytest.approx([expected[3, 4], expected[20, 11]], abs=1e-4)
+        # The overlay lies over the 224×224 crop the network saw, not the whole photo.
+        under = page.locator(".st-key-overlay .cnnlens-map-under")
+        assert under.evaluate("(i) => [i.naturalWidth, i.naturalHeight]") == [224, 224]
         page.context.close()

@@ -493,3 +493,18 @@ def test_a_loaded_model_extracts_its_layers(random_resnet):
         expected = squeezenet.model.features[:4](small)
     torch.testing.assert_close(squeezenet.extractor(["fire_1"])(small)["fire_1"], expected)
     assert squeezenet.probabilities(small).shape == (1, 1000)
+
+
+def test_network_view_is_the_crop_the_batch_is_made_of():
+    """A map lies over the resized, centre-cropped image, not over the whole photo."""
+    spec = model_info("resnet18").spec
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(rng.integers(0, 256, (300, 450, 3), dtype=np.uint8))
+    seen = models_module.network_view(photo, spec)
+    assert seen.size == (224, 224) and seen.mode == "RGB"
+    batch = to_batch(photo, spec)[0]
+    mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+    pixels = ((batch * std + mean) * 255).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(pixels, np.asarray(seen, dtype=np.float32), atol=1e-3)
+    grey = models_module.network_view(photo.convert("L"), model_info("demo").spec)
+    assert grey.size == (28, 28) and grey.mode == "L"

@@ -34,6 +34,7 @@ class Features:
 
     maps: dict[str, np.ndarray]  # target -> C×H×W float32
     probabilities: np.ndarray | None  # one per class, or None without a classifier
+    seen: np.ndarray  # the image as the network sees it (resized, cropped), uint8
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading the dataset folder…")
@@ -129,18 +130,22 @@ _ONE_THREAD_PIXELS = 64 * 64
 # A VGG-sized image keeps about 50 MB of maps: keep the recent few, not every one.
 @st.cache_data(max_entries=16, show_spinner=False)
 def get_features(choice: ModelChoice, targets: tuple[str, ...], pixels: np.ndarray) -> Features:
-    """The target maps and class probabilities for one image (uint8 pixels).
+    """The target maps, class probabilities and the network's view of one image (uint8 pixels).
 
     Probabilities are left out for random weights, whose guesses mean nothing.
 
     Raises:
         ValueError: if the image does not fit the model.
     """
+    import numpy as np
     import torch
     from PIL import Image
 
+    from cnnlens.models import network_view
+
     loaded = get_model(choice)
-    batch = loaded.batch(Image.fromarray(pixels))
+    image = Image.fromarray(pixels)
+    batch = loaded.batch(image)
     threads = torch.get_num_threads()  # per thread: other sessions keep theirs
     if batch[0].numel() <= _ONE_THREAD_PIXELS * batch.shape[1]:
         torch.set_num_threads(1)
@@ -152,7 +157,11 @@ def get_features(choice: ModelChoice, targets: tuple[str, ...], pixels: np.ndarr
             probabilities = None if found is None else found[0]
     finally:
         torch.set_num_threads(threads)
-    return Features({k: v[0].float().cpu().numpy() for k, v in maps.items()}, probabilities)
+    return Features(
+        {k: v[0].float().cpu().numpy() for k, v in maps.items()},
+        probabilities,
+        np.asarray(network_view(image, loaded.spec)),
+    )
 
 
 _warm_lock = threading.Lock()
