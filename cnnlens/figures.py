@@ -453,7 +453,14 @@ def map_view_data(
         values = base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode()
     return {
         "png": base64.b64encode(
-            montage_png(array, per=per, columns=columns, gap=_GRID_GAP, colorscale=colorscale)
+            montage_png(
+                array,
+                per=per,
+                columns=columns,
+                gap=_GRID_GAP,
+                colorscale=colorscale,
+                clear_gaps=True,
+            )
         ).decode(),
         "channels": channels,
         "height": height,
@@ -491,6 +498,7 @@ def montage_png(
     gap: int = 1,
     colorscale: str = "Viridis",
     scale: int = 1,
+    clear_gaps: bool = False,
 ) -> bytes:
     """All channels of a layer as one colour-mapped PNG: the fast path for large maps.
 
@@ -504,6 +512,8 @@ def montage_png(
         gap: Pixels between tiles, drawn in ``GAP_RGB`` like unused tiles.
         colorscale: A plotly colorscale name.
         scale: Integer nearest-neighbour upscale, for tiny maps.
+        clear_gaps: Make the gaps and unused tiles transparent (the page shows
+            through), as the map view does.
 
     Returns:
         PNG bytes of a ``scale·H'`` × ``scale·W'`` image, H'×W' being the montage's shape.
@@ -529,7 +539,8 @@ def montage_png(
     png = Image.fromarray(index)
     png.putpalette(palette, rawmode="RGB")
     buffer = io.BytesIO()
-    png.save(buffer, format="PNG", compress_level=1)
+    clear = {"transparency": _PNG_LEVELS} if clear_gaps else {}
+    png.save(buffer, format="PNG", compress_level=1, **clear)
     return buffer.getvalue()
 
 

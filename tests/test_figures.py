@@ -192,7 +192,11 @@ def test_map_view_data_sends_the_montage_picture_and_the_raw_values():
     assert json.loads(json.dumps(data)) == data  # JSON-ready
     assert (data["channels"], data["height"], data["width"]) == (7, 4, 5)
     assert (data["columns"], data["gap"], data["title"]) == (3, 1, "conv_1")
-    assert base64.b64decode(data["png"]) == montage_png(maps, per="layer", columns=3)
+    png = base64.b64decode(data["png"])
+    assert png == montage_png(maps, per="layer", columns=3, clear_gaps=True)
+    # Gaps and the two unused tiles are see-through; the tiles are opaque.
+    alpha = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))[..., 3]
+    assert alpha[0, 5] == 0 and (alpha[10:, 11:] == 0).all() and (alpha[:4, :5] == 255).all()
     raw = np.frombuffer(base64.b64decode(data["values"]), "<f4").reshape(7, 4, 5)
     np.testing.assert_array_equal(raw, maps)
     # The browser finds a pixel's channel as tile_at does: row-major tiles, 1-pixel gaps.
@@ -393,7 +397,8 @@ def test_map_view_data_under_an_image_sends_it_as_shown_and_the_slider_start():
     ramp = np.arange(49, dtype=np.float32).reshape(1, 7, 7)
     data = map_view_data(ramp, under=gray, opacity=0.25, title="over")
     assert json.loads(json.dumps(data)) == data and data["opacity"] == 0.25
-    assert base64.b64decode(data["png"]) == montage_png(ramp)  # the map as the channel view
+    # The map as the channel view shows it.
+    assert base64.b64decode(data["png"]) == montage_png(ramp, clear_gaps=True)
     shown = decode(base64.b64decode(data["under"]))
     np.testing.assert_array_equal(shown[..., 0], gray)  # uint8 grayscale spans 0..255
     floats = decode(base64.b64decode(map_view_data(ramp, under=gray / 400.0)["under"]))
