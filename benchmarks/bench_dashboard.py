@@ -3,11 +3,14 @@
     python benchmarks/bench_dashboard.py [--repeats 7] [--quick]
 
 Runs ``streamlit run dashboard.py`` servers and drives Debian's headless Chromium
-(``tests/live_app.py``). Click timings are taken inside the page with
-``performance.now()``: from the click to the animation frame after the chart (or the
-grid's picture) shows the new image's data, then to Streamlit's idle. Warm-up clicks are
-discarded; the table shows medians with min-max. The postScriptGC servers run side by
-side and their clicks are interleaved, since these machines are noisy. Not a test.
+(``tests/live_app.py``). The demo clicks are interleaved with clicks on a floor page
+(``floor_click_app.py``: one button, one map view whose picture the click swaps), so
+the figures can be read against what Streamlit itself costs in the same minutes.
+Click timings are taken inside the page with ``performance.now()``: from the click to
+the animation frame after the chart (or the grid's picture) shows the new image's
+data, then to Streamlit's idle. Warm-up clicks are discarded; the table shows medians
+with min-max. The postScriptGC servers and the floor run side by side and their clicks
+are interleaved, since these machines are noisy. Not a test.
 """
 
 from __future__ import annotations
@@ -179,7 +182,8 @@ class Results:
     """Everything one run measured."""
 
     start: dict[str, list[float]]
-    demo: dict[str, Clicks]  # by postScriptGC setting, "false" (the repo's config) and "true"
+    demo: dict[str, Clicks]  # by postScriptGC setting, "false" (the repo's config) and
+    # "true", and "floor": the one-button page, clicked in turn with them
     memory: dict[str, dict[str, float]]  # the same servers after the demo clicks
     vgg: Clicks
     memory_vgg: dict[str, float]  # the postScriptGC=false server after the VGG clicks
@@ -189,23 +193,33 @@ def measure(browser: Any, repeats: int, warmup: int, start_repeats: int) -> Resu
     print(f"(a) start to first paint, {start_repeats} fresh servers ...", flush=True)
     start = start_to_paint(browser, start_repeats)
 
-    print(f"(b, d, e) demo clicks, postScriptGC false vs true, {repeats} each ...", flush=True)
+    print(
+        f"(b, d, e) demo clicks, postScriptGC false vs true, and the floor page, {repeats} each",
+        flush=True,
+    )
     servers = {
         setting: live_app.start_server(extra_args=["--runner.postScriptGC", setting])
         for setting in ("false", "true")
     }
+    floor = live_app.launch_server(script="benchmarks/floor_click_app.py")
     try:
+        live_app.wait_healthy(floor)
         pages = {}
         for setting, server in servers.items():
             page = new_page(browser)
             ready = functools.partial(live_app.wait_chart, page, "grid", timeout=120)
             open_page(page, server, "/feature_maps", ready)
             pages[setting] = page
+        pages["floor"] = new_page(browser)
+        pages["floor"].goto(floor.url)
+        live_app.wait_chart(pages["floor"], "grid", timeout=120)
+        live_app.settle(pages["floor"], timeout=120)
         demo = interleaved_clicks(pages, "__gridSignature", repeats, warmup)
         memory = {setting: live_app.memory_mb(server.pid) for setting, server in servers.items()}
         for page in pages.values():
             page.context.close()
         live_app.stop_server(servers.pop("true"))
+        live_app.stop_server(floor)
 
         print(f"(c) VGG16 pool_2 clicks, {repeats} ...", flush=True)
         page = new_page(browser)
@@ -215,7 +229,7 @@ def measure(browser: Any, repeats: int, warmup: int, start_repeats: int) -> Resu
         memory_vgg = live_app.memory_mb(servers["false"].pid)
         page.context.close()
     finally:
-        for server in servers.values():
+        for server in (*servers.values(), floor):
             live_app.stop_server(server)
     return Results(start, demo, memory, vgg, memory_vgg)
 
@@ -234,6 +248,10 @@ def table(found: Results) -> list[tuple[str, str, str, str, str]]:
         ("(b) demo: new image -> grid painted", median_range(demo["false"].paint),
          f"<= {GOALS['demo']} s", PEER["demo"], verdict(med(demo["false"].paint), GOALS["demo"])),
         ("    demo: new image -> idle", median_range(demo["false"].idle), "", "", ""),
+        ("    floor: one button, one map view, same minutes", median_range(demo["floor"].paint),
+         "", "", ""),
+        ("    demo click / floor click (medians)",
+         f"{med(demo['false'].paint) / med(demo['floor'].paint):.2f}", "", "", ""),
         ("(c) VGG pool_2: new image -> grid painted", median_range(found.vgg.paint),
          f"<= {GOALS['vgg']} s", "", verdict(med(found.vgg.paint), GOALS["vgg"])),
         ("    VGG pool_2: new image -> idle", median_range(found.vgg.idle), "", "", ""),
