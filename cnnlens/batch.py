@@ -691,12 +691,15 @@ class _PartWriter:
         elif sum(t.num_rows for t in self._group) >= _GROUP_ROWS:
             self._write_group()
 
+    def _temporary(self) -> Path:
+        """Where the open part is written until it is whole."""
+        return self.folder / f"part-{self.next:06d}.tmp"
+
     def _write_group(self) -> None:
         if not self._group:
             return
         if self._part is None:
-            temporary = self.folder / f"part-{self.next:06d}.tmp"
-            self._part = pq.ParquetWriter(temporary, self.schema, **_WRITE_OPTIONS)
+            self._part = pq.ParquetWriter(self._temporary(), self.schema, **_WRITE_OPTIONS)
         self._part.write_table(pa.concat_tables(self._group))
         self._group = []
 
@@ -705,8 +708,7 @@ class _PartWriter:
         if self._part is not None:
             self._part.close()
             self._part = None
-            temporary = self.folder / f"part-{self.next:06d}.tmp"
-            os.replace(temporary, temporary.with_suffix(".parquet"))
+            os.replace(self._temporary(), self._temporary().with_suffix(".parquet"))
             self.next += 1
             self.rows += self._part_rows
         self._part_rows = self._part_bytes = 0

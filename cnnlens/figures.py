@@ -439,13 +439,12 @@ def map_view_data(
     _check_opacity(opacity)
     if under is not None and channels != 1:
         raise ValueError(f"Only one channel can be laid over an image; got {channels}.")
-    columns = grid_shape(channels, columns)[1]
+    rows, columns = grid_shape(channels, columns)
     stops = None
     if colorbar:
         stops = pcolors.sample_colorscale(
             _named_colorscale(colorscale), np.linspace(0, 1, 11).tolist()
         )
-    rows = grid_shape(channels, columns)[0]
     low_px, high_px = _GRID_HEIGHT_RANGE
     tallest = _IMAGE_HEIGHT if channels == 1 else min(max(rows * _GRID_ROW_PX, low_px), high_px)
     values = None
@@ -595,19 +594,6 @@ def _check_opacity(opacity: float) -> None:
         raise ValueError(f"opacity must be between 0 and 1; got {opacity}.")
 
 
-def _overlay_layers(
-    image: np.ndarray, map2d: np.ndarray, opacity: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """The checked image and the channel map resized (bilinear) to it, for an overlay."""
-    _check_opacity(opacity)
-    base = _as_image(image)
-    layer = _as_map2d(map2d).astype(np.float32)
-    _check_finite(layer, "The channel map's values")
-    height, width = base.shape[:2]
-    resized = np.asarray(Image.fromarray(layer).resize((width, height), Image.Resampling.BILINEAR))
-    return base, resized
-
-
 def overlay_figure(
     image: np.ndarray,
     map2d: np.ndarray,
@@ -632,8 +618,13 @@ def overlay_figure(
         ValueError: If ``opacity`` is outside [0, 1] or an array has the wrong shape.
         TypeError: If ``opacity`` is not a number.
     """
-    base, resized = _overlay_layers(image, map2d, opacity)
+    _check_opacity(opacity)
+    base = _as_image(image)
+    layer = _as_map2d(map2d).astype(np.float32)
+    _check_finite(layer, "The channel map's values")
     scale = _named_colorscale(colorscale)
+    height, width = base.shape[:2]
+    resized = np.asarray(Image.fromarray(layer).resize((width, height), Image.Resampling.BILINEAR))
     top = go.Heatmap(
         z=resized,
         opacity=float(opacity),
