@@ -23,9 +23,9 @@ _SHOWN_PROBLEMS = 5
 
 
 def _default_workers(device: torch.device) -> int:
-    """Worker processes: on a CPU one per core, each decoding and running the network
-    on one thread (none on a single core); with a GPU all cores but one (up to 32),
-    which decode while the GPU runs the network."""
+    """Workers: on a CPU one thread per core, each decoding and running the network on
+    one intra-op thread (none on a single core); with a GPU all cores but one (up to
+    32) as processes, which decode while the GPU runs the network."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
     if device.type != "cuda":
@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         metavar="N",
-        help="worker processes (default: on a CPU one per core, each decoding and running "
-        "the network on one thread; with a GPU all cores but one, up to 32, which decode); "
-        "0: all in this process",
+        help="workers (default: on a CPU one thread per core, each decoding and running the "
+        "network on one intra-op thread; with a GPU all cores but one, up to 32, as "
+        "processes that decode); 0: all in the main thread",
     )
     extract.add_argument(
         "--split",

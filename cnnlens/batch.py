@@ -2,9 +2,10 @@
 
 :func:`iter_features` streams the pooled (or full) maps of the target layers for
 every image of a split, batch after batch: a torch ``DataLoader`` decodes and
-preprocesses images in worker processes while the network runs (on a CPU, the
-workers can run it too, one thread each). An image that cannot be read is left out
-and reported with its reason; it never stops a run.
+preprocesses images in worker processes while the network runs (on a CPU, worker
+threads can instead decode and run the network, one intra-op thread each). An
+image that cannot be read is left out and reported with its reason; it never
+stops a run.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+import zlib
+from collections import deque
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -27,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
-from torchcodec.decoders import decode_png
 
 from cnnlens.data import Dataset, Problem, open_image, to_mode
 from cnnlens.models import LoadedModel, _resized
@@ -168,67 +172,92 @@ def load_pixels(dataset: Dataset, filename: str, split: str, spec: InputSpec) ->
     """Decode one image of a split, in the model's mode and size: a C×H×W uint8 tensor.
 
     Pixels travel as bytes, a quarter of the floats; :func:`normalise` scales
-    them on the model's device. A plain 8-bit PNG already at the model's size
-    (MNIST-style data) skips Pillow, with the same values for a third of the time.
+    them on the model's device.
 
     Raises:
         ValueError: if the image cannot be read or decoded, with the reason.
     """
+    return _stack([_decode(dataset, filename, split, spec)], spec)[0]
+
+
+def _decode(dataset: Dataset, filename: str, split: str, spec: InputSpec) -> Image.Image:
+    """One image of a split, in the model's mode and size.
+
+    A plain PNG already at the model's size (MNIST-style data) skips Pillow's
+    file parser, with the same values for half the time.
+    """
     data = dataset.read_bytes(filename, split)
-    pixels = _plain_png_pixels(data, spec)
-    if pixels is not None:
-        return pixels
-    image = to_mode(open_image(data, name=filename), spec.mode)
-    array = np.asarray(_resized(image, spec), dtype=np.uint8)
-    channels_first = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    # One copy, C-ordered and writable (Pillow's buffer is read-only).
-    return torch.from_numpy(np.array(channels_first, order="C"))
+    image = _plain_png(data, spec)
+    if image is None:
+        return _resized(to_mode(open_image(data, name=filename), spec.mode), spec)
+    return image if image.mode == spec.mode else image.convert(spec.mode)  # as to_mode does
+
+
+def _stack(images: list[Image.Image], spec: InputSpec) -> torch.Tensor:
+    """Images in the model's mode and size as one N×C×H×W uint8 batch.
+
+    They are pasted into one tall image, read out once: reading a small image
+    out of Pillow costs as much as decoding it.
+    """
+    height, width = spec.size
+    strip = Image.new(spec.mode, (width, height * len(images)))
+    for i, image in enumerate(images):
+        strip.paste(image, (0, i * height))
+    pixels = torch.frombuffer(bytearray(strip.tobytes()), dtype=torch.uint8)
+    return pixels.view(len(images), height, width, -1).permute(0, 3, 1, 2).contiguous()
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# width, height, bit depth, colour type, compression, filter method, interlace
+_IHDR = struct.Struct(">IIBBBBB")
+_CHUNK = struct.Struct(">I4s")  # length, type
+_CRC = struct.Struct(">I")
 # Chunks that change no pixel Pillow gives: colour metadata Pillow does not apply,
 # resolution, time. Any other (tRNS: alpha; eXIf, tEXt, iTXt, zTXt: orientation
-# Pillow would apply) sends the file through Pillow.
-_IHDR = struct.Struct(">IIBB")  # width, height, bit depth, colour type
-_CHUNK = struct.Struct(">I4s")  # length, type
+# Pillow would apply) sends the file through Pillow's parser.
 _PLAIN_PNG_CHUNKS = frozenset(
     (b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"tIME")
 )
 
 
-def _plain_png_pixels(data: bytes, spec: InputSpec) -> torch.Tensor | None:
-    """The pixels of an 8-bit grey or RGB PNG at exactly ``spec.size``, decoded by libpng.
+def _plain_png(data: bytes, spec: InputSpec) -> Image.Image | None:
+    """A plain 8-bit grey or RGB PNG at exactly ``spec.size``, decoded without Pillow's parser.
 
-    ``None`` for anything else, which Pillow then decodes: other formats, bit
-    depths, sizes (resizing is Pillow's), palette or alpha, orientation tags,
-    RGB for a grey model (Pillow's grey weights differ from libpng's), or a file
-    libpng rejects (Pillow then words the error). Grey to RGB repeats the
-    channel, as Pillow does, so the values are Pillow's exactly.
+    The chunks are walked here, every CRC checked as Pillow does, and the image
+    data goes straight to Pillow's PNG decoder: Pillow's pixels, without the
+    parser's cost, which is most of a small image's. ``None`` for anything else,
+    which :func:`cnnlens.data.open_image` then opens: other formats, bit depths
+    or sizes, palette, alpha, interlacing, text that may hold an orientation, or
+    a broken file (Pillow then words the error).
     """
     if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return None
-    width, height, depth, colour = _IHDR.unpack_from(data, 16)
-    if depth != 8 or (height, width) != spec.size or colour not in (0, 2):
+    width, height, depth, colour, compression, filtering, interlace = _IHDR.unpack_from(data, 16)
+    if depth != 8 or colour not in (0, 2) or compression or filtering or interlace:
         return None
-    if spec.resize is not None and spec.resize != min(spec.size):
-        return None  # the shorter side is resized first, so even this size changes
-    if colour == 2 and spec.mode != "RGB":
-        return None
+    if (height, width) != spec.size or (spec.resize is not None and spec.resize != min(spec.size)):
+        return None  # resized by Pillow (a resize of the shorter side changes even this size)
+    stream: list[bytes] = []
     at, end = 8, len(data)
-    while at + 8 <= end:
+    while True:
+        if at + 12 > end:
+            return None  # truncated before IEND
         length, kind = _CHUNK.unpack_from(data, at)
-        if kind not in _PLAIN_PNG_CHUNKS:
+        body_end = at + 8 + length
+        if kind not in _PLAIN_PNG_CHUNKS or body_end + 4 > end:
+            return None
+        if zlib.crc32(data[at + 4 : body_end]) != _CRC.unpack_from(data, body_end)[0]:
             return None
         if kind == b"IEND":
             break
-        at += 12 + length
-    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)  # writable: no copy inside
+        if kind == b"IDAT":
+            stream.append(data[at + 8 : body_end])
+        at = body_end + 4
+    mode = "RGB" if colour == 2 else "L"
     try:
-        pixels = decode_png(encoded, mode="RGB" if spec.mode == "RGB" else "GRAY")
-    except RuntimeError:
+        return Image.frombytes(mode, (width, height), b"".join(stream), "zip", mode)
+    except (ValueError, OSError):  # damaged image data
         return None
-    channels = 3 if spec.mode == "RGB" else 1
-    return pixels if pixels.shape == (channels, height, width) else None
 
 
 def normalise(
@@ -266,9 +295,8 @@ def _constants(
 class _Extraction:
     """The network's part of a batch: scale the pixels, extract the targets, pool, predict.
 
-    This process runs it, or, with ``network_in_workers`` on a CPU, the DataLoader
-    workers (each on one thread). Forked workers share the parent's extractor;
-    others get a copy without it and build their own.
+    This thread runs it, or, with ``network_in_workers`` on a CPU, the worker
+    threads, which share the extractor (it serves many threads at once).
     """
 
     def __init__(self, loaded: LoadedModel, targets: list[str], pool: str, predict: bool) -> None:
@@ -276,11 +304,7 @@ class _Extraction:
         self.targets = targets
         self.pool = pool
         self.predict = predict
-        self._extract: Callable | None = loaded.extractor(targets)
-
-    def __getstate__(self) -> dict[str, object]:
-        # A feature extractor holds a lock, which cannot be pickled.
-        return {**self.__dict__, "_extract": None}
+        self._extract = loaded.extractor(targets)
 
     def __call__(
         self, pixels: torch.Tensor | None
@@ -293,8 +317,6 @@ class _Extraction:
             )
             empty = None if predictions is None else predictions[:0]
             return {name: value[:0] for name, value in features.items()}, empty
-        if self._extract is None:
-            self._extract = self.loaded.extractor(self.targets)
         loaded = self.loaded
         with torch.inference_mode():
             batch = normalise(pixels, loaded.spec, loaded.device, loaded.dtype)
@@ -304,12 +326,12 @@ class _Extraction:
 
 
 class _Item(NamedTuple):
-    """One batch from the loader: decoded pixels, or features when a worker ran the network."""
+    """One batch: decoded pixels, or features when a worker thread ran the network."""
 
     items: list[int]
     bad: list[tuple[int, str]]
     pixels: torch.Tensor | None
-    features: dict[str, np.ndarray] | None = None
+    features: dict[str, torch.Tensor] | None = None
     predictions: np.ndarray | None = None
 
 
@@ -342,23 +364,19 @@ class _SplitBatches(TorchDataset):
     def __getitem__(self, index: int) -> _Item:
         start = index * self.batch_size
         items: list[int] = []
-        pixels: list[torch.Tensor] = []
+        images: list[Image.Image] = []
         bad: list[tuple[int, str]] = []
         for item in range(start, min(start + self.batch_size, len(self.filenames))):
             name = self.filenames[item]
             try:
-                pixels.append(load_pixels(self.dataset, name, self.split, self.spec))
+                images.append(_decode(self.dataset, name, self.split, self.spec))
                 items.append(item)
             except ValueError as error:
                 bad.append((item, str(error)))
-        stacked = torch.stack(pixels) if pixels else None
+        stacked = _stack(images, self.spec) if images else None
         if self.extraction is None:
             return _Item(items, bad, stacked)
-        features, predictions = self.extraction(stacked)
-        # As arrays: a pickled array crosses to the main process for a fraction of the
-        # CPU of a tensor's shared-memory handle, and that CPU is the network's.
-        arrays = {name: value.numpy() for name, value in features.items()}
-        return _Item(items, bad, None, arrays, predictions)
+        return _Item(items, bad, None, *self.extraction(stacked))
 
 
 # glibc's mallopt parameters (malloc.h).
@@ -366,15 +384,14 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-def keep_freed_memory(worker: int = 0) -> None:
+def keep_freed_memory() -> None:
     """Let this process keep the memory a batch frees, for the next batch to reuse.
 
     glibc otherwise gives a batch's maps back to the kernel, or not, by a rule that
     depends on what was freed before, and faults them in again for the next batch:
     290,000 to 390,000 page faults and a third of the network's time over the
-    demo's 4,000 digits. The command line and the workers that run the network
-    call it (its argument makes it a DataLoader ``worker_init_fn``); it does
-    nothing where the C library is not glibc.
+    demo's 4,000 digits. The command line calls it; it does nothing where the C
+    library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -387,6 +404,35 @@ def keep_freed_memory(worker: int = 0) -> None:
 def _as_is(item: _Item) -> _Item:
     """The loader's collate function: each item is already a batch."""
     return item
+
+
+def _in_threads(batches: _SplitBatches, threads: int) -> Iterator[_Item]:
+    """The items of ``batches`` in order, each made on one of ``threads`` threads.
+
+    Each thread runs its network on one intra-op thread (torch's thread count is
+    per thread), so the threads never wait for each other inside a layer. At most
+    two batches per thread are ahead of the consumer.
+    """
+    previous = torch.get_num_threads()
+    pool = ThreadPoolExecutor(
+        threads,
+        thread_name_prefix="cnnlens-batch",
+        initializer=torch.set_num_threads,
+        initargs=(1,),
+    )
+    ahead: deque[Future[_Item]] = deque()
+    try:
+        for index in range(len(batches)):
+            ahead.append(pool.submit(batches.__getitem__, index))
+            if len(ahead) >= 2 * threads:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+    finally:
+        for future in ahead:
+            future.cancel()
+        pool.shutdown(wait=True)
+        torch.set_num_threads(previous)  # torch's default for threads started later
 
 
 def iter_features(
@@ -408,12 +454,12 @@ def iter_features(
 
     With ``workers``, DataLoader processes decode the images while the network
     runs here; on a GPU the copy of one batch's features back to the CPU
-    overlaps the next batch's forward. With ``network_in_workers`` on a CPU,
-    each worker also runs the network on its batches, on one thread: with one
-    worker per core, decoding never waits for the network or the reverse, where
-    decoding beside a forward on every core slowed its threads, which wait for
-    each other at each layer. The demo's digits through the command line reach
-    0.7× a bare two-thread loop over decoded digits.
+    overlaps the next batch's forward. With ``network_in_workers`` on a CPU, the
+    workers are threads of this process instead, each decoding its batches and
+    running the network on them on one intra-op thread: with one worker per
+    core, decoding never waits for the network or the reverse (decoding beside a
+    forward on every core slows its threads, which wait for each other at each
+    layer), and nothing is forked or copied between processes.
 
     Args:
         loaded: the model, from :func:`cnnlens.models.open_model`.
@@ -423,12 +469,13 @@ def iter_features(
         pool: ``"mean"`` or ``"max"`` over each map's positions (one value per
             channel), or ``"none"`` for the maps as they are.
         batch_size: images per forward pass.
-        workers: DataLoader worker processes (0: everything in this process).
+        workers: DataLoader worker processes, or worker threads with
+            ``network_in_workers`` (0: everything in this thread).
         with_predictions: also return class probabilities (one more forward
             through the whole network) when the model has classes.
-        network_in_workers: on a CPU, the workers run the network too, each on
-            one thread and holding one batch's maps (ignored on a GPU or without
-            workers).
+        network_in_workers: on a CPU, the workers are threads that run the
+            network too, each on one intra-op thread (ignored on a GPU or
+            without workers).
         skip: filenames to leave out, such as those an interrupted run wrote.
         should_stop: asked before each batch; ``True`` ends the stream early.
         on_progress: called with ``(done, total)`` images of this run (skipped
@@ -461,16 +508,20 @@ def iter_features(
         predict=with_predictions and loaded.classes is not None,
     )
     on_gpu = loaded.device.type == "cuda"
-    in_workers = network_in_workers and workers > 0 and loaded.device.type == "cpu"
-    loader = DataLoader(
-        _SplitBatches(
-            dataset, filenames, split, loaded.spec, batch_size, extraction if in_workers else None
-        ),
-        batch_size=None,
-        num_workers=workers,
-        collate_fn=_as_is,
-        pin_memory=on_gpu,
-        worker_init_fn=keep_freed_memory if in_workers else None,
+    in_threads = network_in_workers and workers > 0 and loaded.device.type == "cpu"
+    batches = _SplitBatches(
+        dataset, filenames, split, loaded.spec, batch_size, extraction if in_threads else None
+    )
+    items: Iterable[_Item] = (
+        _in_threads(batches, workers)
+        if in_threads
+        else DataLoader(
+            batches,
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_as_is,
+            pin_memory=on_gpu,
+        )
     )
     total = len(filenames)
     done = 0
@@ -487,22 +538,25 @@ def iter_features(
             if on_progress is not None:
                 on_progress(done, total)
 
-    for item in loader:
-        if should_stop is not None and should_stop():
-            break
-        current = _Pending(
-            filenames=[filenames[i] for i in item.items],
-            labels=[labels[i] for i in item.items],
-            problems=[Problem(filenames[i], reason) for i, reason in item.bad],
-            size=len(item.items) + len(item.bad),
-        )
-        if item.features is None:
-            current.start(*extraction(item.pixels), on_gpu)
-        else:
-            features = {name: torch.from_numpy(value) for name, value in item.features.items()}
-            current.start(features, item.predictions, on_gpu)
-        in_flight.append(current)
-        yield from drain(depth)
+    try:
+        for item in items:
+            if should_stop is not None and should_stop():
+                break
+            current = _Pending(
+                filenames=[filenames[i] for i in item.items],
+                labels=[labels[i] for i in item.items],
+                problems=[Problem(filenames[i], reason) for i, reason in item.bad],
+                size=len(item.items) + len(item.bad),
+            )
+            if item.features is None:
+                current.start(*extraction(item.pixels), on_gpu)
+            else:
+                current.start(item.features, item.predictions, on_gpu)
+            in_flight.append(current)
+            yield from drain(depth)
+    finally:
+        if isinstance(items, Generator):
+            items.close()  # the threads finish their batches and stop
     yield from drain(0)
 
 
@@ -880,8 +934,9 @@ def extract_to_parquet(
         split: ``"train"`` or ``"test"``.
         pool: ``"mean"``, ``"max"`` or ``"none"``.
         batch_size: images per forward pass.
-        workers: DataLoader processes that decode images.
-        network_in_workers: on a CPU, the workers run the network too (see
+        workers: DataLoader processes that decode images (threads with
+            ``network_in_workers``).
+        network_in_workers: on a CPU, the workers are threads that run the network too (see
             :func:`iter_features`).
         restart: discard the parts of an unfinished run instead of resuming it.
         source: where batches come from instead of :func:`iter_features` in

@@ -242,6 +242,12 @@ class ResultStore:
 
 
 def _dataset_key(loaded: LoadedModel, dataset: Dataset, split: str, **parts: str) -> str:
+    if not dataset.fingerprint:
+        raise ValueError(
+            f"{dataset.root} was indexed without looking at its images (check_images=False), "
+            "so a change to them would go unnoticed: index it with load_dataset(root) to "
+            "cache results of it."
+        )
     return result_key(
         model=loaded.name,
         weights=loaded.weights_id,
@@ -258,12 +264,20 @@ def layer_stats_key(loaded: LoadedModel, dataset: Dataset, layer: str, split: st
 
     It changes with the model, its weights (``weights_id``) and dtype, the layer,
     the split, the dataset folder and its content (``dataset.fingerprint``).
+
+    Raises:
+        ValueError: for a dataset indexed with ``check_images=False``, which has
+            no fingerprint.
     """
     return _dataset_key(loaded, dataset, split, kind="layer_stats", layer=layer)
 
 
 def predictions_key(loaded: LoadedModel, dataset: Dataset, split: str) -> str:
-    """The store key of the model's predictions over one split of a dataset."""
+    """The store key of the model's predictions over one split of a dataset.
+
+    Raises:
+        ValueError: for a dataset indexed with ``check_images=False``.
+    """
     return _dataset_key(loaded, dataset, split, kind="predictions")
 
 

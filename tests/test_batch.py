@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 import re
 import subprocess
 import sys
+import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from cnnlens.__main__ import main
 from cnnlens.batch import (
     FORMAT,
     _Extraction,
-    _plain_png_pixels,
+    _plain_png,
     extract_to_parquet,
     iter_features,
     load_pixels,
@@ -178,6 +179,19 @@ TEXT.add_text("Comment", "made by a test")
 TRANSPARENT = _png(GREY, transparency=0)
 
 
+def _with_ihdr_byte(data: bytes, offset: int, value: int) -> bytes:
+    """The PNG with one IHDR byte changed and the chunk's CRC made right again."""
+    header = bytearray(data[12:29])
+    header[4 + offset] = value
+    return data[:12] + bytes(header) + zlib.crc32(header).to_bytes(4, "big") + data[33:]
+
+
+def _with_bad_idat_crc(data: bytes) -> bytes:
+    at = data.index(b"IDAT") - 4
+    end = at + 8 + int.from_bytes(data[at : at + 4], "big")
+    return data[:end] + bytes(b ^ 0xFF for b in data[end : end + 4]) + data[end + 4 :]
+
+
 @pytest.mark.parametrize(
     ("data", "spec", "fast"),
     [
@@ -185,23 +199,25 @@ TRANSPARENT = _png(GREY, transparency=0)
         (_png(GREY), RGB_SPEC, True),  # the grey channel repeated, as Pillow does
         (_png(COLOUR), RGB_SPEC, True),
         (_png(GREY, optimize=True, compress_level=9), GREY_SPEC, True),
-        (_png(COLOUR), GREY_SPEC, False),  # Pillow's grey weights are not libpng's
+        (_png(COLOUR), GREY_SPEC, True),  # converted by Pillow, as to_mode does
         (_png(GREY, pnginfo=TEXT), GREY_SPEC, False),  # text may hold an orientation
         (TRANSPARENT, GREY_SPEC, False),
         (_png(GREY[:, :27]), GREY_SPEC, False),  # resized by Pillow
         (_png(GREY.astype(np.uint16) * 257), GREY_SPEC, False),
         (_png(COLOUR).replace(b"IEND", b"IENX"), RGB_SPEC, False),
         (_png(GREY)[:60], GREY_SPEC, False),  # truncated: Pillow words the error
+        (_with_ihdr_byte(_png(GREY), 12, 1), GREY_SPEC, False),  # marked interlaced
+        (_with_bad_idat_crc(_png(GREY)), GREY_SPEC, False),
         (_png(np.zeros((224, 224, 3), np.uint8)), model_info("alexnet").spec, False),
     ],
     ids=[
         "grey", "grey-as-rgb", "rgb", "optimised", "rgb-as-grey", "text", "alpha", "size",
-        "16-bit", "unknown-chunk", "truncated", "resized-then-cropped",
+        "16-bit", "unknown-chunk", "truncated", "interlaced", "bad-crc", "resized-then-cropped",
     ],
 )  # fmt: skip
-def test_plain_pngs_skip_pillow_with_pillows_values(tmp_path, data, spec, fast):
-    """The libpng path takes only the PNGs where it gives exactly Pillow's pixels."""
-    assert (_plain_png_pixels(data, spec) is not None) is fast
+def test_plain_pngs_skip_pillows_parser_with_pillows_values(tmp_path, data, spec, fast):
+    """Only the PNGs where Pillow's decoder alone gives exactly Pillow's pixels skip its parser."""
+    assert (_plain_png(data, spec) is not None) is fast
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "a.png").write_bytes(data)
     (tmp_path / "train.csv").write_text("filename,label\na.png,0\n")
@@ -215,14 +231,14 @@ def test_plain_pngs_skip_pillow_with_pillows_values(tmp_path, data, spec, fast):
     assert pixels.dtype == torch.uint8 and torch.equal(pixels, expected)
 
 
-def test_demo_digits_take_the_libpng_path_with_pillows_values(demo):
+def test_demo_digits_skip_pillows_parser_with_pillows_values(demo):
     dataset = load_dataset(DEMO_DATASET_DIR)
     names = list(dataset.index["filename"])[::40]
     for name in names:
         data = dataset.read_bytes(name)
-        fast = _plain_png_pixels(data, demo.spec)
-        assert fast is not None, name
-        assert torch.equal(fast, _pillow_pixels(data, demo.spec)), name
+        assert _plain_png(data, demo.spec) is not None, name
+        pixels = load_pixels(dataset, name, "train", demo.spec)
+        assert torch.equal(pixels, _pillow_pixels(data, demo.spec)), name
 
 
 def test_cpu_workers_run_the_network_and_keep_the_order(demo, digits):
@@ -274,14 +290,29 @@ def test_keep_freed_memory_stops_each_batch_faulting_its_maps_in_again():
     assert faults < 6000  # one batch's worth; without it, 48,000 to 62,000 here
 
 
-def test_the_extraction_travels_to_spawned_workers_without_its_extractor(demo, digits):
-    extraction = _Extraction(demo, ["conv_1"], "max", predict=False)
-    copy = pickle.loads(pickle.dumps(extraction))
-    assert copy._extract is None  # rebuilt on first use in the worker
-    pixels = torch.stack([load_pixels(digits, f"img_{i}.png", "train", demo.spec) for i in (0, 1)])
-    expected, _ = extraction(pixels)
-    got, predictions = copy(pixels)
-    assert predictions is None and torch.equal(got["conv_1"], expected["conv_1"])
+def test_cpu_worker_threads_each_run_one_intra_op_thread_and_stop_when_closed(
+    demo, digits, monkeypatch
+):
+    """The workers are threads of this process; torch's thread count here is untouched."""
+    seen: list[tuple[str, int]] = []
+    run = _Extraction.__call__
+
+    def spy(self, pixels):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return run(self, pixels)
+
+    monkeypatch.setattr(_Extraction, "__call__", spy)
+    before = torch.get_num_threads()
+    kwargs = {"batch_size": 2, "workers": 2, "network_in_workers": True}
+    stream = iter_features(demo, digits, ["conv_1"], **kwargs)
+    first = next(stream)
+    assert first.filenames == ["img_0.png", "img_1.png"]
+    stream.close()  # a consumer that stops early: the threads finish their batches and end
+    assert not [t for t in threading.enumerate() if t.name.startswith("cnnlens-batch")]
+    assert {count for _, count in seen} == {1}
+    assert all(name.startswith("cnnlens-batch") for name, _ in seen)
+    assert len(seen) <= 4  # at most two batches per thread ahead of the consumer
+    assert torch.get_num_threads() == before
 
 
 def test_skip_stop_and_progress(demo, digits):

@@ -301,6 +301,18 @@ def test_the_fingerprint_changes_with_the_data_and_only_then(tmp_path):
     assert load_dataset(folder_root).fingerprint != before
 
 
+def test_an_index_that_does_not_open_the_images_keeps_every_existing_file(tmp_path):
+    """check_images=False (the batch extractor) finds missing files, not broken ones."""
+    root = write_dataset(tmp_path / "d", [0, 1, 2, 3])
+    (root / "train" / "img_1.png").write_bytes(b"not an image")
+    (root / "train" / "img_2.png").unlink()
+    checked, unchecked = load_dataset(root), load_dataset(root, check_images=False)
+    assert list(checked.index["filename"]) == ["img_0.png", "img_3.png"]
+    assert list(unchecked.index["filename"]) == ["img_0.png", "img_1.png", "img_3.png"]
+    assert [p.filename for p in unchecked.problems] == ["img_2.png"]
+    assert checked.fingerprint and unchecked.fingerprint == ""
+
+
 # Natural photographs of any size --------------------------------------------------------
 
 

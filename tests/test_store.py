@@ -232,6 +232,14 @@ def test_layer_stats_are_computed_once_and_reused_after_a_restart(
     assert counted == ["conv_2", "conv_3"]
 
 
+def test_an_index_that_did_not_look_at_the_images_keys_no_cache(digits, tmp_path):
+    unchecked = load_dataset(digits, check_images=False)
+    assert unchecked.fingerprint == ""
+    with pytest.raises(ValueError, match="check_images=False.*load_dataset"):
+        cached_layer_stats(open_model("demo"), unchecked, "conv_1", store=ResultStore(tmp_path))
+    assert not list(tmp_path.rglob("*.npz"))
+
+
 def test_changed_images_or_weights_are_computed_again(digits, counted, tmp_path):
     results = ResultStore(tmp_path / "cache")
     loaded, dataset = open_model("demo"), load_dataset(digits)
