@@ -49,6 +49,7 @@ __all__ = [
     "RunSettings",
     "extract_to_parquet",
     "iter_features",
+    "load_batch",
     "load_pixels",
     "map_shapes",
     "normalise",
@@ -178,6 +179,27 @@ def load_pixels(dataset: Dataset, filename: str, split: str, spec: InputSpec) ->
         ValueError: if the image cannot be read or decoded, with the reason.
     """
     return _stack([_decode(dataset, filename, split, spec)], spec)[0]
+
+
+def load_batch(
+    dataset: Dataset, filenames: Sequence[str], split: str, spec: InputSpec
+) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
+    """Decode images of a split as one N×C×H×W uint8 batch, leaving out those that fail.
+
+    Returns:
+        The pixels of the images that were read (``None`` if none was), their
+        positions in ``filenames``, and ``(position, reason)`` for the others.
+    """
+    images: list[Image.Image] = []
+    read: list[int] = []
+    failed: list[tuple[int, str]] = []
+    for position, name in enumerate(filenames):
+        try:
+            images.append(_decode(dataset, name, split, spec))
+            read.append(position)
+        except ValueError as error:
+            failed.append((position, str(error)))
+    return (_stack(images, spec) if images else None), read, failed
 
 
 def _decode(dataset: Dataset, filename: str, split: str, spec: InputSpec) -> Image.Image:
@@ -363,17 +385,10 @@ class _SplitBatches(TorchDataset):
 
     def __getitem__(self, index: int) -> _Item:
         start = index * self.batch_size
-        items: list[int] = []
-        images: list[Image.Image] = []
-        bad: list[tuple[int, str]] = []
-        for item in range(start, min(start + self.batch_size, len(self.filenames))):
-            name = self.filenames[item]
-            try:
-                images.append(_decode(self.dataset, name, self.split, self.spec))
-                items.append(item)
-            except ValueError as error:
-                bad.append((item, str(error)))
-        stacked = _stack(images, self.spec) if images else None
+        names = self.filenames[start : start + self.batch_size]
+        stacked, read, failed = load_batch(self.dataset, names, self.split, self.spec)
+        items = [start + position for position in read]
+        bad = [(start + position, reason) for position, reason in failed]
         if self.extraction is None:
             return _Item(items, bad, stacked)
         return _Item(items, bad, None, *self.extraction(stacked))

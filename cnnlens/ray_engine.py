@@ -20,7 +20,7 @@ import torch
 from cnnlens.batch import (
     FeatureBatch,
     FeatureSource,
-    load_pixels,
+    load_batch,
     map_shapes,
     normalise,
     pool_maps,
@@ -50,15 +50,15 @@ def _decode(
     rows: dict[str, np.ndarray], dataset: Dataset, split: str, spec: InputSpec
 ) -> dict[str, np.ndarray]:
     """Decode and preprocess a batch of images; an unreadable one gets zeros and its reason."""
-    pixels = np.zeros((len(rows["filename"]), *spec.shape), np.uint8)
-    errors = []
-    for i, name in enumerate(rows["filename"]):
-        try:
-            pixels[i] = load_pixels(dataset, str(name), split, spec).numpy()
-            errors.append("")
-        except ValueError as error:
-            errors.append(str(error))
-    return {"position": rows["position"], "pixels": pixels, "error": np.array(errors, object)}
+    names = [str(name) for name in rows["filename"]]
+    read, positions, failed = load_batch(dataset, names, split, spec)
+    pixels = np.zeros((len(names), *spec.shape), np.uint8)
+    if read is not None:
+        pixels[positions] = read.numpy()
+    errors = np.full(len(names), "", dtype=object)
+    for position, reason in failed:
+        errors[position] = reason
+    return {"position": rows["position"], "pixels": pixels, "error": errors}
 
 
 class _Extract:

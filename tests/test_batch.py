@@ -26,6 +26,7 @@ from cnnlens.batch import (
     _plain_png,
     extract_to_parquet,
     iter_features,
+    load_batch,
     load_pixels,
     normalise,
 )
@@ -239,6 +240,17 @@ def test_demo_digits_skip_pillows_parser_with_pillows_values(demo):
         assert _plain_png(data, demo.spec) is not None, name
         pixels = load_pixels(dataset, name, "train", demo.spec)
         assert torch.equal(pixels, _pillow_pixels(data, demo.spec)), name
+
+
+def test_a_batch_leaves_out_the_images_that_fail_and_says_where(demo, digits):
+    (digits.root / "train" / "img_2.png").write_bytes(b"not an image")
+    names = ["img_1.png", "img_2.png", "img_3.png"]
+    pixels, read, failed = load_batch(digits, names, "train", demo.spec)
+    assert read == [0, 2] and [position for position, _ in failed] == [1]
+    assert "img_2.png" in failed[0][1] and "not an image" in failed[0][1]
+    expected = torch.stack([load_pixels(digits, names[i], "train", demo.spec) for i in read])
+    assert pixels is not None and torch.equal(pixels, expected)
+    assert load_batch(digits, ["img_2.png"], "train", demo.spec)[0] is None
 
 
 def test_cpu_workers_run_the_network_and_keep_the_order(demo, digits):
