@@ -212,7 +212,7 @@ def _decode(dataset: Dataset, filename: str, split: str, spec: InputSpec) -> Ima
     image = _plain_png(data, spec)
     if image is None:
         return _resized(to_mode(open_image(data, name=filename), spec.mode), spec)
-    return image if image.mode == spec.mode else image.convert(spec.mode)  # as to_mode does
+    return image if image.mode == spec.mode else to_mode(image, spec.mode)
 
 
 def _stack(images: list[Image.Image], spec: InputSpec) -> torch.Tensor:
