@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--batch-size", type=int, default=64, metavar="N", help="default 64")
     extract.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     extract.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the network's number type: float32 (default, exact on a GPU too) or bfloat16 "
+        "(on a GPU about twice as fast, with 8-bit mantissas)",
+    )
+    extract.add_argument(
         "--workers",
         type=int,
         metavar="N",
@@ -119,6 +126,7 @@ def _summary(problems: list[Problem]) -> str:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from cnnlens.batch import extract_to_parquet, keep_freed_memory
@@ -137,7 +145,8 @@ def _extract(args: argparse.Namespace) -> int:
     layers = [name.strip() for name in args.layers.split(",")] if args.layers else None
     # With Ray, this process only checks the layers; the actors run the network.
     device = pick_device(args.device if args.engine == "local" else "cpu")
-    loaded = open_model(args.model, weights=args.weights, device=device)
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    loaded = open_model(args.model, weights=args.weights, device=device, dtype=dtype)
     source = None
     if args.engine == "ray":
         from cnnlens.ray_engine import ray_source

@@ -678,7 +678,8 @@ def open_model(
             only with ``allow_download``, else random ones with a note);
             ``"random"`` for seeded random weights; or the path of your own
             state_dict file (``.pt``, ``.pth``, ``.safetensors``).
-        device: where the model runs (see :func:`pick_device`).
+        device: where the model runs (see :func:`pick_device`). On a GPU,
+            float32 convolutions are then exact for the process (:func:`exact_float32`).
         dtype: a floating-point dtype to cast the model to, e.g. ``torch.bfloat16``.
         allow_download: fetch missing pretrained weights from download.pytorch.org.
         progress: called with (bytes done, bytes in all) while downloading.
@@ -716,6 +717,8 @@ def open_model(
     # The model is this LoadedModel's own: channels-last makes its convolutions about
     # twice as fast on CPU (the lens and extractors work on copies of their own anyway).
     model = fitted.model.eval().to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    if torch.device(device).type == "cuda":
+        exact_float32()
     return LoadedModel(
         name=name,
         model=model,
@@ -752,6 +755,23 @@ def load_model(name: str, device: str | torch.device = "cpu") -> nn.Module:
         ValueError: for an unknown name.
     """
     return open_model(name, device=device).model
+
+
+def exact_float32() -> None:
+    """Have this process's float32 convolutions on a GPU computed in float32.
+
+    torch lets cuDNN convolve float32 in TF32 by default (a 10-bit mantissa): on an
+    H100 the demo's conv_2 maps then differed from the CPU's by up to 7.6e-4 in
+    values near 0.1, enough to change hover values and reorder close channels. cnnlens shows values,
+    so :func:`open_model` calls this for a model on a GPU; bfloat16 is the fast way.
+    The setting is torch's, for the whole process. torch's older flag is set too,
+    and recurrent layers alike: reading ``torch.backends.cudnn.allow_tf32`` raises
+    unless the three agree.
+    """
+    cudnn = torch.backends.cudnn
+    cudnn.allow_tf32 = False
+    cudnn.conv.fp32_precision = "ieee"
+    cudnn.rnn.fp32_precision = "ieee"
 
 
 def pick_device(preferred: str | None = None) -> torch.device:

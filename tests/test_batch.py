@@ -367,6 +367,51 @@ def test_bad_arguments_raise_clear_errors(demo, digits, kwargs, message):
         next(iter_features(demo, digits, ["conv_1"], **kwargs))
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@CUDA
+def test_on_a_gpu_decoding_processes_feed_it_and_the_features_equal_the_model(digits):
+    """The GPU path: DataLoader processes, pinned memory, copies back overlapped."""
+    (digits.root / "train" / "img_3.png").write_bytes(b"not an image")
+    loaded = open_model("demo", device="cuda")
+    names, labels, features, predictions, problems = collect(
+        iter_features(
+            loaded, digits, ["conv_2", "conv_4"], batch_size=2, workers=2, with_predictions=True
+        )
+    )
+    good = [f"img_{i}.png" for i in range(11) if i != 3]
+    assert names == good and [p.filename for p in problems] == ["img_3.png"]
+    assert labels == [LABELS[i] for i in range(11) if i != 3]
+    maps, probabilities = reference(digits, good)
+    # float32 on the GPU, not torch's default TF32 (which is off by up to 7.6e-4 here).
+    for name in ("conv_2", "conv_4"):
+        assert features[name].dtype == np.float32
+        np.testing.assert_allclose(
+            features[name], maps[name].mean(axis=(2, 3)), rtol=1e-4, atol=1e-5
+        )
+    np.testing.assert_allclose(predictions, probabilities, rtol=1e-4, atol=1e-5)
+    # bf16 on the GPU: the same values to bf16's 8 bits.
+    halves = open_model("demo", device="cuda", dtype=torch.bfloat16)
+    _, _, rough, _, _ = collect(iter_features(halves, digits, ["conv_4"], workers=2))
+    assert rough["conv_4"].dtype == np.float32
+    np.testing.assert_allclose(rough["conv_4"], maps["conv_4"].mean(axis=(2, 3)), atol=5e-2)
+
+
+@CUDA
+def test_cli_on_cuda_writes_what_the_cpu_writes(digits, tmp_path):
+    files = {}
+    for device in ("cpu", "cuda"):
+        files[device] = tmp_path / f"{device}.parquet"
+        argv = ["extract", str(digits.root), "--model", "demo", "--layers", "conv_1,conv_4"]
+        argv += ["--out", str(files[device]), "--device", device, "--batch-size", "4", "--quiet"]
+        assert main(argv) == 0
+    cpu, cuda = read_features(files["cpu"]), read_features(files["cuda"])
+    assert cuda[:2] == cpu[:2] and cuda[3] == cpu[3]  # names, labels, metadata
+    for name in ("conv_1", "conv_4"):
+        np.testing.assert_allclose(cuda[2][name], cpu[2][name], rtol=1e-4, atol=1e-5)
+
+
 def test_unknown_layer_lists_the_valid_ones(demo, digits):
     with pytest.raises(
         ValueError, match=r"Unknown layer 'conv_9' for demo. Valid layers: conv_1, relu_1, conv_2"
@@ -489,7 +534,8 @@ def test_cli_writes_the_file_resumes_and_reports_left_out_images(demo, digits, t
         on_progress=lambda done, total: batches.append(done),
     )
     args = [str(digits.root), "--model", "demo", "--layers", "conv_1, conv_3", "--out", str(out)]
-    assert main(["extract", *args, "--batch-size", "2", "--workers", "0", "--quiet"]) == 0
+    argv = ["extract", *args, "--device", "cpu", "--batch-size", "2", "--workers", "0"]
+    assert main([*argv, "--quiet"]) == 0
     assert capsys.readouterr().err.splitlines() == [
         # Found when decoded: the CLI's index does not open the images.
         "1 image left out: img_3.png (img_3.png is not an image Pillow can read (PNG, JPEG, ...).)",
@@ -504,6 +550,20 @@ def test_cli_writes_the_file_resumes_and_reports_left_out_images(demo, digits, t
     assert names == expected[0] and labels == expected[1] and metadata == expected[3]
     for name in ("conv_1", "conv_3"):
         np.testing.assert_array_equal(columns[name], expected[2][name])
+
+
+def test_cli_in_bfloat16_records_it_and_comes_close_to_float32(digits, tmp_path):
+    files = {}
+    for dtype in ("float32", "bfloat16"):
+        files[dtype] = tmp_path / f"{dtype}.parquet"
+        argv = ["extract", str(digits.root), "--model", "demo", "--layers", "conv_4"]
+        argv += ["--out", str(files[dtype]), "--device", "cpu", "--dtype", dtype, "--quiet"]
+        assert main(argv) == 0
+    exact, rough = read_features(files["float32"]), read_features(files["bfloat16"])
+    assert exact[3]["dtype"] == "float32" and rough[3]["dtype"] == "bfloat16"
+    assert rough[0] == exact[0]
+    difference = np.abs(rough[2]["conv_4"] - exact[2]["conv_4"])
+    assert 0 < difference.max() < 5e-2  # bfloat16's 8-bit mantissa, not float32's values
 
 
 @pytest.mark.parametrize(

@@ -345,6 +345,22 @@ def test_grad_cam_equals_the_hand_written_reference(demo, digits, layer, target)
     np.testing.assert_allclose(cam, expected, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_stats_and_grad_cam_equal_the_cpus(demo, digits, stats):
+    on_gpu = open_model("demo", device="cuda")
+    dataset = load_dataset(digits)
+    found = layer_stats(on_gpu, dataset, "conv_3", batch_size=4, workers=2)
+    assert found.filenames == stats.filenames
+    # float32 on the GPU, not torch's default TF32.
+    np.testing.assert_allclose(found.mean, stats.mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(found.max, stats.max, rtol=1e-4, atol=1e-5)
+    batch = demo.batch(dataset.load_image("img_2.png"))
+    cam = grad_cam(on_gpu, batch, "conv_3", class_index=3)
+    expected = grad_cam(demo, batch, "conv_3", class_index=3)
+    assert cam.dtype == np.float32 and cam.max() > 0
+    np.testing.assert_allclose(cam, expected, rtol=1e-4, atol=1e-5 * float(expected.max()))
+
+
 def test_grad_cam_leaves_the_model_as_it_was(demo, digits):
     image = load_dataset(digits).load_image("img_1.png")
     before = [getattr(m, "inplace", None) for m in demo.model.modules()]

@@ -123,6 +123,17 @@ def test_pick_device():
             pick_device("cuda")
 
 
+def test_exact_float32_turns_off_tf32_convolutions():
+    cudnn = torch.backends.cudnn
+    assert cudnn.allow_tf32 and cudnn.conv.fp32_precision == "tf32"  # torch's default
+    try:
+        models_module.exact_float32()
+        assert cudnn.conv.fp32_precision == "ieee"  # what a convolution reads
+        assert not cudnn.allow_tf32  # the older flag agrees, and reading it does not raise
+    finally:
+        cudnn.allow_tf32 = True  # the legacy setter puts every flag back to the default
+
+
 # --- The model zoo: registry, pretrained / random / own weights, preprocessing ---
 
 TORCHVISION_SEQUENTIAL = {
