@@ -187,17 +187,17 @@ def bench_gpu(repeats: int, images: int, jpegs: int, device: str) -> None:
             **{f.name: getattr(files, f.name) for f in dataclasses.fields(files)} | {"index": rows}
         )
 
-        def extraction() -> int:
+        def extraction(dataset: Dataset) -> int:
             done = 0
             for batch in iter_features(
-                loaded, decoded, layers, batch_size=BATCH, workers=workers, pool="mean"
+                loaded, dataset, layers, batch_size=BATCH, workers=workers, pool="mean"
             ):
                 done += len(batch.filenames)
             return done
 
         rates = measure(
             {
-                "iter_features, uncompressed PNGs (pool mean)": extraction,
+                "iter_features, uncompressed PNGs (pool mean)": lambda: extraction(decoded),
                 bare: bare_loop(truncated, [on_device] * (images // BATCH), sync=device == "cuda"),
             },
             repeats,
@@ -216,17 +216,7 @@ def bench_gpu(repeats: int, images: int, jpegs: int, device: str) -> None:
         if device == "cuda":
             argv += ["--dtype", "bfloat16"]
         # The steady rate (decoding bounds it), then the whole command with its start.
-        steady = measure(
-            {
-                "jpegs": lambda: sum(
-                    len(b.filenames)
-                    for b in iter_features(
-                        loaded, files, layers, batch_size=BATCH, workers=workers, pool="mean"
-                    )
-                )
-            },
-            repeats,
-        )["jpegs"]
+        steady = measure({"jpegs": lambda: extraction(files)}, repeats)["jpegs"]
         start = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()):
             cli(argv)

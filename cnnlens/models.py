@@ -762,8 +762,9 @@ def exact_float32() -> None:
 
     torch lets cuDNN convolve float32 in TF32 by default (a 10-bit mantissa): on an
     H100 the demo's conv_2 maps then differed from the CPU's by up to 7.6e-4 in
-    values near 0.1, enough to change hover values and reorder close channels. cnnlens shows values,
-    so :func:`open_model` calls this for a model on a GPU; bfloat16 is the fast way.
+    values near 0.1, enough to change hover values and reorder close channels.
+    cnnlens shows values, so :func:`open_model` calls this for a model on a GPU;
+    bfloat16 is the fast way.
     The setting is torch's, for the whole process. torch's older flag is set too,
     and recurrent layers alike: reading ``torch.backends.cudnn.allow_tf32`` raises
     unless the three agree.
