@@ -24,7 +24,7 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium
 
 run: $(VENV)/.installed
-	$(BIN)/streamlit run dashboard.py --server.port $(PORT)
+	$(BIN)/python -m cnnlens.ui.serve --server.port $(PORT)
 
 test: $(VENV)/.installed-test /usr/bin/chromium
 	$(BIN)/python -m pytest -q

@@ -1,11 +1,12 @@
 """The dashboard as people feel it: start-up, click-to-paint, server memory, postScriptGC.
 
-    python benchmarks/bench_dashboard.py [--repeats 7] [--quick]
+    python benchmarks/bench_dashboard.py [--repeats 7] [--quick] [--start-only]
 
-Runs ``streamlit run dashboard.py`` servers and drives Debian's headless Chromium
-(``tests/live_app.py``). The demo clicks are interleaved with clicks on a floor page
-(``floor_click_app.py``: one button, one map view whose picture the click swaps), so
-the figures can be read against what Streamlit itself costs in the same minutes.
+Starts dashboard servers as ``make run`` does (``python -m cnnlens.ui.serve``) and drives
+Debian's headless Chromium (``tests/live_app.py``). The demo clicks are interleaved with
+clicks on a floor page (``floor_click_app.py``: one button, one map view whose picture
+the click swaps), so the figures can be read against what Streamlit itself costs in the
+same minutes.
 Click timings are taken inside the page with ``performance.now()``: from the click to
 the animation frame after the chart (or the grid's picture) shows the new image's
 data, then to Streamlit's idle. Warm-up clicks are discarded; the table shows medians
@@ -99,35 +100,30 @@ def new_page(browser: Any) -> Any:
 
 
 def start_to_paint(browser: Any, repeats: int) -> dict[str, list[float]]:
-    """(a): fresh servers, cnnlens and a bare Streamlit page in turn; Popen to health,
-    to the home title painted, to idle."""
-    found: dict[str, list[float]] = {"health": [], "paint": [], "idle": [], "bare": []}
-    for _ in range(repeats):
-        bare = new_page(browser)
-        popen_epoch = time.time()
-        server = live_app.launch_server(script="benchmarks/bare_app.py")
-        try:
-            live_app.wait_healthy(server, poll=0.05)
-            bare.goto(server.url, wait_until="commit")
-            painted = bare.wait_for_function(_TITLE_PAINTED_JS, arg=HOME_TITLE, polling="raf")
-            found["bare"].append(painted.json_value() / 1000 - popen_epoch)
-        finally:
-            bare.context.close()
-            live_app.stop_server(server)
-        page = new_page(browser)
-        popen_epoch = time.time()
-        server = live_app.launch_server()
-        try:
-            live_app.wait_healthy(server, poll=0.05)
-            found["health"].append(time.time() - popen_epoch)
-            page.goto(server.url, wait_until="commit")
-            painted = page.wait_for_function(_TITLE_PAINTED_JS, arg=HOME_TITLE, polling="raf")
-            found["paint"].append(painted.json_value() / 1000 - popen_epoch)
-            live_app.wait_idle(page, timeout=120)
-            found["idle"].append(time.time() - popen_epoch)
-        finally:
-            page.context.close()
-            live_app.stop_server(server)
+    """(a): fresh servers in turn: cnnlens as ``make run`` starts it (Popen to health, to
+    the home title painted, to idle), cnnlens under plain ``streamlit run``, and a bare
+    Streamlit page under ``streamlit run`` (to the title painted)."""
+    found: dict[str, list[float]] = {"health": [], "paint": [], "idle": [], "plain": [], "bare": []}
+    scripts = {"bare": "benchmarks/bare_app.py", "plain": "dashboard.py", "paint": None}
+    for i in range(repeats):
+        order = list(scripts) if i % 2 == 0 else list(scripts)[::-1]
+        for name in order:
+            page = new_page(browser)
+            popen_epoch = time.time()
+            server = live_app.launch_server(script=scripts[name])
+            try:
+                live_app.wait_healthy(server, poll=0.05)
+                if name == "paint":
+                    found["health"].append(time.time() - popen_epoch)
+                page.goto(server.url, wait_until="commit")
+                painted = page.wait_for_function(_TITLE_PAINTED_JS, arg=HOME_TITLE, polling="raf")
+                found[name].append(painted.json_value() / 1000 - popen_epoch)
+                if name == "paint":
+                    live_app.wait_idle(page, timeout=120)
+                    found["idle"].append(time.time() - popen_epoch)
+            finally:
+                page.context.close()
+                live_app.stop_server(server)
     return found
 
 
@@ -234,17 +230,29 @@ def measure(browser: Any, repeats: int, warmup: int, start_repeats: int) -> Resu
     return Results(start, demo, memory, vgg, memory_vgg)
 
 
-def table(found: Results) -> list[tuple[str, str, str, str, str]]:
-    """Rows of measure, median (min-max), goal, peer, verdict."""
-    start, demo, memory = found.start, found.demo, found.memory
-    mb = "{:.0f} MB".format
-    rows = [
+Row = tuple[str, str, str, str, str]
+
+
+def start_rows(start: dict[str, list[float]]) -> list[Row]:
+    """The rows of (a): measure, median (min-max), goal, peer, verdict."""
+    return [
         ("(a) server start -> Home painted", median_range(start["paint"], digits=2),
          f"<= {GOALS['start']:.0f} s", PEER["start"], verdict(med(start["paint"]), GOALS["start"])),
-        ("    bare Streamlit page, same method", median_range(start["bare"], digits=2),
+        ("    the same under plain `streamlit run dashboard.py`",
+         median_range(start["plain"], digits=2), "", "", ""),
+        ("    bare Streamlit page under `streamlit run`", median_range(start["bare"], digits=2),
          "", "", ""),
         ("    server start -> health ok", median_range(start["health"], digits=2), "", "", ""),
         ("    server start -> idle", median_range(start["idle"], digits=2), "", "", ""),
+    ]  # fmt: skip
+
+
+def table(found: Results) -> list[Row]:
+    """Rows of measure, median (min-max), goal, peer, verdict."""
+    demo, memory = found.demo, found.memory
+    mb = "{:.0f} MB".format
+    rows = [
+        *start_rows(found.start),
         ("(b) demo: new image -> grid painted", median_range(demo["false"].paint),
          f"<= {GOALS['demo']} s", PEER["demo"], verdict(med(demo["false"].paint), GOALS["demo"])),
         ("    demo: new image -> idle", median_range(demo["false"].idle), "", "", ""),
@@ -284,6 +292,9 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="3 repeats, 1 warm-up: a smoke run, not a result"
     )
+    parser.add_argument(
+        "--start-only", action="store_true", help="only (a), the server start to the first paint"
+    )
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
     warmup = 1 if args.quick else 3
@@ -300,18 +311,22 @@ def main() -> None:
         browser = live_app.launch_browser(playwright)
         try:
             version = browser.version
-            found = measure(browser, repeats, warmup, start_repeats)
+            if args.start_only:
+                rows = start_rows(start_to_paint(browser, start_repeats))
+            else:
+                rows = table(measure(browser, repeats, warmup, start_repeats))
         finally:
             browser.close()
 
-    rows = table(found)
     headers = ("measure", "median (min-max)", "goal", "torch-cam peer", "")
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
     print()
+    clicks = f"{repeats} timed clicks each ({warmup} warm-up discarded), "
+    clicks = "" if args.start_only else clicks
     print(
         f"cnnlens dashboard, headless Chromium {version}, {os.cpu_count()} CPU cores; "
-        f"{repeats} timed clicks each ({warmup} warm-up discarded), {start_repeats} fresh "
-        f"servers for (a); {time.perf_counter() - began:.0f} s in all"
+        f"{clicks}{start_repeats} fresh servers of each kind for (a); "
+        f"{time.perf_counter() - began:.0f} s in all"
         + ("  [--quick: a smoke run, not a result]" if args.quick else "")
     )
     print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())

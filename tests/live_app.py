@@ -1,4 +1,4 @@
-"""Drive the real dashboard: a `streamlit run` server and a headless Chromium.
+"""Drive the real dashboard: a server started as `make run` does, and a headless Chromium.
 
 Shared by ``tests/test_browser.py`` and ``benchmarks/bench_dashboard.py``. Nothing here
 times anything; the benchmark does its own timing.
@@ -91,12 +91,13 @@ def launch_server(
     port: int | None = None,
     extra_args: Sequence[str] = (),
     log_name: str | None = None,
-    script: str = "dashboard.py",
+    script: str | None = None,
 ) -> Server:
-    """Start ``streamlit run dashboard.py`` in the repo root without waiting for it.
+    """Start the dashboard as ``make run`` does, in the repo root, without waiting for it.
 
     Args:
-        script: The app to run, relative to the repo root (the benchmark's floor uses another).
+        script: Instead, ``streamlit run`` this app, relative to the repo root: the
+            benchmark's floor pages, or ``"dashboard.py"`` started without the launcher.
         port: Port to serve on; default a free one.
         extra_args: More command-line flags, e.g. ``["--runner.postScriptGC", "true"]``.
         log_name: File name of the log under ``test-artifacts/``; default from the port.
@@ -105,14 +106,11 @@ def launch_server(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log_path = ARTIFACTS / (log_name or f"streamlit-{port}.log")
     log = log_path.open("wb")
-    command = [
-        str(Path(sys.executable).parent / "streamlit"),
-        "run",
-        script,
-        "--server.port",
-        str(port),
-        *extra_args,
-    ]
+    if script is None:
+        command = [sys.executable, "-m", "cnnlens.ui.serve"]
+    else:
+        command = [str(Path(sys.executable).parent / "streamlit"), "run", script]
+    command += ["--server.port", str(port), *extra_args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started_at = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)

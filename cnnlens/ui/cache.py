@@ -173,7 +173,9 @@ def warm_up_in_background() -> None:
 
     The first page paints without torch; by the time a user asks for feature
     maps, the 2-3 s import is done. Python's import lock makes a page that needs
-    torch sooner wait for this import instead of starting a second one.
+    torch sooner wait for this import instead of starting a second one. Then it
+    builds Streamlit's plotly template, if the launcher (``cnnlens.ui.serve``)
+    put it off.
     """
     global _warm_started
     with _warm_lock:
@@ -187,7 +189,20 @@ def warm_up_in_background() -> None:
         remove_stale_uploads()
         import torch  # noqa: F401
 
+        streamlit_plotly_theme()
+
     threading.Thread(target=warm_up, daemon=True).start()
+
+
+def streamlit_plotly_theme() -> None:
+    """Build Streamlit's plotly template, as ``import streamlit`` does unless launched lean."""
+    import plotly.io as pio
+
+    if "streamlit" in pio.templates:
+        return
+    from streamlit.elements.lib.streamlit_plotly_theme import configure_streamlit_plotly_theme
+
+    configure_streamlit_plotly_theme()
 
 
 # --- Insights ---
