@@ -685,6 +685,9 @@ def bar_figure(
     )
 
 
+_NOTE_STYLE = "font-size:0.875rem;opacity:0.7;margin-top:0.5rem"
+
+
 def bars_html(
     labels: list,
     values: list | np.ndarray,
@@ -695,6 +698,7 @@ def bars_html(
     flag_name: str = "dead",
     percent: bool = False,
     height: int = 180,
+    note: str | None = None,
 ) -> str:
     """A bar chart as a small HTML snippet (for ``st.html``): no chart library to start.
 
@@ -711,6 +715,7 @@ def bars_html(
         flag_name: What a flagged bar is, for its hover.
         percent: Write values as percentages.
         height: Height of the bar area, in CSS pixels.
+        note: A line of small text under the bars.
 
     Returns:
         An HTML string; each bar carries ``data-label`` and ``data-value``.
@@ -763,6 +768,7 @@ def bars_html(
         f'<div style="position:relative;height:{height}px">{"".join(bars)}'
         f'<div style="position:absolute;left:0;right:0;bottom:{zero:.3f}%;height:1px;'
         f'background:rgba(128,128,128,0.5)"></div></div>{names}'
+        + (f'<div style="{_NOTE_STYLE}">{html.escape(note)}</div>' if note else "")
     )
 
 

@@ -143,6 +143,7 @@ def view_ui() -> None:
         persist_state="session",
     )
     ranked = stats.sort_values(rank_by, ascending=False)
+    dead = stats.loc[stats["dead"], "channel"].tolist()
     st.html(
         figures.bars_html(
             ranked["channel"].tolist(),
@@ -150,15 +151,27 @@ def view_ui() -> None:
             title=f"Channels of {layer} by {rank_by} activation (hover a bar for its channel)",
             value_name=f"{rank_by} activation",
             flagged=ranked["dead"].to_numpy(dtype=bool),
+            # In the chart, not a caption of its own: each element costs every click.
+            note=f"{len(dead)} dead channel(s), zero everywhere on this image: "
+            + ", ".join(map(str, dead))
+            if dead
+            else "No dead channels: every channel responds somewhere on this image.",
         )
     )
-    dead = stats.loc[stats["dead"], "channel"].tolist()
-    if dead:
-        listed = ", ".join(map(str, dead))
-        st.caption(f"{len(dead)} dead channel(s), zero everywhere on this image: {listed}")
-    else:
-        st.caption("No dead channels: every channel responds somewhere on this image.")
 
+    # A popover whose buttons are made only while it is open (opening it reruns this
+    # view): made on every run, they cost the browser time on every click.
+    saves = st.popover("Save this view", icon=":material/download:", key="saves", on_change="rerun")
+    if saves.open:
+        with saves:
+            downloads_ui(features, layer, channel, norm, view, caption)
+    state.sync_url()  # the entrypoint's call does not run on the fragment's own reruns
+
+
+def downloads_ui(
+    features: cache.Features, layer: str, channel: int, norm: str, view: state.View, caption: str
+) -> None:
+    """The view's maps (.npz), the layer's grid (.png) and its recipe (.json)."""
     meta = {
         "model": ctx.model_name,
         "weights": ctx.loaded.weights,
@@ -168,10 +181,7 @@ def view_ui() -> None:
     }
     recipe = widgets.recipe_of(view, layer, channel, norm, ctx)
     stem = f"{ctx.model_name}_{Path(view.image).stem if view.upload is None else 'upload'}"
-    # In a popover, whose buttons the browser draws only when it is open: drawn on
-    # the page, they cost 35 ms of every click.
-    saves = st.popover("Save this view", icon=":material/download:")
-    saves.download_button(
+    st.download_button(
         "Feature maps (.npz)",
         data=lambda: export.maps_npz(features.maps, meta),
         file_name=f"{stem}_maps.npz",
@@ -181,16 +191,16 @@ def view_ui() -> None:
         help="Every chosen layer's raw maps as NumPy arrays: np.load(file)[layer_name].",
         width="stretch",
     )
-    saves.download_button(
+    st.download_button(
         f"{layer} grid (.png)",
-        data=lambda: export.grid_png(maps, per=norm),
+        data=lambda: export.grid_png(features.maps[layer], per=norm),
         file_name=f"{stem}_{layer}.png",
         mime="image/png",
         on_click="ignore",
         icon=":material/image:",
         width="stretch",
     )
-    saves.download_button(
+    st.download_button(
         "Recipe of this view (.json)",
         data=recipe.to_json() if recipe is not None else "",
         file_name=f"{stem}_recipe.json",
@@ -203,7 +213,6 @@ def view_ui() -> None:
         else "An uploaded image cannot be part of a recipe.",
         width="stretch",
     )
-    state.sync_url()  # the entrypoint's call does not run on the fragment's own reruns
 
 
 view_ui()

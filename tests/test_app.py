@@ -73,7 +73,7 @@ def lens_maps(image: Image.Image, layer: str) -> np.ndarray:
 def map_view(at: AppTest, key: str) -> dict:
     """What the map view with this key was sent, with ``maps`` (C×H×W raw values, or
     None) and ``picture`` (the montage PNG's palette indices) decoded."""
-    views = [e for e in at.get("bidi_component") if e.proto.id.endswith(f"-{key}_view")]
+    views = [e for e in at.get("bidi_component") if e.proto.id.endswith(f"-{key}")]
     assert views, f"no map view {key!r}"
     data = json.loads(views[0].proto.json)
     shape = (data["channels"], data["height"], data["width"])
@@ -206,6 +206,15 @@ def test_per_layer_normalisation_and_ranking():
     assert sorted(shown) == list(range(64))
     np.testing.assert_allclose(scores, means[shown], rtol=1e-5, atol=1e-6)
     assert list(scores) == sorted(scores, reverse=True)
+    # Under the bars, the dead channels: zero everywhere on this image.
+    dead = [str(c) for c in range(64) if not maps[c].any()]
+    note = (
+        f"{len(dead)} dead channel(s), zero everywhere on this image: {', '.join(dead)}"
+        if dead
+        else "No dead channels: every channel responds somewhere on this image."
+    )
+    ranking = [h.value for h in at.html if "Channels of conv_4 by" in h.value]
+    assert ranking[0].endswith(f">{note}</div>")
 
 
 def test_uploaded_image_replaces_the_dataset_image():

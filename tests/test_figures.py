@@ -380,8 +380,12 @@ def test_bars_html_keeps_the_callers_order_and_greys_flagged_bars():
 
 
 def test_bars_html_percent_highlight_and_errors():
-    shown = _bars(bars_html(list("abc"), [0.1, 0.7, 0.2], "P", "probability", "b", percent=True))
+    snippet = bars_html(list("abc"), [0.1, 0.7, 0.2], "P", "probability", "b", percent=True)
+    shown = _bars(snippet)
     assert [colour for *_, colour in shown] == [BAR_COLOUR, HIGHLIGHT_COLOUR, BAR_COLOUR]
+    assert "note" not in snippet and snippet.endswith("</div></div>")
+    noted = bars_html(list("abc"), [0.1, 0.7, 0.2], "P", "probability", note="1 < 2")
+    assert noted.endswith(">1 &lt; 2</div>")
     assert shown[1][2] == "b · probability 70.0%"
     with pytest.raises(ValueError, match="not one of the labels"):
         bars_html(["a", "b"], [1, 2], "t", "v", highlight="c")

@@ -126,16 +126,15 @@ def map_view_ui(data: dict, key: str) -> None:
     """Show feature maps from :func:`cnnlens.figures.map_view_data`, values on hover.
 
     A custom component (``map_view.js``) that keeps its element across reruns and
-    only swaps the picture, so a new image paints at once; the element's key
-    (``key``) also styles it as ``.st-key-<key>``.
+    only swaps the picture, so a new image paints at once; its element is styled
+    ``.st-key-<key>``.
     """
     # Registering the same definition again is free and silent; doing it here
     # registers it with whichever runtime runs this script (AppTest makes several).
     component = st.components.v2.component(
         "cnnlens_map_view", js=_MAP_VIEW_JS, css=_MAP_VIEW_CSS, isolate_styles=False
     )
-    with st.container(key=key):
-        component(data=data, key=f"{key}_view")
+    component(data=data, key=key)
 
 
 def show_notices(notices: list[str]) -> None:
