@@ -125,13 +125,19 @@ def test_pick_device():
 
 def test_exact_float32_turns_off_tf32_convolutions():
     cudnn = torch.backends.cudnn
-    assert cudnn.allow_tf32 and cudnn.conv.fp32_precision == "tf32"  # torch's default
+    # On a GPU an earlier test's open_model may have set it already: start from
+    # torch's default (the legacy setter puts every flag back to it), end as found.
+    was_exact = cudnn.conv.fp32_precision == "ieee"
+    cudnn.allow_tf32 = True
+    assert cudnn.conv.fp32_precision == cudnn.rnn.fp32_precision == "tf32"
     try:
         models_module.exact_float32()
         assert cudnn.conv.fp32_precision == "ieee"  # what a convolution reads
+        assert cudnn.rnn.fp32_precision == "ieee"
         assert not cudnn.allow_tf32  # the older flag agrees, and reading it does not raise
     finally:
-        cudnn.allow_tf32 = True  # the legacy setter puts every flag back to the default
+        if not was_exact:
+            cudnn.allow_tf32 = True
 
 
 # --- The model zoo: registry, pretrained / random / own weights, preprocessing ---
