@@ -144,6 +144,11 @@ def view_ui() -> None:
     )
     ranked = stats.sort_values(rank_by, ascending=False)
     dead = stats.loc[stats["dead"], "channel"].tolist()
+    if dead:
+        listed = ", ".join(map(str, dead))
+        note = f"{len(dead)} dead channel(s), zero everywhere on this image: {listed}"
+    else:
+        note = "No dead channels: every channel responds somewhere on this image."
     st.html(
         figures.bars_html(
             ranked["channel"].tolist(),
@@ -151,11 +156,7 @@ def view_ui() -> None:
             title=f"Channels of {layer} by {rank_by} activation (hover a bar for its channel)",
             value_name=f"{rank_by} activation",
             flagged=ranked["dead"].to_numpy(dtype=bool),
-            # In the chart, not a caption of its own: each element costs every click.
-            note=f"{len(dead)} dead channel(s), zero everywhere on this image: "
-            + ", ".join(map(str, dead))
-            if dead
-            else "No dead channels: every channel responds somewhere on this image.",
+            note=note,  # in the chart, not a caption: each element costs every click
         )
     )
 

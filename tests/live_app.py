@@ -65,7 +65,7 @@ def health_ok(port: int, timeout: float = 1.0) -> bool:
 
 @dataclass
 class Server:
-    """A running ``streamlit run dashboard.py``: its process, port and log file."""
+    """A running dashboard (or floor page) server: its process, port and log file."""
 
     process: subprocess.Popen[bytes]
     port: int

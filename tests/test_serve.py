@@ -48,9 +48,9 @@ def test_the_plotly_template_put_off_is_streamlits_own() -> None:
     own = json.loads(run_python("import streamlit\n" + _TEMPLATE))
     later = json.loads(
         run_python(
-            "from cnnlens.ui import cache, serve\n"
+            "from cnnlens.ui import serve\n"
             "serve.import_streamlit_lean()\n"
-            "cache.streamlit_plotly_theme()\n" + _TEMPLATE
+            "serve.restore_plotly_theme()\n" + _TEMPLATE
         )
     )
     assert own["default"] == later["default"] == "streamlit"

@@ -185,24 +185,14 @@ def warm_up_in_background() -> None:
 
     def warm_up() -> None:
         from cnnlens.sources import remove_stale_uploads
+        from cnnlens.ui import serve
 
         remove_stale_uploads()
         import torch  # noqa: F401
 
-        streamlit_plotly_theme()
+        serve.restore_plotly_theme()
 
     threading.Thread(target=warm_up, daemon=True).start()
-
-
-def streamlit_plotly_theme() -> None:
-    """Build Streamlit's plotly template, as ``import streamlit`` does unless launched lean."""
-    import plotly.io as pio
-
-    if "streamlit" in pio.templates:
-        return
-    from streamlit.elements.lib.streamlit_plotly_theme import configure_streamlit_plotly_theme
-
-    configure_streamlit_plotly_theme()
 
 
 # --- Insights ---

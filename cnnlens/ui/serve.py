@@ -9,7 +9,7 @@ costs left out, which together make the server answer about 0.45 s sooner on a
   its one component inline and uses no installed ones, so the search is skipped.
 - ``import streamlit`` builds Streamlit's plotly template, which imports plotly. Every
   figure of cnnlens sets its own template, so this waits for the first page to be
-  painted: ``cache.warm_up_in_background`` builds it then.
+  painted: ``cache.warm_up_in_background`` calls :func:`restore_plotly_theme` then.
 
 If a Streamlit release moves either of these, the launcher leaves it be and the server
 starts as ``streamlit run`` would.
@@ -39,6 +39,17 @@ def import_streamlit_lean() -> None:
         return
     if hasattr(manifest_scanner, "scan_component_manifests"):
         manifest_scanner.scan_component_manifests = _no_component_packages
+
+
+def restore_plotly_theme() -> None:
+    """Build Streamlit's plotly template if :func:`import_streamlit_lean` put it off."""
+    import plotly.io as pio
+
+    if "streamlit" in pio.templates:
+        return
+    from streamlit.elements.lib.streamlit_plotly_theme import configure_streamlit_plotly_theme
+
+    configure_streamlit_plotly_theme()
 
 
 def _no_component_packages(*args: object, **kwargs: object) -> list:
