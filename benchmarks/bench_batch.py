@@ -44,10 +44,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnlens.__main__ import main as cli
-from cnnlens.batch import iter_features, keep_freed_memory
+from cnnlens.cli import main as cli
 from cnnlens.data import Dataset, load_dataset
-from cnnlens.models import DEMO_DATASET_DIR, open_model, to_batch
+from cnnlens.malloc import keep_freed_memory
+from cnnlens.models import DEMO_DATASET_DIR, open_model
+from cnnlens.pipeline import iter_features
+from cnnlens.preprocess import to_batch
 
 BATCH = 64
 
@@ -147,7 +149,7 @@ class _Decoded(Dataset):
 
 
 def _jpeg_dataset(root: Path, count: int) -> Dataset:
-    """``count`` random-texture JPEGs of 500×375, ImageNet's typical size, in the seed layout."""
+    """``count`` random-texture JPEGs of 500×375 (ImageNet's typical size) in the CSV layout."""
     rng = np.random.RandomState(0)
     (root / "train").mkdir(parents=True)
     base = rng.randint(0, 256, (375 // 8, 500 // 8, 3), dtype=np.uint8)

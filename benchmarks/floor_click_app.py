@@ -13,8 +13,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnlens import figures
-from cnnlens.ui import widgets
+from cnnlens.ui.map_view import map_view_data, map_view_ui
 
 st.set_page_config(layout="wide")
 clicks = st.session_state.setdefault("clicks", 0)
@@ -24,4 +23,4 @@ st.button(
     on_click=lambda: st.session_state.update(clicks=st.session_state["clicks"] + 1),
 )
 maps = np.random.default_rng(clicks).standard_normal((32, 28, 28)).astype(np.float32)
-widgets.map_view_ui(figures.map_view_data(maps), key="grid")
+map_view_ui(map_view_data(maps), key="grid")

@@ -12,35 +12,34 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "MAX_IMAGE_PIXELS": "cnnlens.data",
-    "MAX_DECODED_SIDE": "cnnlens.data",
+    "MAX_IMAGE_PIXELS": "cnnlens.images",
+    "MAX_DECODED_SIDE": "cnnlens.images",
     "LAYOUTS": "cnnlens.data",
     "Dataset": "cnnlens.data",
     "Problem": "cnnlens.data",
     "load_dataset": "cnnlens.data",
-    "open_image": "cnnlens.data",
-    "to_mode": "cnnlens.data",
+    "open_image": "cnnlens.images",
+    "to_mode": "cnnlens.images",
     "Extractor": "cnnlens.lens",
     "Lens": "cnnlens.lens",
     "build_lens": "cnnlens.lens",
-    "layer_names": "cnnlens.lens",
-    "layer_table": "cnnlens.lens",
+    "Layers": "cnnlens.layers",
+    "layer_names": "cnnlens.layers",
+    "module_names": "cnnlens.layers",
     "FeatureExtractor": "cnnlens.extractor",
     "build_extractor": "cnnlens.extractor",
     "extractor_for": "cnnlens.extractor",
-    "module_names": "cnnlens.extractor",
-    "module_table": "cnnlens.extractor",
     "DemoCNN": "cnnlens.models",
     "LoadedModel": "cnnlens.models",
     "demo_dataset": "cnnlens.models",
     "demo_model": "cnnlens.models",
-    "download_weights": "cnnlens.models",
+    "download_weights": "cnnlens.weights",
     "load_model": "cnnlens.models",
-    "load_weights": "cnnlens.models",
+    "load_weights": "cnnlens.weights",
     "open_model": "cnnlens.models",
     "pick_device": "cnnlens.models",
-    "to_batch": "cnnlens.models",
-    "weights_status": "cnnlens.models",
+    "to_batch": "cnnlens.preprocess",
+    "weights_status": "cnnlens.weights",
     "MODELS": "cnnlens.registry",
     "InputSpec": "cnnlens.registry",
     "ModelInfo": "cnnlens.registry",
@@ -65,6 +64,7 @@ __all__ = [
     "Extractor",
     "FeatureExtractor",
     "InputSpec",
+    "Layers",
     "Lens",
     "LoadedModel",
     "ModelInfo",
@@ -78,14 +78,12 @@ __all__ = [
     "extract_dataset_zip",
     "extractor_for",
     "layer_names",
-    "layer_table",
     "load_dataset",
     "load_model",
     "load_weights",
     "model_groups",
     "model_info",
     "module_names",
-    "module_table",
     "open_image",
     "open_model",
     "pick_device",
@@ -100,37 +98,25 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from cnnlens.data import (
-        LAYOUTS,
-        MAX_DECODED_SIDE,
-        MAX_IMAGE_PIXELS,
-        Dataset,
-        Problem,
-        load_dataset,
-        open_image,
-        to_mode,
-    )
+    from cnnlens.data import LAYOUTS, Dataset, Problem, load_dataset
     from cnnlens.extractor import (
         FeatureExtractor,
         build_extractor,
         extractor_for,
-        module_names,
-        module_table,
     )
-    from cnnlens.lens import Extractor, Lens, build_lens, layer_names, layer_table
+    from cnnlens.images import MAX_DECODED_SIDE, MAX_IMAGE_PIXELS, open_image, to_mode
+    from cnnlens.layers import Layers, layer_names, module_names
+    from cnnlens.lens import Extractor, Lens, build_lens
     from cnnlens.models import (
         DemoCNN,
         LoadedModel,
         demo_dataset,
         demo_model,
-        download_weights,
         load_model,
-        load_weights,
         open_model,
         pick_device,
-        to_batch,
-        weights_status,
     )
+    from cnnlens.preprocess import to_batch
     from cnnlens.registry import MODELS, InputSpec, ModelInfo, model_groups, model_info
     from cnnlens.sources import (
         data_roots,
@@ -141,6 +127,7 @@ if TYPE_CHECKING:
         resolve_under_roots,
         upload_folder,
     )
+    from cnnlens.weights import download_weights, load_weights, weights_status
 
 
 def __getattr__(name: str) -> Any:

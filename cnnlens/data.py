@@ -1,47 +1,36 @@
-"""Dataset folders: the seed's CSV layout, or one subfolder of images per label.
+"""Dataset folders: the original recipe's CSV layout, or one subfolder of images per label.
 
-The seed's layout is ``train.csv`` (``filename,label``) with the images under
+The original recipe's layout is ``train.csv`` (``filename,label``) with the images under
 ``train/``, and optionally a test CSV (``filename`` only) whose images sit under
 ``test/``. The image-folder layout (torchvision's ImageFolder) is a folder per
 label, ``cat/001.jpg``, either in the dataset folder itself or under ``train/``
 with unlabelled images in ``test/`` beside it. Loading never fails on a bad
 row: the row is left out and listed in ``Dataset.problems`` with the reason, and
-the other rows stay usable.
+the other rows stay usable. :meth:`Dataset.rows` gives the usable rows of a
+split; decoding the images is :mod:`cnnlens.images`' job.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from cnnlens.images import open_image, to_mode
 from cnnlens.registry import SEED
 
 __all__ = [
     "LAYOUTS",
-    "MAX_DECODED_SIDE",
-    "MAX_IMAGE_PIXELS",
     "Dataset",
     "Problem",
     "load_dataset",
-    "open_image",
-    "to_mode",
 ]
-
-MAX_IMAGE_PIXELS = 150_000_000
-"""Images with more pixels are refused before decoding (decompression bombs)."""
-
-MAX_DECODED_SIDE = 2048
-"""Larger images are scaled down on load; no network here needs more."""
 
 LAYOUTS = ("csv", "image-folder")
 """The values of :attr:`Dataset.layout`."""
@@ -74,7 +63,7 @@ def _find_test_csv(root: Path) -> Path | None:
     exact = root / "test.csv"
     if exact.is_file():
         return exact
-    # The seed's MNIST ships its test split as e.g. Test_fCbTej3.csv.
+    # The original recipe's MNIST ships its test split as e.g. Test_fCbTej3.csv.
     found = sorted(p for p in root.glob("*.csv") if p.name.lower().startswith("test"))
     found = [p for p in found if "label" not in p.name.lower()]
     return found[0] if found else None
@@ -109,7 +98,7 @@ def _escapes(name: str) -> bool:
     """Whether a CSV filename leaves its folder: rooted, on a drive, or with a ``..`` part.
 
     Both slashes count, as a CSV may come from Windows. Plain string tests: pathlib
-    took a third of the indexing time.
+    per row would cost much of the indexing time.
     """
     if "/" not in name and "\\" not in name and ":" not in name:
         return name == ".."
@@ -159,7 +148,7 @@ def _check_rows(frame: pd.DataFrame, folder: Path, labelled: bool, check_images:
     frame["filename"] = names
     no_label = frame["label"].isna().to_numpy() if labelled else np.zeros(len(names), bool)
     present = set(os.listdir(folder)) if folder.is_dir() else set()
-    prefix = os.path.join(folder, "")  # joined by hand: os.path.join took a fifth of the time
+    prefix = os.path.join(folder, "")  # joined once: os.path.join per row is slow
     usable: list[int] = []
     stats: list[tuple[str, int, int]] = []
     problems: list[Problem] = []
@@ -192,7 +181,7 @@ def _check_rows(frame: pd.DataFrame, folder: Path, labelled: bool, check_images:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A labelled image folder in the seed's CSV layout or the image-folder layout.
+    """A labelled image folder in the original recipe's CSV layout or the image-folder layout.
 
     Attributes:
         root: the dataset folder.
@@ -220,24 +209,39 @@ class Dataset:
     _folders: dict[str, Path] = field(default_factory=dict, repr=False)
     _names_cache: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
     _labels_cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+    _rows_cache: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def labels(self) -> list:
         """The distinct labels, sorted."""
         return sorted(self.index["label"].unique().tolist())
 
-    def _split(self, split: str) -> pd.DataFrame:
+    def rows(self, split: str = "train") -> pd.DataFrame:
+        """The usable rows of a split, in the CSV's order (the listing's, for image folders).
+
+        Both splits have a ``filename`` and a ``label`` column; the test split's
+        labels are ``None`` unless its CSV has a label column. Do not modify the frame.
+
+        Raises:
+            ValueError: for a split other than ``train``/``test``, or ``test`` when
+                the dataset has none.
+        """
         if split == "train":
             return self.index
-        if split == "test" and self.test_index is not None:
-            return self.test_index
-        if split == "test":
+        if split != "test":
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+        if self.test_index is None:
             where = "test CSV" if self.layout == "csv" else "test/ folder"
             raise ValueError(f"{self.root.name} has no {where}, so there are no test images.")
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+        if "label" in self.test_index.columns:
+            return self.test_index
+        rows = self._rows_cache.get(split)
+        if rows is None:
+            rows = self._rows_cache[split] = self.test_index.assign(label=None)
+        return rows
 
     def pick(self, seed: int = SEED, split: str = "train") -> str:
-        """Pick one image as the seed recipe does.
+        """Pick one image as the original recipe does.
 
         Returns exactly ``np.random.RandomState(seed).choice(train.filename)`` on
         the CSV as written (in the image-folder layout, on the sorted listing of
@@ -247,7 +251,7 @@ class Dataset:
         Raises:
             ValueError: if the split has no usable rows.
         """
-        usable = self._split(split)
+        usable = self.rows(split)
         if usable.empty:
             raise ValueError(f"The {split} split of {self.root.name} has no usable images.")
         names = self._usable_names(split)
@@ -265,7 +269,7 @@ class Dataset:
         """
         if n < 0:
             raise ValueError(f"n must be zero or more, got {n}.")
-        usable = list(self._split(split)["filename"])
+        usable = list(self.rows(split)["filename"])
         rng = np.random.RandomState(seed)
         if n >= len(usable) // 2:
             first = self.pick(seed, split) if usable and n else None
@@ -283,12 +287,12 @@ class Dataset:
     def _usable_names(self, split: str) -> frozenset[str]:
         names = self._names_cache.get(split)
         if names is None:
-            names = self._names_cache[split] = frozenset(self._split(split)["filename"])
+            names = self._names_cache[split] = frozenset(self.rows(split)["filename"])
         return names
 
     def label_of(self, filename: str) -> object | None:
         """The label of a train image, or ``None`` for an unknown or test filename."""
-        # A dict built once: a mask over the index took 5 ms, 24 times per Dataset page.
+        # A dict built once: the Dataset page asks for the labels of a page of images.
         if not self._labels_cache and len(self.index):
             pairs = zip(self.index["filename"], self.index["label"].tolist(), strict=True)
             self._labels_cache.update(pairs)
@@ -303,7 +307,7 @@ class Dataset:
         return Path(self._path(filename, split))
 
     def _path(self, filename: str, split: str) -> str:
-        # Strings, not Paths: pathlib took a fifth of the time to read a digit.
+        # Strings, not Paths: pathlib costs a good part of reading a small image.
         if filename not in self._usable_names(split):
             raise ValueError(f"{filename!r} is not a usable image of the {split} split.")
         folder = self._folders.get(split)
@@ -324,11 +328,11 @@ class Dataset:
             split: ``"train"`` or ``"test"``.
             max_side: scale the image down so that its longer side is at most this
                 many pixels (JPEGs decode straight at a reduced scale); it is never
-                more than :data:`MAX_DECODED_SIDE`.
+                more than :data:`cnnlens.images.MAX_DECODED_SIDE`.
 
         Raises:
             ValueError: for an unknown filename, an unreadable image, one over
-                :data:`MAX_IMAGE_PIXELS`, or a ``max_side`` below 1.
+                :data:`cnnlens.images.MAX_IMAGE_PIXELS`, or a ``max_side`` below 1.
         """
         return to_mode(open_image(self.read_bytes(filename, split), filename, max_side), mode)
 
@@ -341,7 +345,7 @@ class Dataset:
         """
         path = self._path(filename, split)
         try:
-            # os-level calls: half the time of open().read(), which counts on many small files.
+            # os-level calls: cheaper than open().read(), which counts on many small files.
             descriptor = os.open(path, os.O_RDONLY)
             try:
                 # A short read of a regular file is its end: a small image takes one read.
@@ -359,90 +363,6 @@ class Dataset:
 
 
 _READ_SIZE = 1 << 16
-
-
-def open_image(data: bytes, name: str = "the image", max_side: int | None = None) -> Image.Image:
-    """Decode image bytes safely: pixel cap, EXIF rotation, large images scaled down.
-
-    Args:
-        data: the encoded image.
-        name: how errors call the image.
-        max_side: the longest side wanted, at most :data:`MAX_DECODED_SIDE` (the
-            default). Larger images are scaled down with their aspect ratio kept;
-            a JPEG is decoded at 1/2, 1/4 or 1/8 scale when that is still large
-            enough, so a 12-megapixel photo never sits in memory at full size.
-
-    Raises:
-        TypeError: if ``max_side`` is not an integer.
-        ValueError: if the bytes are not an image, are truncated, or exceed
-            :data:`MAX_IMAGE_PIXELS`, or if ``max_side`` is below 1.
-    """
-    if max_side is None:
-        max_side = MAX_DECODED_SIDE
-    elif isinstance(max_side, bool) or not isinstance(max_side, int):
-        raise TypeError(f"max_side must be an integer number of pixels, got {max_side!r}.")
-    elif max_side < 1:
-        raise ValueError(f"max_side must be at least 1 pixel, got {max_side}.")
-    side = min(max_side, MAX_DECODED_SIDE)
-    try:
-        with warnings.catch_warnings():
-            # Our own cap below replaces Pillow's bomb warning.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ValueError(
-                    f"{name} is {width}×{height} = {width * height / 1e6:.0f} megapixels, over "
-                    f"the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit. Scale it down and try again."
-                )
-            if max(width, height) > side:
-                # JPEG decodes straight to the smallest scale that still covers the
-                # target box; other formats are scaled after decoding.
-                scale = side / max(width, height)
-                image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
-            image.load()
-            # In place: a copy of a full-size decode is the memory this avoids.
-            ImageOps.exif_transpose(image, in_place=True)
-            if max(image.size) > side:
-                image.thumbnail((side, side), Image.Resampling.LANCZOS)
-            return image
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"{name} is too large to decode safely: {error}") from error
-    except UnidentifiedImageError:
-        raise ValueError(f"{name} is not an image Pillow can read (PNG, JPEG, ...).") from None
-    except OSError as error:
-        raise ValueError(f"{name} is damaged or truncated and cannot be decoded: {error}") from None
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """Stretch a 16-bit, 32-bit or float image over 8 bits by its own value range."""
-    array = np.asarray(image, dtype=np.float64)
-    low, high = min(0.0, float(array.min())), float(array.max())
-    if high <= low:
-        return Image.new("L", image.size, 0)
-    scaled = ((array - low) / (high - low) * 255.0).round().astype(np.uint8)
-    return Image.fromarray(scaled, mode="L")
-
-
-def to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """Convert any Pillow image to ``"L"`` or ``"RGB"``.
-
-    Transparent pixels become black (the background of MNIST-style digits);
-    16-bit and float images are scaled into 8 bits by their range rather than clipped.
-
-    Raises:
-        ValueError: for a mode other than ``"L"`` or ``"RGB"``.
-    """
-    if mode not in ("L", "RGB"):
-        raise ValueError(f"mode must be 'L' (1 channel) or 'RGB' (3 channels), got {mode!r}.")
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        image = _to_8bit(image)
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image.convert(mode)
 
 
 def _visible(name: str) -> bool:
@@ -574,7 +494,7 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> Dataset:
         check_images: read the first bytes of every image to leave out files that
             are not images. ``False`` only checks that they exist, for a caller
             that decodes every image anyway and reports those it cannot (the
-            batch extractor): indexing then takes a fifth of the time, and the
+            batch extractor): indexing is then several times faster, and the
             dataset has no fingerprint (it cannot key cached results).
 
     Returns:

@@ -60,7 +60,7 @@ def grid_png(maps: np.ndarray, per: str = "channel", colorscale: str = "Viridis"
 
     Args:
         maps: C×H×W activations.
-        per: ``"channel"`` or ``"layer"`` normalisation (see :func:`cnnlens.figures.normalise`).
+        per: ``"channel"`` or ``"layer"`` normalisation (see :func:`cnnlens.figures.scale_maps`).
         colorscale: a plotly colorscale name.
 
     Raises:
@@ -86,7 +86,7 @@ def features_parquet(
 
     One row per image: ``filename``, ``label`` and one list-of-float32 column per
     layer; the metadata key ``cnnlens`` records the model, weights, dataset, pool
-    and map shapes (see :func:`cnnlens.batch.extract_to_parquet`).
+    and map shapes (see :func:`cnnlens.parquet.extract_to_parquet`).
 
     Args:
         loaded: the model.
@@ -105,7 +105,7 @@ def features_parquet(
     Raises:
         ValueError: for an unknown layer, split or pool.
     """
-    from cnnlens.batch import extract_to_parquet
+    from cnnlens.parquet import extract_to_parquet
 
     with tempfile.TemporaryDirectory(prefix="cnnlens-export-") as folder:
         result = extract_to_parquet(

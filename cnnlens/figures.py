@@ -1,23 +1,13 @@
 """Figures from arrays: feature-map grids, single channels, images, overlays and bar charts.
 
 Pure numpy, Pillow and plotly; never imports streamlit or torch. Each function takes plain
-arrays and returns a ``go.Figure``, PNG bytes, a dict for the map view or an HTML
-snippet; the pages decide how to show them.
-
-A browser draws a plotly chart from scratch on every rerun (Streamlit gives it a new
-identity whenever its data changes): about 0.1 s each on two cores, and the first
-paint waits for all of them. So the Feature maps page, where every click brings a new
-image, uses none: its grid, enlarged channel and overlay are ``map_view_data`` (a
-``montage_png`` picture plus the raw values, which the map view component reads out
-on hover and only swaps on a rerun; the overlay lays it over the input image in the
-browser, with the opacity slider there) and its bar charts are ``bars_html``. The
-Insights page, which changes less often, keeps plotly.
+arrays and returns a ``go.Figure`` or PNG bytes; the pages decide how to show them. The
+Feature maps page's grid and bars, which must repaint on every click without plotly, are
+built from these PNGs in ``cnnlens.ui.map_view`` and ``cnnlens.ui.bars``.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import math
 from functools import lru_cache
@@ -35,18 +25,23 @@ __all__ = [
     "DEAD_COLOUR",
     "GAP_RGB",
     "HIGHLIGHT_COLOUR",
+    "IMAGE_HEIGHT",
     "MAX_PNG_SIDE",
     "bar_figure",
-    "bars_html",
     "channel_figure",
     "channel_stats",
+    "check_maps",
+    "check_opacity",
+    "class_matrix_figure",
+    "colorscale_colours",
+    "embedding_figure",
     "grid_shape",
     "image_figure",
-    "map_view_data",
+    "image_png",
     "montage",
     "montage_png",
-    "normalise",
     "overlay_figure",
+    "scale_maps",
     "tile_at",
 ]
 
@@ -60,11 +55,10 @@ DEAD_COLOUR = "#B0B0B0"
 MAX_PNG_SIDE = 8192
 """Longest side a PNG montage may have; a larger ``scale`` is refused, not rendered."""
 
-_NORMALISE_MODES = ("channel", "layer")
-_GRID_GAP = 1
-_GRID_ROW_PX = 75
-_GRID_HEIGHT_RANGE = (250, 900)
-_IMAGE_HEIGHT = 400
+_SCALE_MODES = ("channel", "layer")
+IMAGE_HEIGHT = 400
+"""Height, in CSS pixels, of a figure that shows one image or one channel."""
+
 _CHART_HEIGHT = 350
 # A palette PNG holds 256 colours: 255 levels of the colorscale and the gap colour. It encodes
 # 4-5× faster than RGB (one byte per pixel, and Pillow skips PNG row filters for palettes).
@@ -95,7 +89,13 @@ def _numeric(array: np.ndarray, what: str) -> np.ndarray:
     return array
 
 
-def _as_maps(maps: np.ndarray) -> np.ndarray:
+def check_maps(maps: np.ndarray) -> np.ndarray:
+    """Feature maps as a C×H×W array of real numbers, the shape every function here takes.
+
+    Raises:
+        ValueError: If the maps are not C×H×W or are empty.
+        TypeError: If they do not hold real numbers.
+    """
     array = np.asarray(maps)
     if array.ndim != 3:
         raise ValueError(
@@ -158,10 +158,22 @@ def _colorscale(name: str) -> tuple[tuple[float, str], ...]:
         ) from None
 
 
+def colorscale_colours(colorscale: str, count: int) -> list[str]:
+    """``count`` CSS colours evenly spaced along a colorscale, low to high (for a colour bar).
+
+    Raises:
+        ValueError: If the colorscale is unknown or ``count`` is below 2.
+    """
+    count = _check_int(count, "count", 2)
+    return pcolors.sample_colorscale(
+        _named_colorscale(colorscale), np.linspace(0, 1, count).tolist()
+    )
+
+
 # --- arrays -----------------------------------------------------------------------------
 
 
-def normalise(maps: np.ndarray, per: str = "channel") -> np.ndarray:
+def scale_maps(maps: np.ndarray, per: str = "channel") -> np.ndarray:
     """Scales feature maps to [0, 1].
 
     Args:
@@ -177,9 +189,9 @@ def normalise(maps: np.ndarray, per: str = "channel") -> np.ndarray:
         ValueError: If ``per`` is unknown, the maps are not C×H×W, or hold NaN/inf.
         TypeError: If the maps do not hold real numbers.
     """
-    if per not in _NORMALISE_MODES:
+    if per not in _SCALE_MODES:
         raise ValueError(f"per must be 'channel' or 'layer', not {per!r}.")
-    array = _as_maps(maps)
+    array = check_maps(maps)
     _check_finite(array, "The feature maps")
     work = array.astype(np.promote_types(array.dtype, np.float32), copy=False)
     axis = (1, 2) if per == "channel" else None
@@ -241,7 +253,7 @@ def montage(maps: np.ndarray, columns: int | None = None, gap: int = 1) -> np.nd
         ``(rows*H + (rows-1)*gap, cols*W + (cols-1)*gap)``; gaps and unused trailing tiles
         are NaN.
     """
-    return _tile(_as_maps(maps), columns, gap)
+    return _tile(check_maps(maps), columns, gap)
 
 
 def tile_at(
@@ -288,7 +300,7 @@ def channel_stats(maps: np.ndarray) -> pd.DataFrame:
         One row per channel, in channel order, with columns ``channel``, ``mean``, ``max``
         and ``dead`` (the channel is zero everywhere).
     """
-    array = _as_maps(maps)
+    array = check_maps(maps)
     flat = array.reshape(array.shape[0], -1)
     highest = flat.max(axis=1)
     return pd.DataFrame(
@@ -387,99 +399,19 @@ def _palette(colorscale: str) -> bytes:
 # --- figures ----------------------------------------------------------------------------
 
 
-def map_view_data(
-    maps: np.ndarray,
-    per: str = "channel",
-    columns: int | None = None,
-    colorscale: str = "Viridis",
-    with_values: bool = True,
-    title: str | None = None,
-    colorbar: bool = False,
-    under: np.ndarray | None = None,
-    opacity: float = 0.5,
-) -> dict:
-    """What the map view shows for C×H×W maps: a grid of channels, or one channel enlarged.
-
-    The colours are a ``montage_png``; hovering reads the raw value at that pixel
-    from ``values``. The browser only swaps a picture when the maps change, where a
-    plotly heatmap is drawn again from scratch.
+def image_png(image: np.ndarray) -> bytes:
+    """An image as a PNG that looks as ``image_figure`` draws it.
 
     Args:
-        maps: C×H×W activations (C = 1 for one channel).
-        per: ``"channel"`` or ``"layer"`` normalisation of the colours (see ``normalise``).
-        columns: Tiles per row; default ``ceil(sqrt(C))``.
-        colorscale: A plotly colorscale name.
-        with_values: Send the raw values for the hover; ``False`` for large layers, whose
-            hover then names the channel, x and y only.
-        title: Shown above the maps.
-        colorbar: Show the colour scale with the lowest and highest raw value
-            (meaningful for one channel, or with ``per="layer"``).
-        under: An image (H×W grayscale or H×W×3 uint8 RGB, as for ``image_figure``)
-            to lay one channel over. The browser stretches the map to the image,
-            smoothly, and blends it with an opacity slider of its own: no rerun.
-        opacity: The slider's first value, 0 (only the image) to 1 (only the map).
+        image: H×W grayscale (stretched as ``image_figure`` does) or H×W×3 uint8 RGB.
 
     Returns:
-        A JSON-ready dict: ``png`` (base64), ``channels``, ``height``, ``width``,
-        ``columns``, ``gap``, ``values`` (base64 little-endian float32, C·H·W in C
-        order, or ``None``), ``title``, ``low``/``high`` (the raw range) and
-        ``colorbar``: a list of CSS colours from low to high, or ``None``,
-        ``max_height``: the tallest it should be drawn, in CSS pixels, ``under``:
-        the image as a base64 PNG (grayscale spans black to white as in
-        ``image_figure``), or ``None``, and ``opacity``.
+        PNG bytes of an H×W image.
 
     Raises:
-        ValueError: for the reasons of ``montage_png``, an image under more than one
-            channel, or an opacity outside [0, 1].
-        TypeError: for an RGB image that is not uint8, or an opacity that is not a number.
+        ValueError: If the image is not H×W or H×W×3.
+        TypeError: If an RGB image is not uint8.
     """
-    array = _as_maps(maps).astype(np.float32, copy=False)
-    _check_finite(array, "The feature maps")
-    channels, height, width = array.shape
-    _check_opacity(opacity)
-    if under is not None and channels != 1:
-        raise ValueError(f"Only one channel can be laid over an image; got {channels}.")
-    rows, columns = grid_shape(channels, columns)
-    stops = None
-    if colorbar:
-        stops = pcolors.sample_colorscale(
-            _named_colorscale(colorscale), np.linspace(0, 1, 11).tolist()
-        )
-    low_px, high_px = _GRID_HEIGHT_RANGE
-    tallest = _IMAGE_HEIGHT if channels == 1 else min(max(rows * _GRID_ROW_PX, low_px), high_px)
-    values = None
-    if with_values:
-        values = base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode()
-    return {
-        "png": base64.b64encode(
-            montage_png(
-                array,
-                per=per,
-                columns=columns,
-                gap=_GRID_GAP,
-                colorscale=colorscale,
-                clear_gaps=True,
-            )
-        ).decode(),
-        "channels": channels,
-        "height": height,
-        "width": width,
-        "columns": columns,
-        "gap": _GRID_GAP,
-        "values": values,
-        "title": title,
-        "low": float(array.min()),
-        "high": float(array.max()),
-        "colorbar": stops,
-        "max_height": tallest,
-        "under": None if under is None else base64.b64encode(_image_png(under)).decode(),
-        "opacity": float(opacity),
-    }
-
-
-def _image_png(image: np.ndarray) -> bytes:
-    """An image as a PNG that looks as ``image_figure`` draws it (grayscale stretched
-    over its range, see ``_gray_range``)."""
     pixels = _as_image(image)
     if pixels.ndim == 2:
         low, high = _gray_range(pixels)
@@ -506,7 +438,7 @@ def montage_png(
 
     Args:
         maps: C×H×W activations.
-        per: ``"channel"`` or ``"layer"`` normalisation (see ``normalise``).
+        per: ``"channel"`` or ``"layer"`` normalisation (see ``scale_maps``).
         columns: Tiles per row; default ``ceil(sqrt(C))``.
         gap: Pixels between tiles, drawn in ``GAP_RGB`` like unused tiles.
         colorscale: A plotly colorscale name.
@@ -519,11 +451,11 @@ def montage_png(
 
     Raises:
         ValueError: If the PNG would be longer than ``MAX_PNG_SIDE`` on a side, or for the
-            reasons of ``normalise``.
+            reasons of ``scale_maps``.
     """
     scale = _check_int(scale, "scale", 1)
     palette = _palette(colorscale)
-    z = montage(normalise(maps, per), columns, gap)
+    z = montage(scale_maps(maps, per), columns, gap)
     longest = max(z.shape) * scale
     if longest > MAX_PNG_SIDE:
         raise ValueError(
@@ -563,7 +495,7 @@ def channel_figure(
         colorbar={"thickness": 12},
         hovertemplate="x %{x} · y %{y} · value %{z:.4g}<extra></extra>",
     )
-    return _figure([trace], title, _IMAGE_HEIGHT, image=True)
+    return _figure([trace], title, IMAGE_HEIGHT, image=True)
 
 
 def image_figure(image: np.ndarray, title: str | None = None) -> go.Figure:
@@ -584,10 +516,16 @@ def image_figure(image: np.ndarray, title: str | None = None) -> go.Figure:
         TypeError: If an RGB image is not uint8.
     """
     trace = _image_trace(_as_image(image), hover=True)
-    return _figure([trace], title, _IMAGE_HEIGHT, image=True)
+    return _figure([trace], title, IMAGE_HEIGHT, image=True)
 
 
-def _check_opacity(opacity: float) -> None:
+def check_opacity(opacity: float) -> None:
+    """Refuse an opacity that is not a number in [0, 1].
+
+    Raises:
+        TypeError: If ``opacity`` is not a number.
+        ValueError: If it is outside [0, 1].
+    """
     if isinstance(opacity, bool) or not isinstance(opacity, Real):
         raise TypeError(f"opacity must be a number in [0, 1], not {type(opacity).__name__}.")
     if not 0 <= opacity <= 1:
@@ -618,7 +556,7 @@ def overlay_figure(
         ValueError: If ``opacity`` is outside [0, 1] or an array has the wrong shape.
         TypeError: If ``opacity`` is not a number.
     """
-    _check_opacity(opacity)
+    check_opacity(opacity)
     base = _as_image(image)
     layer = _as_map2d(map2d).astype(np.float32)
     _check_finite(layer, "The channel map's values")
@@ -632,7 +570,7 @@ def overlay_figure(
         colorbar={"thickness": 12},
         hovertemplate="x %{x} · y %{y} · value %{z:.4g}<extra></extra>",
     )
-    return _figure([_image_trace(base, hover=False), top], title, _IMAGE_HEIGHT, image=True)
+    return _figure([_image_trace(base, hover=False), top], title, IMAGE_HEIGHT, image=True)
 
 
 def bar_figure(
@@ -682,93 +620,6 @@ def bar_figure(
         image=False,
         xaxis={"type": "category", "title": {"text": x_title}},
         yaxis={"title": {"text": y_title}},
-    )
-
-
-_NOTE_STYLE = "font-size:0.875rem;opacity:0.7;margin-top:0.5rem"
-
-
-def bars_html(
-    labels: list,
-    values: list | np.ndarray,
-    title: str,
-    value_name: str,
-    highlight: object | None = None,
-    flagged: np.ndarray | None = None,
-    flag_name: str = "dead",
-    percent: bool = False,
-    height: int = 180,
-    note: str | None = None,
-) -> str:
-    """A bar chart as a small HTML snippet (for ``st.html``): no chart library to start.
-
-    Bars go up from zero, or down for negative values; hovering one shows its label
-    and value. Labels are written under the bars when there are at most 20.
-
-    Args:
-        labels: One label per bar, in display order.
-        values: One value per label.
-        title: Shown above the bars.
-        value_name: What the values are, for the hover (e.g. "mean activation").
-        highlight: The label whose bar gets ``HIGHLIGHT_COLOUR`` (e.g. the prediction).
-        flagged: Boolean mask of bars drawn in ``DEAD_COLOUR`` and named ``flag_name``.
-        flag_name: What a flagged bar is, for its hover.
-        percent: Write values as percentages.
-        height: Height of the bar area, in CSS pixels.
-        note: A line of small text under the bars.
-
-    Returns:
-        An HTML string; each bar carries ``data-label`` and ``data-value``.
-
-    Raises:
-        ValueError: If labels, values and ``flagged`` differ in length, or ``highlight``
-            is not a label.
-    """
-    labels = list(labels)
-    heights = _numeric(np.asarray(values, dtype=float), "The bar values")
-    mask = np.zeros(len(labels), bool) if flagged is None else np.asarray(flagged, dtype=bool)
-    if heights.ndim != 1 or len(heights) != len(labels) or mask.shape != heights.shape:
-        raise ValueError(
-            f"bars_html needs one value (and flag) per label; got {len(labels)} labels, "
-            f"values of shape {heights.shape} and flags of shape {mask.shape}."
-        )
-    if highlight is not None and highlight not in labels:
-        raise ValueError(f"highlight {highlight!r} is not one of the labels {labels}.")
-    _check_finite(heights, "The bar values")
-    top, bottom = max(float(heights.max(initial=0)), 0.0), max(-float(heights.min(initial=0)), 0.0)
-    span = (top + bottom) or 1.0
-    zero = bottom / span * 100
-    width = 100 / max(len(labels), 1)
-    bars = []
-    for i, (label, value, off) in enumerate(zip(labels, heights, mask, strict=True)):
-        shown = f"{value:.1%}" if percent else f"{value:.4g}"
-        colour = DEAD_COLOUR if off else HIGHLIGHT_COLOUR if label == highlight else BAR_COLOUR
-        size = abs(value) / span * 100
-        base = zero if value >= 0 else zero - size
-        words = f"{label} · {value_name} {shown}" + (f" · {flag_name}" if off else "")
-        bars.append(
-            f'<div data-label="{html.escape(str(label))}" data-value="{float(value)!r}" '
-            f'title="{html.escape(words)}" style="position:absolute;left:{i * width:.4f}%;'
-            f"width:calc({width:.4f}% - 1px);bottom:{base:.3f}%;height:max({size:.3f}%,1px);"
-            f'background:{colour}"></div>'
-        )
-    names = ""
-    if len(labels) <= 20:
-        names = (
-            '<div style="display:flex;font-size:0.8rem;opacity:0.8">'
-            + "".join(
-                f'<div style="flex:1;min-width:0;text-align:center;overflow:hidden;'
-                f'text-overflow:ellipsis;white-space:nowrap">{html.escape(str(label))}</div>'
-                for label in labels
-            )
-            + "</div>"
-        )
-    return (
-        f'<div style="font-weight:600;margin-bottom:0.4rem">{html.escape(title)}</div>'
-        f'<div style="position:relative;height:{height}px">{"".join(bars)}'
-        f'<div style="position:absolute;left:0;right:0;bottom:{zero:.3f}%;height:1px;'
-        f'background:rgba(128,128,128,0.5)"></div></div>{names}'
-        + (f'<div style="{_NOTE_STYLE}">{html.escape(note)}</div>' if note else "")
     )
 
 

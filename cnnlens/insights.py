@@ -7,30 +7,25 @@ bounded however large the dataset is. The other functions work on that summary:
 :func:`top_images` (the dataset examples of a channel, like OpenAI Microscope),
 :func:`class_channel_matrix`, :func:`embedding`. The model's answers come from
 a pass of their own (:func:`predict_split`), once per dataset however many layers
-are looked at. :func:`grad_cam` explains one decision. Pure numpy and torch; no
-streamlit.
+are looked at. Grad-CAM (:mod:`cnnlens.gradcam`) explains one decision. Pure numpy
+and torch; no streamlit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import threading
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 if TYPE_CHECKING:
-    from cnnlens.batch import FeatureBatch
     from cnnlens.data import Dataset
     from cnnlens.models import LoadedModel
+    from cnnlens.pipeline import FeatureBatch
 
 __all__ = [
     "Cancelled",
@@ -40,11 +35,8 @@ __all__ = [
     "difference",
     "embedding",
     "fire_box",
-    "grad_cam",
-    "input_pixels",
     "layer_stats",
     "predict_split",
-    "receptive_field",
     "top_images",
 ]
 
@@ -225,7 +217,7 @@ def _pass(
     **features: object,
 ) -> Iterator[FeatureBatch]:
     """The batches of one pass over a split, raising :class:`Cancelled` when asked to stop."""
-    from cnnlens.batch import iter_features
+    from cnnlens.pipeline import iter_features
 
     def stop() -> bool:
         return should_stop is not None and bool(should_stop())
@@ -468,19 +460,6 @@ def fire_box(
     return left, top, right, bottom
 
 
-def receptive_field(loaded: LoadedModel, layer: str) -> int | None:
-    """The layer's receptive field in input pixels, where it can be derived.
-
-    Known for the renamed layers of sequential models (:func:`cnnlens.lens.receptive_fields`);
-    ``None`` for other models and for layers after adaptive pooling.
-    """
-    if not loaded.sequential:
-        return None
-    from cnnlens.lens import receptive_fields
-
-    return receptive_fields(loaded.model).get(layer)
-
-
 def class_channel_matrix(
     stats: LayerStats,
     by: str = "mean",
@@ -591,105 +570,3 @@ def difference(map_a: np.ndarray, map_b: np.ndarray) -> np.ndarray:
     if a.shape != b.shape:
         raise ValueError(f"Maps of shapes {a.shape} and {b.shape} cannot be compared.")
     return a.astype(np.float32) - b.astype(np.float32)
-
-
-def input_pixels(loaded: LoadedModel, batch: torch.Tensor) -> np.ndarray:
-    """The first image of a batch as the network sees it, as uint8 pixels.
-
-    Undoes the spec's normalisation, so crops from :func:`fire_box` line up exactly.
-
-    Returns:
-        H×W for a 1-channel model, H×W×3 for an RGB one.
-    """
-    image = batch[0].detach().float().cpu()
-    spec = loaded.spec
-    if spec.mean is not None and spec.std is not None:
-        std = torch.tensor(spec.std).view(-1, 1, 1)
-        image = image * std + torch.tensor(spec.mean).view(-1, 1, 1)
-    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    return pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
-
-
-# Grad-CAM runs on a private copy per model: captum's hooks must not fire in
-# another session's forward, and in-place ReLUs must not overwrite the layer's
-# output that the gradient is taken against.
-_cam_guard = threading.Lock()
-_cam_copies: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, threading.Lock]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _cam_copy(model: nn.Module) -> tuple[nn.Module, threading.Lock]:
-    with _cam_guard:
-        found = _cam_copies.get(model)
-        if found is None:
-            net = copy.deepcopy(model).eval()
-            for module in net.modules():
-                if getattr(module, "inplace", False):
-                    module.inplace = False
-            net.requires_grad_(False)
-            found = _cam_copies[model] = (net, threading.Lock())
-        return found
-
-
-def _layer_module(loaded: LoadedModel, net: nn.Module, layer: str) -> nn.Module:
-    """The module of ``net`` (a copy of ``loaded.model``) that a layer name stands for."""
-    names = loaded.layer_names()
-    if layer not in names:
-        raise ValueError(f"Unknown layer {layer!r}. Valid layers: {', '.join(names)}.")
-    if loaded.sequential:
-        # Lens names count the layers of the sequential stack: the model itself or its .features.
-        stack = net if isinstance(net, nn.Sequential) else net.features
-        return stack[names.index(layer)]
-    return net.get_submodule(layer)
-
-
-def grad_cam(
-    loaded: LoadedModel, batch: torch.Tensor, layer: str, class_index: int | None = None
-) -> np.ndarray:
-    """Grad-CAM: where in the image a layer holds the evidence for a class.
-
-    Each channel of the layer is weighted by the mean gradient of the class score
-    with respect to it; the weighted sum, negatives set to zero, is scaled up
-    (bilinear) to the input's size. Uses captum's ``LayerGradCam``.
-
-    Args:
-        loaded: the model; it must output class scores.
-        batch: one preprocessed image, 1×C×H×W (``loaded.batch(image)``).
-        layer: a layer name of ``loaded.layer_names()``.
-        class_index: the class to explain; default the predicted class.
-
-    Returns:
-        An H×W float32 map in input resolution, zero where the layer holds no evidence.
-
-    Raises:
-        ValueError: for an unknown layer or class, a batch of more than one image, or
-            a model that does not output class scores.
-    """
-    from captum.attr import LayerAttribution, LayerGradCam
-
-    if batch.dim() != 4 or batch.shape[0] != 1:
-        raise ValueError(f"Grad-CAM explains one image: pass a 1×C×H×W batch, not {batch.shape}.")
-    net, lock = _cam_copy(loaded.model)
-    module = _layer_module(loaded, net, layer)
-    parameter = next(net.parameters(), None)
-    with lock, torch.inference_mode(False), torch.enable_grad():
-        x = batch.detach().clone()
-        if parameter is not None:
-            x = x.to(parameter.device, parameter.dtype)
-        with torch.no_grad():
-            logits = net(x)
-        if logits.dim() != 2:
-            raise ValueError(
-                f"Grad-CAM needs class scores, but this model outputs shape {tuple(logits.shape)}."
-            )
-        classes = logits.shape[1]
-        if class_index is None:
-            class_index = int(logits.argmax(dim=1))
-        elif not 0 <= class_index < classes:
-            raise ValueError(f"class_index must be between 0 and {classes - 1}; got {class_index}.")
-        cam = LayerGradCam(net, module).attribute(x, target=class_index, relu_attributions=True)
-        if cam.dim() != 4:
-            raise ValueError(f"{layer} gives no feature maps; choose a convolutional layer.")
-        cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
-    return cam[0, 0].detach().float().cpu().numpy()

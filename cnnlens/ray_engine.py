@@ -17,17 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnlens.batch import (
-    FeatureBatch,
-    FeatureSource,
-    load_batch,
-    map_shapes,
-    normalise,
-    pool_maps,
-    split_rows,
-)
 from cnnlens.data import Dataset, Problem
 from cnnlens.models import LoadedModel, open_model
+from cnnlens.pipeline import FeatureBatch, FeatureSource, load_batch, map_shapes, pool_maps
+from cnnlens.preprocess import scale_uint8_batch
 from cnnlens.registry import InputSpec
 
 __all__ = ["ray_source"]
@@ -88,7 +81,7 @@ class _Extract:
         with torch.inference_mode():
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"]))
             spec, device, dtype = self.loaded.spec, self.loaded.device, self.loaded.dtype
-            maps = self.extract(normalise(pixels, spec, device, dtype))
+            maps = self.extract(scale_uint8_batch(pixels, spec, device, dtype))
             out = {"position": batch["position"], "error": batch["error"]}
             for i, value in enumerate(maps.values()):
                 flat = pool_maps(value, self.pool).cpu().numpy()
@@ -110,7 +103,7 @@ def ray_source(
     concurrency: int | None = None,
     num_cpus: int | None = None,
 ) -> FeatureSource:
-    """Batches from Ray Data actors, in dataset order, for :func:`cnnlens.batch.extract_to_parquet`.
+    """Ray Data actors as the batches of :func:`cnnlens.parquet.extract_to_parquet`, in order.
 
     Uses the running Ray when this process has one; else connects to
     ``address`` (``"auto"``, ``"ray://head:10001"``), or starts a local Ray
@@ -134,14 +127,16 @@ def ray_source(
         num_cpus: CPUs of a local Ray; all when ``None``.
 
     Returns:
-        A :data:`cnnlens.batch.FeatureSource`.
+        A :data:`cnnlens.pipeline.FeatureSource`.
 
     Raises:
         ValueError: if Ray Data is not installed, or a target is not a layer of the model.
     """
     ray = _ray()
     shapes = map_shapes(loaded, targets)
-    filenames, labels = split_rows(dataset, split)
+    rows = dataset.rows(split)
+    filenames, labels = rows["filename"].tolist(), rows["label"].tolist()
+    decode_args = {"dataset": dataset, "split": split, "spec": loaded.spec}
     actor_args = {
         "model": loaded.name,
         "weights": None if weights is None else str(weights),
@@ -169,31 +164,8 @@ def ray_source(
                 logging_level=logging.WARNING,
             )
         try:
-            gpus = int(ray.cluster_resources().get("GPU", 0))
-            on_gpu = device.startswith("cuda") or (device == "auto" and gpus > 0)
-            if on_gpu and gpus == 0:
-                raise ValueError("CUDA was asked for, but the Ray cluster has no GPU.")
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            data = ray.data.from_items([{"position": i, "filename": filenames[i]} for i in todo])
-            # Rows in dataset order, as the local engine writes them.
-            data.context.execution_options.preserve_order = True
-            # The command line shows its own progress bar; Ray's would interleave with it.
-            data.context.enable_progress_bars = False
-            data = data.map_batches(
-                _decode,
-                fn_kwargs={"dataset": dataset, "split": split, "spec": loaded.spec},
-                batch_size=batch_size,
-                batch_format="numpy",
-            ).map_batches(
-                _Extract,
-                fn_constructor_kwargs={**actor_args, "device": "cuda" if on_gpu else "cpu"},
-                batch_size=batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(
-                    size=concurrency or (gpus if on_gpu else max(1, cpus - 1))
-                ),
-                num_gpus=1 if on_gpu else 0,
-            )
+            items = [{"position": i, "filename": filenames[i]} for i in todo]
+            data = _pipeline(ray, items, decode_args, actor_args, batch_size, device, concurrency)
             done = 0
             for batch in data.iter_batches(batch_size=batch_size, batch_format="numpy"):
                 if should_stop is not None and should_stop():
@@ -207,6 +179,44 @@ def ray_source(
                 ray.shutdown()
 
     return batches
+
+
+def _pipeline(
+    ray: Any,
+    items: list[dict[str, object]],
+    decode_args: dict[str, object],
+    actor_args: dict[str, object],
+    batch_size: int,
+    device: str,
+    concurrency: int | None,
+) -> Any:
+    """The Ray Data pipeline over ``items``: decoding tasks, then a pool of network actors.
+
+    Raises:
+        ValueError: if CUDA is asked for and the cluster has no GPU.
+    """
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    on_gpu = device.startswith("cuda") or (device == "auto" and gpus > 0)
+    if on_gpu and gpus == 0:
+        raise ValueError("CUDA was asked for, but the Ray cluster has no GPU.")
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    data = ray.data.from_items(items)
+    # Rows in dataset order, as the local engine writes them.
+    data.context.execution_options.preserve_order = True
+    # The command line shows its own progress bar; Ray's would interleave with it.
+    data.context.enable_progress_bars = False
+    return data.map_batches(
+        _decode, fn_kwargs=decode_args, batch_size=batch_size, batch_format="numpy"
+    ).map_batches(
+        _Extract,
+        fn_constructor_kwargs={**actor_args, "device": "cuda" if on_gpu else "cpu"},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(
+            size=concurrency or (gpus if on_gpu else max(1, cpus - 1))
+        ),
+        num_gpus=1 if on_gpu else 0,
+    )
 
 
 def _feature_batch(

@@ -11,17 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-DEMO_DATASET_DIR = Path(__file__).resolve().parent.parent / "datasets" / "MNIST"
+_DEMO_DIR = Path(__file__).resolve().parent / "demo"  # inside the package, so a wheel ships it
+
+DEMO_DATASET_DIR = _DEMO_DIR / "MNIST"
 """The embedded demo dataset: 4,000 labelled MNIST digits and 1,000 test digits."""
 
+DEMO_WEIGHTS = _DEMO_DIR / "demo_cnn.safetensors"
+"""The demo CNN's trained weights (``scripts/train_demo_model.py`` writes them)."""
+
 SEED = 128
-"""The seed recipe's seed: ``np.random.RandomState(128).choice(train.filename)``."""
+"""The original recipe's random seed: ``np.random.RandomState(128).choice(train.filename)``."""
 
 RANDOM_WEIGHTS_NOTE = "Random weights: feature maps show structure, not learned features."
 
 __all__ = [
     "DEMO_DATASET_DIR",
     "DEMO_INPUT",
+    "DEMO_WEIGHTS",
     "MODELS",
     "RANDOM_WEIGHTS_NOTE",
     "SEED",

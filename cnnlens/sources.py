@@ -63,7 +63,7 @@ def data_roots() -> list[Path]:
     """The folders datasets may be read from, resolved.
 
     Taken from the ``CNNLENS_DATA_ROOTS`` environment variable (paths separated
-    by ``os.pathsep``); without it, the repository's ``datasets/`` folder.
+    by ``os.pathsep``); without it, the folder that holds the demo dataset.
     """
     value = os.environ.get(DATA_ROOTS_ENV, "")
     paths = [part for part in value.split(os.pathsep) if part.strip()]

@@ -22,13 +22,13 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from cnnlens.bytes_cache import BytesCache
 from cnnlens.sources import cache_dir
 
 if TYPE_CHECKING:
@@ -105,22 +105,24 @@ class ResultStore:
     Args:
         folder: where the files go; default ``cache_dir() / "insights"``.
         max_mb: size limit of the folder in megabytes.
-        memory_entries: how many decoded results to keep in memory.
+        memory_mb: how many megabytes of recent results to keep decoded in memory
+            (counted as the bytes of their stored arrays).
 
     Raises:
         ValueError: if ``max_mb`` is not positive.
     """
 
     def __init__(
-        self, folder: Path | None = None, max_mb: float = DEFAULT_MAX_MB, memory_entries: int = 8
+        self, folder: Path | None = None, max_mb: float = DEFAULT_MAX_MB, memory_mb: float = 256
     ) -> None:
         if max_mb <= 0:
             raise ValueError(f"max_mb must be positive, got {max_mb}.")
         self.folder = Path(folder) if folder is not None else cache_dir() / "insights"
         self.max_bytes = int(max_mb * 1024 * 1024)
-        self._memory: OrderedDict[str, object] = OrderedDict()
-        self._memory_entries = memory_entries
-        self._memory_lock = threading.Lock()
+        # (result, bytes of its arrays): the decoded result's own size is not known.
+        self._memory = BytesCache[tuple[object, int]](
+            int(memory_mb * 1024 * 1024), lambda entry: entry[1]
+        )
 
     def path(self, key: str) -> Path:
         """The file a result is stored in."""
@@ -191,15 +193,14 @@ class ResultStore:
             arrays = compute()
             result = decode(arrays)
             self.save(key, arrays)
-            self._remember(key, result)
+            self._remember(key, result, arrays)
             return result
 
     def peek(self, key: str, decode: Callable[[dict[str, np.ndarray]], T]) -> T | None:
         """The decoded result if it is in memory or on disk, else ``None``; never computes."""
-        with self._memory_lock:
-            if key in self._memory:
-                self._memory.move_to_end(key)
-                return self._memory[key]  # type: ignore[return-value]
+        kept = self._memory.get(key)
+        if kept is not None:
+            return kept[0]  # type: ignore[return-value]
         arrays = self.load(key)
         if arrays is None:
             return None
@@ -208,15 +209,11 @@ class ResultStore:
         except (ValueError, KeyError):
             self.path(key).unlink(missing_ok=True)
             return None
-        self._remember(key, result)
+        self._remember(key, result, arrays)
         return result
 
-    def _remember(self, key: str, result: object) -> None:
-        with self._memory_lock:
-            self._memory[key] = result
-            self._memory.move_to_end(key)
-            while len(self._memory) > self._memory_entries:
-                self._memory.popitem(last=False)
+    def _remember(self, key: str, result: object, arrays: dict[str, np.ndarray]) -> None:
+        self._memory.put(key, (result, sum(array.nbytes for array in arrays.values())))
 
     def _evict(self, keep: Path) -> None:
         """Remove the least recently used files until the folder fits its limit."""

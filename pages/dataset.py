@@ -5,17 +5,20 @@ from __future__ import annotations
 import streamlit as st
 
 from cnnlens import figures
-from cnnlens.ui import cache, state, widgets
+from cnnlens.ui import cache, state
+from cnnlens.ui.context import page_context
+from cnnlens.ui.explanations import explain
+from cnnlens.ui.navigation import page
 
 GRID_SIZE = 24
 GRID_COLUMNS = 6
 
-ctx, _ = widgets.context()
+ctx, _ = page_context()
 dataset = ctx.dataset
 
 st.title("Dataset")
 st.caption(f"Folder {dataset.root.name}: {len(dataset.index):,} labelled images")
-widgets.explain("dataset", "heatmap")
+explain("dataset", "heatmap")
 
 controls = st.columns([1, 1, 2])
 with controls[0]:
@@ -28,7 +31,7 @@ with controls[0]:
         on_change=state.choose_image,
         args=(None,),
         persist_state="session",
-        help="The same seed always picks the same image (128 is the seed recipe's).",
+        help="The same seed always picks the same image (128 is the original recipe's).",
     )
 with controls[1]:
     st.button("Another random image", on_click=state.next_seed, icon=":material/casino:")
@@ -56,13 +59,13 @@ with chosen_col:
         key="chosen_image",
     )
     st.page_link(
-        widgets.page("feature_maps"),
+        page("feature_maps"),
         label="See what the network sees in it",
         icon=":material/arrow_forward:",
     )
 
 with grid_col:
-    frame = dataset.index if view.split == "train" else dataset.test_index
+    frame = dataset.rows(view.split)
     if view.split == "train":
         wanted = st.pills(
             "Show labels",

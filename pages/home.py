@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cnnlens.ui import state, widgets
+from cnnlens.ui import state
+from cnnlens.ui.context import page_context
+from cnnlens.ui.explanations import explain
+from cnnlens.ui.navigation import page
 
-ctx, _ = widgets.context()
+ctx, _ = page_context()
 
 st.title("See what a neural network sees")
 st.markdown(
@@ -39,7 +42,7 @@ if st.button(
     icon=":material/casino:",
 ):
     state.next_seed()
-    st.switch_page(widgets.page("feature_maps"))
+    st.switch_page(page("feature_maps"))
 
 st.subheader("How to read a feature map")
 st.markdown(
@@ -53,4 +56,4 @@ st.markdown(
    which channels each class excites, and where the network looks when it decides.
 """
 )
-widgets.explain("heatmap", "convolution", "relu", "brightness", title="The words, in plain English")
+explain("heatmap", "convolution", "relu", "brightness", title="The words, in plain English")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,11 @@ from cnnlens.insights import (
     fire_box,
     top_images,
 )
-from cnnlens.ui import cache, state, widgets
+from cnnlens.ui import cache, state
+from cnnlens.ui.bars import bars_html
+from cnnlens.ui.context import Context, page_context
+from cnnlens.ui.explanations import explain
+from cnnlens.ui.image_input import input_image
 
 SECTIONS = {
     "top": "Top images",
@@ -40,37 +45,22 @@ THUMB_SIDE = 96  # pixels: crops and heatmaps of the examples are enlarged to ab
 PAUSED_KEY = "insights_paused"  # the dataset pass the user cancelled; not restarted by itself
 CLASS_KEY = "insights_class"
 EXPORT_KEY = "insights_parquet"  # (settings, bytes) of the last Parquet export
-plain = {"displayModeBar": False}
+PLAIN = {"displayModeBar": False}  # plotly's config for charts without a toolbar
 
-ctx, names = widgets.context(with_layers=True)
-view, loaded = state.current_view(ctx.dataset), ctx.loaded
 
-st.title("Insights")
-st.markdown(
-    "What a layer does across **the whole dataset**: which images excite each channel, "
-    "which channels each class excites, how the layer arranges the images; and, for the "
-    "current image, where the network looks when it decides."
-)
+@dataclass(frozen=True)
+class Focus:
+    """What every section looks at: this run's context, the view and the chosen layer."""
 
-section = st.segmented_control(
-    "Show",
-    list(SECTIONS),
-    format_func=SECTIONS.get,
-    required=True,
-    default="top",
-    key="insights_section",
-    persist_state="session",
-)
-shown = st.session_state.get(state.LAYER_KEY)
-layer = st.segmented_control(
-    "Layer",
-    view.layers,
-    required=True,
-    help="Choose the layers offered here on the Layers page.",
-    **state.shared_widget(
-        state.LAYER_KEY, "insights_layer", shown if shown in view.layers else view.layers[0]
-    ),
-)
+    ctx: Context
+    view: state.View
+    layer: str
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The dataset's table of the view's split (train or test)."""
+        dataset = self.ctx.dataset
+        return dataset.index if self.view.split == "train" else dataset.test_index
 
 
 # --- dataset passes ----------------------------------------------------------------------
@@ -87,6 +77,7 @@ def resume() -> None:
 
 
 def dataset_result(
+    focus: Focus,
     what: str,
     find: Callable[[], object | None],
     compute: Callable[[Callable[[int, int], None]], object],
@@ -99,13 +90,12 @@ def dataset_result(
     found = find()
     if found is not None:
         return found
-    key = (what, ctx.choice, ctx.root, view.split)
+    key = (what, focus.ctx.choice, focus.ctx.root, focus.view.split)
     if st.session_state.get(PAUSED_KEY) == key:
         st.info(f"{what.capitalize()} was cancelled.", icon=":material/pause_circle:")
         st.button("Go on", on_click=resume, icon=":material/play_arrow:", key="insights_resume")
         st.stop()
-    images = len(ctx.dataset.index if view.split == "train" else ctx.dataset.test_index)
-    bar = st.progress(0.0, text=f"{what.capitalize()}: {images:,} images…")
+    bar = st.progress(0.0, text=f"{what.capitalize()}: {len(focus.frame):,} images…")
     cancel = st.empty()
     cancel.button(
         "Cancel", on_click=pause, args=(key,), icon=":material/cancel:", key="insights_cancel"
@@ -127,26 +117,32 @@ def dataset_result(
     return result
 
 
-def layer_summary() -> LayerStats:
+def layer_summary(focus: Focus) -> LayerStats:
+    """The layer's per-image statistics over the whole split."""
+    choice, root, split, layer = focus.ctx.choice, focus.ctx.root, focus.view.split, focus.layer
     return dataset_result(
+        focus,
         f"summarising {layer}",
-        lambda: cache.find_layer_stats(ctx.choice, ctx.root, view.split, layer),
-        lambda progress: cache.layer_stats(ctx.choice, ctx.root, view.split, layer, progress),
+        lambda: cache.find_layer_stats(choice, root, split, layer),
+        lambda progress: cache.layer_stats(choice, root, split, layer, progress),
     )
 
 
-def class_predictions() -> Predictions:
+def class_predictions(focus: Focus) -> Predictions:
+    """The network's answer for every image of the split."""
+    choice, root, split = focus.ctx.choice, focus.ctx.root, focus.view.split
     return dataset_result(
+        focus,
         "classifying every image",
-        lambda: cache.find_predictions(ctx.choice, ctx.root, view.split),
-        lambda progress: cache.predictions(ctx.choice, ctx.root, view.split, progress),
+        lambda: cache.find_predictions(choice, root, split),
+        lambda progress: cache.predictions(choice, root, split, progress),
     )
 
 
 # --- pieces shared by the sections ---------------------------------------------------------
 
 
-def channel_ui(channels: int) -> int:
+def channel_ui(channels: int, layer: str) -> int:
     """The channel to show, the same one as on the Feature maps page."""
     shown = st.session_state.get(state.CHANNEL_KEY, 0)
     return st.number_input(
@@ -161,31 +157,37 @@ def channel_ui(channels: int) -> int:
     )
 
 
-def examples_ui(rows: pd.DataFrame, channel: int) -> None:
+def examples_ui(focus: Focus, rows: pd.DataFrame, channel: int) -> None:
     """The images of ``rows``: the crop where the channel fires, and its map below."""
     if rows.empty:
         st.caption("No images to show.")
         return
+    ctx, split, layer = focus.ctx, focus.view.split, focus.layer
     filenames = tuple(rows["filename"])
-    maps = cache.get_channel_maps(ctx.choice, ctx.root, view.split, filenames, layer, channel)
-    _, height, width = maps.shape
-    scale = max(1, THUMB_SIDE // max(height, width))
-    # One strip on one colour scale, so the maps compare; cut into a tile per image.
-    strip = Image.open(
-        io.BytesIO(figures.montage_png(maps, per="layer", columns=len(maps), gap=0, scale=scale))
-    ).convert("RGB")
+    maps = cache.get_channel_maps(ctx.choice, ctx.root, split, filenames, layer, channel)
+    tiles = map_tiles(maps)
     field = cache.get_receptive_field(ctx.choice, layer)
     for start in range(0, len(rows), PER_ROW):
         columns = st.columns(PER_ROW)
         for offset, (_, row) in enumerate(rows.iloc[start : start + PER_ROW].iterrows()):
-            i = start + offset
-            pixels = cache.get_network_input(ctx.choice, ctx.root, view.split, row["filename"])
-            crop = fire_crop(pixels, row, (height, width), field)
-            tile = strip.crop((i * width * scale, 0, (i + 1) * width * scale, height * scale))
+            pixels = cache.get_network_input(ctx.choice, ctx.root, split, row["filename"])
+            crop = fire_crop(pixels, row, maps.shape[1:], field)
             label = "" if row["label"] is None else f" · {row['label']}"
             with columns[offset]:
                 st.image(crop, caption=f"{row['filename']}{label}", width="stretch")
-                st.image(tile, caption=f"{row['score']:.3g}", width="stretch")
+                st.image(tiles[start + offset], caption=f"{row['score']:.3g}", width="stretch")
+
+
+def map_tiles(maps: np.ndarray) -> list[Image.Image]:
+    """One enlarged picture per map, all on one colour scale so that they compare."""
+    count, height, width = maps.shape
+    scale = max(1, THUMB_SIDE // max(height, width))
+    # One strip on one colour scale, cut into a tile per image.
+    strip = Image.open(
+        io.BytesIO(figures.montage_png(maps, per="layer", columns=count, gap=0, scale=scale))
+    ).convert("RGB")
+    side_x, side_y = width * scale, height * scale
+    return [strip.crop((i * side_x, 0, (i + 1) * side_x, side_y)) for i in range(count)]
 
 
 def fire_crop(
@@ -195,14 +197,12 @@ def fire_crop(
     box = fire_box(row, map_shape, pixels.shape[:2], field)
     # A crop of a few pixels (an early layer's field) shows nothing recognisable:
     # show at least half the image around the spot.
-    context = fire_box(
-        row, map_shape, pixels.shape[:2], max(field or 0, min(pixels.shape[:2]) // 2)
-    )
-    crop = Image.fromarray(pixels).convert("RGB").crop(context)
+    around = fire_box(row, map_shape, pixels.shape[:2], max(field or 0, min(pixels.shape[:2]) // 2))
+    crop = Image.fromarray(pixels).convert("RGB").crop(around)
     zoom = max(1, THUMB_SIDE // max(crop.size))
     crop = crop.resize((crop.width * zoom, crop.height * zoom), Image.Resampling.NEAREST)
-    left, top = (box[0] - context[0]) * zoom, (box[1] - context[1]) * zoom
-    right, bottom = (box[2] - context[0]) * zoom - 1, (box[3] - context[1]) * zoom - 1
+    left, top = (box[0] - around[0]) * zoom, (box[1] - around[1]) * zoom
+    right, bottom = (box[2] - around[0]) * zoom - 1, (box[3] - around[1]) * zoom - 1
     outline = max(1, min(crop.size) // 48)
     ImageDraw.Draw(crop).rectangle(
         (left, top, right, bottom), outline=figures.HIGHLIGHT_COLOUR, width=outline
@@ -211,24 +211,23 @@ def fire_crop(
 
 
 def scores_chart(rows: pd.DataFrame, title: str, by: str, key: str) -> None:
+    """The example images' scores as bars."""
     # HTML bars, not plotly: the page's first chart shows before plotly's code has loaded.
     with st.container(key=key):
         st.html(
-            figures.bars_html(
-                list(rows["filename"]), rows["score"].to_numpy(), title, f"{by} activation"
-            )
+            bars_html(list(rows["filename"]), rows["score"].to_numpy(), title, f"{by} activation")
         )
 
 
-# --- sections ------------------------------------------------------------------------------
+# --- top images ----------------------------------------------------------------------------
 
 
-def top_section() -> None:
-    stats = layer_summary()
-    channels = stats.map_shape[0]
+def top_section(focus: Focus) -> None:
+    """The images of the dataset that excite one channel most."""
+    stats = layer_summary(focus)
     left, middle, right = st.columns(3)
     with left:
-        channel = channel_ui(channels)
+        channel = channel_ui(stats.map_shape[0], focus.layer)
     with middle:
         by = st.segmented_control(
             "Rank by",
@@ -244,10 +243,14 @@ def top_section() -> None:
             "Images", [6, 12, 24], required=True, default=12, key="insights_count"
         )
     rows = top_images(stats, channel, k=count, by=by)
+    layer = focus.layer
     st.subheader(f"The {len(rows)} images that excite channel {channel} of {layer} most")
-    examples_ui(rows, channel)
+    examples_ui(focus, rows, channel)
     scores_chart(rows, f"{layer}, channel {channel}: its strongest images", by, "top_scores")
-    widgets.explain("top_images")
+    explain("top_images")
+
+
+# --- classes × channels --------------------------------------------------------------------
 
 
 def pick_cell() -> None:
@@ -258,13 +261,12 @@ def pick_cell() -> None:
         st.session_state[CLASS_KEY] = str(points[0]["y"])
 
 
-def matrix_section() -> None:
-    stats = layer_summary()
-    labelled = any(label is not None for label in stats.labels)
-    options = (["label"] if labelled else []) + (["predicted"] if loaded.classes else [])
-    if not options:
-        st.info("These images have no labels and the model no classes: nothing to group by.")
-        return
+def matrix_options_ui(options: list[str]) -> tuple[str, bool]:
+    """How to group the images and colour the cells.
+
+    Returns:
+        ``"label"`` or ``"predicted"``, and whether the colours compare across classes.
+    """
     left, right = st.columns(2)
     group = left.segmented_control(
         "Group images by",
@@ -275,26 +277,36 @@ def matrix_section() -> None:
         key="insights_group",
         persist_state="session",
     )
-    with right:
-        relative = (
-            st.segmented_control(
-                "Colour",
-                ["relative", "mean"],
-                format_func={"relative": "Compared across classes", "mean": "Mean activation"}.get,
-                required=True,
-                default="relative",
-                key="insights_colour",
-                persist_state="session",
-                help="Compared across classes: each channel's score for a class against its "
-                "average over all classes (red: prefers it, blue: avoids it).",
-            )
-            == "relative"
-        )
-    predicted = class_predictions() if group == "predicted" else None
+    colour = right.segmented_control(
+        "Colour",
+        ["relative", "mean"],
+        format_func={"relative": "Compared across classes", "mean": "Mean activation"}.get,
+        required=True,
+        default="relative",
+        key="insights_colour",
+        persist_state="session",
+        help="Compared across classes: each channel's score for a class against its "
+        "average over all classes (red: prefers it, blue: avoids it).",
+    )
+    return group, colour == "relative"
+
+
+def matrix_section(focus: Focus) -> None:
+    """Which channels each class excites; a cell opens that class's strongest images."""
+    stats = layer_summary(focus)
+    labelled = any(label is not None for label in stats.labels)
+    classes = focus.ctx.loaded.classes
+    options = (["label"] if labelled else []) + (["predicted"] if classes else [])
+    if not options:
+        st.info("These images have no labels and the model no classes: nothing to group by.")
+        return
+    group, relative = matrix_options_ui(options)
+    predicted = class_predictions(focus) if group == "predicted" else None
     means = class_channel_matrix(stats, predictions=predicted)
     matrix = (
         class_channel_matrix(stats, predictions=predicted, relative=True) if relative else means
     )
+    layer = focus.layer
     st.plotly_chart(
         figures.class_matrix_figure(
             matrix,
@@ -307,27 +319,45 @@ def matrix_section() -> None:
         key="matrix",
         on_select=pick_cell,
         selection_mode="points",
-        config=plain,
+        config=PLAIN,
         theme=None,
     )
-    widgets.explain("class_matrix")
-    classes = [str(name) for name in matrix.index]
+    explain("class_matrix")
+    names = predicted.names if predicted is not None else [str(label) for label in stats.labels]
+    class_examples_ui(focus, stats, [str(name) for name in matrix.index], np.array(names))
+
+
+def class_examples_ui(
+    focus: Focus, stats: LayerStats, classes: list[str], names: np.ndarray
+) -> None:
+    """A class and a channel (or a clicked cell), and that class's images that excite it most."""
     if st.session_state.get(CLASS_KEY) not in classes:
         st.session_state[CLASS_KEY] = classes[0]
     left, right = st.columns(2)
     with left:
         chosen = st.selectbox("Class", classes, key=CLASS_KEY, help="Or click a cell above.")
     with right:
-        channel = channel_ui(stats.map_shape[0])
-    names = predicted.names if predicted is not None else [str(label) for label in stats.labels]
-    rows = top_images(stats, channel, k=PER_ROW, among=np.array(names) == chosen)
+        channel = channel_ui(stats.map_shape[0], focus.layer)
+    rows = top_images(stats, channel, k=PER_ROW, among=names == chosen)
     st.subheader(f"Class {chosen}: the images that excite channel {channel} most")
-    examples_ui(rows, channel)
+    examples_ui(focus, rows, channel)
     scores_chart(rows, f"Class {chosen}, channel {channel}", "max", "class_scores")
 
 
-def embedding_section() -> None:
-    stats = layer_summary()
+# --- embedding map -------------------------------------------------------------------------
+
+
+def selected_rows(event: dict) -> list[int]:
+    """The rows of the points a box or lasso chose on the embedding map, in order."""
+    chosen = set()
+    for point in event["selection"]["points"]:
+        data = point["customdata"]
+        chosen.add(int(data[0] if isinstance(data, list) else data))
+    return sorted(chosen)
+
+
+def embedding_options_ui(has_classes: bool) -> tuple[str, bool]:
+    """The method that lays the images out, and whether to mark the network's mistakes."""
     left, right = st.columns(2)
     with left:
         method = st.segmented_control(
@@ -342,16 +372,25 @@ def embedding_section() -> None:
     with right:
         mark = st.toggle(
             "Mark the images the network gets wrong",
-            value=loaded.classes is not None,
-            disabled=loaded.classes is None,
+            value=has_classes,
+            disabled=not has_classes,
             key="insights_mark",
         )
+    return method, mark
+
+
+def embedding_section(focus: Focus) -> None:
+    """Every image as a point placed by what the layer sees; a selection opens its images."""
+    stats = layer_summary(focus)
+    ctx, layer = focus.ctx, focus.layer
+    classes = ctx.loaded.classes
+    method, mark = embedding_options_ui(classes is not None)
     try:
-        points = cache.get_embedding(ctx.choice, ctx.root, view.split, layer, method, 0)
+        points = cache.get_embedding(ctx.choice, ctx.root, focus.view.split, layer, method, 0)
     except ValueError as error:
         st.error(str(error), icon=":material/error:")
         return
-    wrong = class_predictions().misclassified if mark and loaded.classes else None
+    wrong = class_predictions(focus).misclassified if mark and classes else None
     event = st.plotly_chart(
         figures.embedding_figure(
             points,
@@ -367,40 +406,37 @@ def embedding_section() -> None:
     )
     if wrong is not None:
         st.caption(f"{int(wrong.sum()):,} of {len(wrong):,} images are classified wrongly (×).")
-    widgets.explain("embedding")
-    chosen = sorted(
-        {
-            int(
-                point["customdata"][0]
-                if isinstance(point["customdata"], list)
-                else point["customdata"]
-            )
-            for point in event["selection"]["points"]
-        }
-    )
+    explain("embedding")
+    chosen = selected_rows(event)
     if not chosen:
         st.caption("Draw a box or lasso around points to see those images here.")
         return
-    channel = channel_ui(stats.map_shape[0])
+    channel = channel_ui(stats.map_shape[0], layer)
     among = np.zeros(len(stats), dtype=bool)
     among[chosen] = True
     rows = top_images(stats, channel, k=2 * PER_ROW, among=among)
     st.subheader(
         f"{len(chosen):,} images chosen; the {len(rows)} that excite channel {channel} most"
     )
-    examples_ui(rows, channel)
+    examples_ui(focus, rows, channel)
 
 
-def gradcam_section() -> None:
-    if loaded.classes is None:
+# --- Grad-CAM ------------------------------------------------------------------------------
+
+
+def gradcam_section(focus: Focus) -> None:
+    """Where the layer holds the evidence for a class, over the current image."""
+    ctx, layer = focus.ctx, focus.layer
+    classes = ctx.loaded.classes
+    if classes is None:
         st.info(f"{ctx.info.title} has no classes, so there is no decision to explain.")
         return
     try:
-        pixels, caption = widgets.input_pixels(view, ctx)
+        pixels, caption = input_image(focus.view, ctx)
     except ValueError as error:
         st.error(str(error))
         return
-    choices = [None, *range(len(loaded.classes))]
+    choices = [None, *range(len(classes))]
     if st.session_state.get("gradcam_class") not in choices:
         st.session_state["gradcam_class"] = None  # a class of the previous model
     left, right = st.columns([1, 2])
@@ -409,16 +445,17 @@ def gradcam_section() -> None:
         class_index = st.selectbox(
             "Class to explain",
             choices,
-            format_func=lambda i: "The network's answer" if i is None else loaded.classes[i],
+            format_func=lambda i: "The network's answer" if i is None else classes[i],
             key="gradcam_class",
         )
         opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="gradcam_opacity")
     try:
-        explanation = cache.get_grad_cam(ctx.choice, pixels, layer, class_index)
+        with st.spinner("Tracing the decision back…"):
+            explanation = cache.get_grad_cam(ctx.choice, pixels, layer, class_index)
     except ValueError as error:
         st.error(str(error), icon=":material/error:")
         return
-    answer = loaded.classes[explanation.class_index]
+    answer = classes[explanation.class_index]
     with right:
         st.plotly_chart(
             figures.overlay_figure(
@@ -428,27 +465,37 @@ def gradcam_section() -> None:
                 colorscale="Inferno",
                 title=f"Where {layer} holds the evidence for {answer}",
             ),
-            config=plain,
+            config=PLAIN,
             key="gradcam",
             theme=None,
         )
-    widgets.explain("gradcam")
+    explain("gradcam")
 
 
-def compare_section() -> None:
+# --- compare -------------------------------------------------------------------------------
+
+
+def other_image_ui(focus: Focus) -> str:
+    """The dataset image to compare with; first the next seed's pick."""
+    filenames = list(focus.frame["filename"])
+    if st.session_state.get("compare_image") not in filenames:
+        st.session_state["compare_image"] = focus.ctx.dataset.pick(
+            (focus.view.seed + 1) % 2**32, focus.view.split
+        )
+    return st.selectbox("Compare with", filenames, key="compare_image")
+
+
+def compare_section(focus: Focus) -> None:
+    """Two images side by side on one channel, and their difference."""
+    ctx, view, layer = focus.ctx, focus.view, focus.layer
     try:
-        pixels_a, caption_a = widgets.input_pixels(view, ctx)
+        pixels_a, caption_a = input_image(view, ctx)
     except ValueError as error:
         st.error(str(error))
         return
-    filenames = list(
-        (ctx.dataset.index if view.split == "train" else ctx.dataset.test_index)["filename"]
-    )
-    if st.session_state.get("compare_image") not in filenames:
-        st.session_state["compare_image"] = ctx.dataset.pick((view.seed + 1) % 2**32, view.split)
     left, right = st.columns(2)
     with left:
-        other = st.selectbox("Compare with", filenames, key="compare_image")
+        other = other_image_ui(focus)
     pixels_b = cache.get_dataset_image(ctx.dataset, view.split, other, ctx.spec.mode)
     try:
         maps_a = cache.get_features(ctx.choice, (layer,), pixels_a).maps[layer]
@@ -460,39 +507,56 @@ def compare_section() -> None:
         st.info(f"{layer} gives no image-shaped maps; choose a convolutional layer.")
         return
     with right:
-        channel = channel_ui(len(maps_a))
+        channel = channel_ui(len(maps_a), layer)
     label = ctx.dataset.label_of(other) if view.split == "train" else None
     caption_b = other + (f" · label {label}" if label is not None else "")
+    compared_ui(
+        (pixels_a, caption_a, maps_a[channel]),
+        (pixels_b, caption_b, maps_b[channel]),
+        f"{layer}, channel {channel}",
+    )
+    explain("compare")
+
+
+def compared_ui(
+    first: tuple[np.ndarray, str, np.ndarray],
+    second: tuple[np.ndarray, str, np.ndarray],
+    title: str,
+) -> None:
+    """Each image over its channel map, on one colour range, and the first minus the second.
+
+    Args:
+        first: the first image's pixels, caption and channel map.
+        second: the same for the second image.
+        title: the channel's name, above each map.
+    """
     # One colour range for both maps, so equal colours mean equal values.
-    low = float(min(maps_a[channel].min(), maps_b[channel].min()))
-    high = float(max(maps_a[channel].max(), maps_b[channel].max()))
+    low = float(min(first[2].min(), second[2].min()))
+    high = float(max(first[2].max(), second[2].max()))
     images, charts = st.columns(3), st.columns(3)
-    for column, image, caption, maps, key, name in (
-        (0, pixels_a, caption_a, maps_a, "compare_a", "First"),
-        (1, pixels_b, caption_b, maps_b, "compare_b", "Second"),
+    for column, (image, caption, map2d), key, name in (
+        (0, first, "compare_a", "First"),
+        (1, second, "compare_b", "Second"),
     ):
         images[column].image(image, caption=f"{name}: {caption}", width=160)
-        figure = figures.channel_figure(maps[channel], title=f"{layer}, channel {channel}")
+        figure = figures.channel_figure(map2d, title=title)
         figure.data[0].update(zmin=low, zmax=high)
-        charts[column].plotly_chart(figure, config=plain, key=key, theme=None)
+        charts[column].plotly_chart(figure, config=PLAIN, key=key, theme=None)
     images[2].markdown(
         "**First minus second**: red where the first image excites the channel more, "
         "blue where the second does."
     )
     figure = figures.channel_figure(
-        difference(maps_a[channel], maps_b[channel]),
-        title="First minus second",
-        colorscale="RdBu_r",
+        difference(first[2], second[2]), title="First minus second", colorscale="RdBu_r"
     )
     figure.data[0].zmid = 0  # white where both are equal
-    charts[2].plotly_chart(figure, config=plain, key="compare_diff", theme=None)
-    widgets.explain("compare")
+    charts[2].plotly_chart(figure, config=PLAIN, key="compare_diff", theme=None)
 
 
 # --- exports -------------------------------------------------------------------------------
 
 
-def parquet_ui() -> None:
+def parquet_ui(ctx: Context, view: state.View) -> None:
     """The dataset's features as Parquet: computed on request, with progress, then offered."""
     settings = (ctx.choice, ctx.root, view.split, view.layers)
     ready = st.session_state.get(EXPORT_KEY)
@@ -515,7 +579,7 @@ def parquet_ui() -> None:
         return
     bar = st.progress(0.0, text="Extracting features…")
     data = features_parquet(
-        loaded,
+        ctx.loaded,
         ctx.dataset,
         view.layers,
         split=view.split,
@@ -529,12 +593,50 @@ def parquet_ui() -> None:
     st.rerun()
 
 
-{
+# --- the page ------------------------------------------------------------------------------
+
+
+def choices_ui(view: state.View) -> tuple[str, str]:
+    """The section to show and the layer, the same one as on the Feature maps page."""
+    section = st.segmented_control(
+        "Show",
+        list(SECTIONS),
+        format_func=SECTIONS.get,
+        required=True,
+        default="top",
+        key="insights_section",
+        persist_state="session",
+    )
+    shown = st.session_state.get(state.LAYER_KEY)
+    layer = st.segmented_control(
+        "Layer",
+        view.layers,
+        required=True,
+        help="Choose the layers offered here on the Layers page.",
+        **state.shared_widget(
+            state.LAYER_KEY, "insights_layer", shown if shown in view.layers else view.layers[0]
+        ),
+    )
+    return section, layer
+
+
+SECTION_UI = {
     "top": top_section,
     "matrix": matrix_section,
     "embedding": embedding_section,
     "gradcam": gradcam_section,
     "compare": compare_section,
-}[section]()
+}
+
+page_ctx, _ = page_context(with_layers=True)
+page_view = state.current_view(page_ctx.dataset)
+st.title("Insights")
+st.markdown(
+    "What a layer does across **the whole dataset**: which images excite each channel, "
+    "which channels each class excites, how the layer arranges the images; and, for the "
+    "current image, where the network looks when it decides."
+)
+chosen_section, chosen_layer = choices_ui(page_view)
+SECTION_UI[chosen_section](Focus(page_ctx, page_view, chosen_layer))
 with st.expander("Export the dataset's features", icon=":material/download:"):
-    parquet_ui()
+    parquet_ui(page_ctx, page_view)

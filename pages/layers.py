@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cnnlens.ui import cache, state, widgets
+from cnnlens.ui import cache, state
+from cnnlens.ui.context import page_context
+from cnnlens.ui.explanations import explain
+from cnnlens.ui.navigation import page
 
-ctx, names = widgets.context(with_layers=True)
+ctx, names = page_context(with_layers=True)
 spec = ctx.spec
 
 st.title("Layers")
-if ctx.loaded.sequential:
+if ctx.loaded.layers.renamed:
     st.markdown(
         "The network as cnnlens sees it: every layer in order, named by its kind and the "
         "conv block it belongs to (`conv_1`, `relu_1`, `pool_1`, `conv_2`, …; `bn_1` where "
@@ -25,7 +28,7 @@ else:
         f"PyTorch gives them: `{block}` is a block of the network{example}. Open a block "
         "below to see what is inside."
     )
-widgets.explain("convolution", "relu")
+explain("convolution", "relu")
 
 st.multiselect(
     "Layers to look inside",
@@ -48,27 +51,28 @@ columns = {
     "shown": st.column_config.CheckboxColumn("shown", help="Shown on the Feature maps page"),
 }
 
-if ctx.loaded.sequential:
+if ctx.loaded.layers.renamed:
     table["shown"] = table["layer"].isin(chosen)
     columns["receptive field"] = st.column_config.NumberColumn(
         "receptive field", help="How many input pixels (per side) one value of this layer sees"
     )
-    st.dataframe(table, hide_index=True, column_config=columns)
+    flat = table.drop(columns=["depth", "children"])
+    st.dataframe(flat, hide_index=True, column_config=columns)
 else:
-    table["shown"] = table["name"].isin(chosen)
+    table["shown"] = table["layer"].isin(chosen)
     top = table[table["depth"] == 0]
     rows = table.assign(
         module=[
             "\u2003" * depth + name.rsplit(".", 1)[-1]
-            for name, depth in zip(table["name"], table["depth"], strict=True)
+            for name, depth in zip(table["layer"], table["depth"], strict=True)
         ]
     )
-    shown = ["module", "name", "type", "output shape", "parameters", "map memory", "shown"]
+    shown = ["module", "layer", "type", "output shape", "parameters", "map memory", "shown"]
     for block in top.to_dict("records"):
-        inside = rows[rows["name"].str.startswith(block["name"] + ".")]
+        inside = rows[rows["layer"].str.startswith(block["layer"] + ".")]
         mark = " · shown" if block["shown"] or inside["shown"].any() else ""
         title = (
-            f"**{block['name']}** · {block['type']} · {block['output shape'] or 'no map'} · "
+            f"**{block['layer']}** · {block['type']} · {block['output shape'] or 'no map'} · "
             f"{block['parameters']:,} parameters{mark}"
         )
         if inside.empty:
@@ -76,6 +80,4 @@ else:
             continue
         with st.expander(f"{title} · {len(inside)} modules inside"):
             st.dataframe(inside[shown], hide_index=True, column_config=columns)
-st.page_link(
-    widgets.page("feature_maps"), label="See the feature maps", icon=":material/arrow_forward:"
-)
+st.page_link(page("feature_maps"), label="See the feature maps", icon=":material/arrow_forward:")

@@ -1,9 +1,9 @@
-"""Train the demo CNN on datasets/MNIST/train with a fixed seed; write its weights.
+"""Train the demo CNN on cnnlens/demo/MNIST/train with a fixed seed; write its weights.
 
     python scripts/train_demo_model.py
 
-Writes cnnlens/weights/demo_cnn.safetensors and prints the accuracy on the
-1,000 test digits (labels from datasets/MNIST/test_labels.csv).
+Writes cnnlens/demo/demo_cnn.safetensors and prints the accuracy on the
+1,000 test digits (labels from cnnlens/demo/MNIST/test_labels.csv).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from cnnlens.models import DEMO_DATASET_DIR, DEMO_WEIGHTS, DemoCNN, demo_dataset, to_batch
+from cnnlens.models import DemoCNN, demo_dataset
+from cnnlens.preprocess import to_batch
+from cnnlens.registry import DEMO_DATASET_DIR, DEMO_WEIGHTS
 
 SEED = 0
 EPOCHS = 15

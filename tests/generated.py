@@ -24,7 +24,7 @@ def write_dataset(
     seed: int = 0,
     mode: str = "L",
 ) -> Path:
-    """Write a dataset folder in the seed's layout with random images (PNG)."""
+    """Write a dataset folder in the original recipe's layout with random images (PNG)."""
     rng = np.random.RandomState(seed)
     (root / "train").mkdir(parents=True, exist_ok=True)
     lines = ["filename,label"]

@@ -115,7 +115,7 @@ def test_home_explains_and_leads_to_a_random_digits_maps():
     assert_grid_shows(at, lens_maps(DATASET.load_image(name), "conv_1"))
 
 
-def test_dataset_seed_128_shows_the_seed_recipes_pick_with_its_pixels():
+def test_dataset_seed_128_shows_the_original_recipes_pick_with_its_pixels():
     at = open_app("dataset.py")
     spec = chart(at, "chosen_image")
     assert title(spec) == "3282.png · label 9"
@@ -344,3 +344,30 @@ def test_the_url_follows_the_view_and_a_copy_reopens_it():
     assert copy.subheader[0].value == at.subheader[0].value == "conv_3: 64 channels of 14×14"
     assert map_view(copy, "channel_map")["title"] == "conv_3, channel 5"
     np.testing.assert_array_equal(map_view(copy, "grid")["maps"], map_view(at, "grid")["maps"])
+
+
+def test_a_page_that_streamlit_runs_alone_runs_the_entrypoint_in_the_same_run(monkeypatch):
+    """With a pages/ folder beside it, Streamlit runs a page without dashboard.py while it
+    treats that folder as its old multipage layout: a server until the first st.navigation
+    call of its process (a deep link as its first visit), AppTest on every run (it resets
+    that mode before each). The page then runs the entrypoint within the same run, so the
+    widget change that started the run still counts."""
+    from cnnlens.ui import context
+    from cnnlens.ui.serve import DASHBOARD
+
+    entered = []
+    run_path = context.runpy.run_path
+
+    def recorded(path: str, **kwargs: object) -> dict:
+        entered.append(path)
+        return run_path(path, **kwargs)
+
+    monkeypatch.setattr(context.runpy, "run_path", recorded)
+    at = open_app()  # Home, the default page: the entrypoint runs first
+    assert entered == []
+    at.switch_page(str(PAGES / "layers.py")).run()
+    assert entered == [str(DASHBOARD)] and not at.exception
+    at.multiselect(key="layers").set_value(["conv_2", "pool_4"]).run()
+    assert entered == [str(DASHBOARD)] * 2 and not at.exception
+    assert at.session_state["layers"] == ["conv_2", "pool_4"]
+    assert at.dataframe[0].value["shown"].sum() == 2

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from cnnlens import build_lens, demo_model, load_dataset, to_batch
-from cnnlens.models import DEMO_WEIGHTS, open_model
+from cnnlens.models import open_model
+from cnnlens.registry import DEMO_WEIGHTS
 from tests.generated import write_dataset, write_image_folder
 from tests.test_app import assert_grid_shows, chart, map_view, open_app, title
 
@@ -57,7 +58,7 @@ def test_the_layers_page_shows_module_names_as_a_tree(data_root):
     blocks = [e.label for e in at.expander if e.label.startswith("**layer")]
     assert blocks[0].startswith("**layer1** · Sequential · 64×56×56") and "· shown" in blocks[0]
     inside = next(e for e in at.expander if e.label.startswith("**layer2**")).dataframe[0].value
-    assert "layer2.0.downsample.0" in set(inside["name"])
+    assert "layer2.0.downsample.0" in set(inside["layer"])
 
 
 def test_a_folder_outside_the_data_roots_is_refused(data_root):
@@ -68,7 +69,7 @@ def test_a_folder_outside_the_data_roots_is_refused(data_root):
         at.run()
         assert not at.exception
         assert "outside the folders cnnlens may read" in at.sidebar.error[0].value
-        assert at.session_state["data"] == str(Path("datasets/MNIST").resolve())
+        assert at.session_state["data"] == str(Path("cnnlens/demo/MNIST").resolve())
     at.text_input(key="folder_path").set_value("photos").run()
     at.button[next(i for i, b in enumerate(at.button) if b.label == "Open folder")].click()
     at.run()
@@ -97,7 +98,7 @@ def test_an_uploaded_zip_becomes_the_dataset_and_a_zip_slip_is_refused(data_root
     ).run()
     assert not at.exception
     assert "evil.zip" in at.sidebar.error[0].value
-    assert at.session_state["data"] == str(Path("datasets/MNIST").resolve())
+    assert at.session_state["data"] == str(Path("cnnlens/demo/MNIST").resolve())
 
     at.file_uploader(key="zip_widget").set_value(
         ("digits.zip", _zip(files), "application/zip")
@@ -128,9 +129,7 @@ def test_own_weights_are_used_and_a_wrong_file_is_refused(data_root, tmp_path):
     ).run()
     assert not at.exception
     assert Path(at.session_state["weights"]).name == "flipped.pt"
-    image = load_dataset(Path(DEMO_WEIGHTS).parents[2] / "datasets" / "MNIST").load_image(
-        "3282.png"
-    )
+    image = load_dataset(Path(DEMO_WEIGHTS).parent / "MNIST").load_image("3282.png")
     expected = build_lens(model, ["conv_1"])(to_batch(image))["conv_1"][0].numpy()
     assert_grid_shows(at, expected)
 
@@ -139,7 +138,7 @@ def test_a_grayscale_image_goes_to_an_rgb_model(data_root):
     at = open_app("feature_maps.py", model="squeezenet1_1", layers="conv_1", layer="conv_1")
     assert not at.exception
     loaded = open_model("squeezenet1_1", weights="random")
-    digit = Image.open(Path("datasets/MNIST/train/3282.png"))
+    digit = Image.open(Path("cnnlens/demo/MNIST/train/3282.png"))
     expected = build_lens(loaded.model, ["conv_1"])(loaded.batch(digit))["conv_1"][0].numpy()
     at.number_input(key="channel").set_value(3).run()
     shown = map_view(at, "channel_map")["maps"][0]
@@ -224,14 +223,15 @@ def test_a_recipe_with_other_weights_warns_and_a_missing_image_says_why(tmp_path
     assert at.session_state["image"] == "img_11.png"
 
 
-def test_missing_pretrained_weights_download_with_progress_when_online(
+def test_missing_pretrained_weights_download_with_progress_when_asked(
     data_root, tmp_path, monkeypatch
 ):
     import hashlib
+    import socket
 
     import torchvision.models as tvm
 
-    from cnnlens import models as models_module
+    from cnnlens import weights as weights_module
 
     torch.manual_seed(4)
     state = tvm.resnet18().state_dict()
@@ -240,14 +240,19 @@ def test_missing_pretrained_weights_download_with_progress_when_online(
     cached = (
         tmp_path / "hub" / f"resnet18-{hashlib.sha256(source.read_bytes()).hexdigest()[:8]}.pth"
     )
-    monkeypatch.setattr(models_module, "_cached_file", lambda name: cached)
-    monkeypatch.setattr(models_module, "_weights_url", lambda name: source.as_uri())
+    monkeypatch.setattr(weights_module, "_cached_file", lambda name: cached)
+    monkeypatch.setattr(weights_module, "_weights_url", lambda name: source.as_uri())
 
-    monkeypatch.setattr(models_module, "_online", lambda: False)
+    def no_connection(*args, **kwargs):
+        raise AssertionError(f"the server connected out before a download was asked: {args}")
+
+    monkeypatch.setattr(socket, "create_connection", no_connection)
+    monkeypatch.delenv("CNNLENS_CHECK_ONLINE", raising=False)
+    monkeypatch.setenv("CNNLENS_OFFLINE", "1")
     at = open_app("feature_maps.py", model="resnet18", layers="layer1", layer="layer1")
     assert not [b for b in at.sidebar.button if b.label.startswith("Download")]  # offline
 
-    monkeypatch.setattr(models_module, "_online", lambda: True)
+    monkeypatch.delenv("CNNLENS_OFFLINE")
     at.run()
     download = next(b for b in at.sidebar.button if b.label.startswith("Download"))
     download.click().run()
@@ -260,7 +265,7 @@ def test_missing_pretrained_weights_download_with_progress_when_online(
     model.load_state_dict(state)
     model.eval()
     loaded = open_model("resnet18")
-    dataset = load_dataset(Path("datasets/MNIST"))
+    dataset = load_dataset(Path("cnnlens/demo/MNIST"))
     with torch.inference_mode():
         x = loaded.batch(dataset.load_image(dataset.pick(128), "RGB"))
         expected = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))[0, 2]
@@ -274,7 +279,7 @@ def test_a_link_cannot_open_files_outside_the_data_roots(data_root):
     notices = " ".join(w.value for w in at.warning)
     assert "data='/etc' is not valid here" in notices
     assert "weights='/etc/passwd' is not valid here" in notices
-    assert at.session_state["data"] == str(Path("datasets/MNIST").resolve())
+    assert at.session_state["data"] == str(Path("cnnlens/demo/MNIST").resolve())
     assert at.session_state["weights"] == "default"
     at = open_app("feature_maps.py", weights="../../../../etc/passwd")
     assert "is not valid here" in " ".join(w.value for w in at.warning)

@@ -18,20 +18,14 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from cnnlens import batch
-from cnnlens.__main__ import main
-from cnnlens.batch import (
-    FORMAT,
-    _Extraction,
-    _plain_png,
-    extract_to_parquet,
-    iter_features,
-    load_batch,
-    load_pixels,
-    normalise,
-)
-from cnnlens.data import Dataset, Problem, load_dataset, open_image, to_mode
-from cnnlens.models import DEMO_DATASET_DIR, LoadedModel, _resized, demo_model, open_model, to_batch
+from cnnlens import parquet
+from cnnlens.cli import main
+from cnnlens.data import Dataset, Problem, load_dataset
+from cnnlens.images import open_image, to_mode
+from cnnlens.models import DEMO_DATASET_DIR, LoadedModel, demo_model, open_model
+from cnnlens.parquet import FORMAT, extract_to_parquet
+from cnnlens.pipeline import _Extraction, iter_features, load_batch, load_pixels
+from cnnlens.preprocess import _plain_png, _resized, scale_uint8_batch, to_batch
 from cnnlens.registry import InputSpec, model_info
 from tests.generated import write_dataset
 
@@ -146,7 +140,7 @@ def test_unreadable_images_are_reported_and_skipped_in_workers(demo, digits):
 
 @pytest.mark.parametrize("model", ["demo", "alexnet", "convnext_tiny"])
 def test_bytes_scaled_on_the_device_equal_to_batch(tmp_path, model):
-    """Workers send uint8 pixels; normalise gives exactly what to_batch gives."""
+    """Workers send uint8 pixels; scale_uint8_batch gives exactly what to_batch gives."""
     spec = model_info(model).spec
     root = write_dataset(tmp_path / "rgb", [0, 1, 2], size=(30, 41), mode="RGB")
     dataset = load_dataset(root)
@@ -154,8 +148,9 @@ def test_bytes_scaled_on_the_device_equal_to_batch(tmp_path, model):
     pixels = torch.stack([load_pixels(dataset, name, "train", spec) for name in names])
     assert pixels.dtype == torch.uint8 and pixels.shape == (3, *spec.shape)
     expected = to_batch([dataset.load_image(name, spec.mode) for name in names], spec)
-    assert torch.equal(normalise(pixels, spec, torch.device("cpu"), torch.float32), expected)
-    halves = normalise(pixels, spec, torch.device("cpu"), torch.bfloat16)
+    cpu = torch.device("cpu")
+    assert torch.equal(scale_uint8_batch(pixels, spec, cpu, torch.float32), expected)
+    halves = scale_uint8_batch(pixels, spec, cpu, torch.bfloat16)
     assert torch.equal(halves, expected.to(torch.bfloat16))
 
 
@@ -276,7 +271,7 @@ def test_cpu_workers_run_the_network_and_keep_the_order(demo, digits):
 
 _FAULTS = """
 import resource, sys, torch
-from cnnlens.batch import keep_freed_memory
+from cnnlens.malloc import keep_freed_memory
 from cnnlens.models import open_model
 torch.set_num_threads(1)
 if sys.argv[1] == "keep":
@@ -580,7 +575,7 @@ def test_cli_user_errors_are_one_line_with_status_2(digits, tmp_path, capsys, ar
     argv = ["extract", str(digits.root), *(x for pair in base.items() for x in pair), "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m cnnlens extract: error: " + message)
+    assert err.startswith("cnnlens extract: error: " + message)
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "f.parquet").exists()
 
@@ -653,8 +648,8 @@ def test_parts_written_in_row_groups_resume_and_join_to_the_same_file(
     assert pq.ParquetFile(whole).metadata.num_row_groups == 1  # a lone part, renamed
     # Parts of at least 5 rows, written 3 or more rows at a time; an exception after
     # 8 rows still writes what was buffered.
-    monkeypatch.setattr(batch, "_PART_ROWS", 5)
-    monkeypatch.setattr(batch, "_GROUP_ROWS", 3)
+    monkeypatch.setattr(parquet, "_PART_ROWS", 5)
+    monkeypatch.setattr(parquet, "_GROUP_ROWS", 3)
     out = tmp_path / "grouped.parquet"
 
     def crash(done: int, total: int) -> None:

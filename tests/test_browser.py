@@ -14,9 +14,10 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -30,6 +31,26 @@ SHOTS = live_app.ARTIFACTS / "browser"
 NOT_READABLE = "not an image Pillow can read"
 _clock = {"last": time.perf_counter()}
 _visited = {"any": False}  # whether a test has opened the module's server yet
+_requested: list[str] = []  # every URL the pages of the running test asked for
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+# Every URL the page refers to, asked for or not: a headless browser may leave out a
+# favicon that a desktop browser would fetch.
+_REFERENCED_JS = r"""() => {
+  const urls = [
+    ...Array.from(document.querySelectorAll("link[href]"), (e) => e.href),
+    ...Array.from(document.querySelectorAll("[src]"), (e) => e.src),
+  ];
+  for (const sheet of document.styleSheets) {
+    let rules;
+    try { rules = sheet.cssRules; } catch (error) { urls.push(sheet.href); continue; }
+    for (const rule of rules) {
+      for (const m of rule.cssText.matchAll(/url\(["']?([^"')]+)["']?\)/g)) {
+        urls.push(new URL(m[1], sheet.href || document.baseURI).href);
+      }
+    }
+  }
+  return urls;
+}"""
 
 
 def _unavailable(reason: str) -> None:
@@ -74,7 +95,29 @@ def new_page(browser: Any) -> Any:
     """
     context = browser.new_context(viewport={"width": 1400, "height": 2200}, accept_downloads=True)
     context.set_default_timeout(30_000)
+    context.on("request", lambda request: _requested.append(request.url))
+    context.on("page", lambda page: page.on("websocket", lambda ws: _requested.append(ws.url)))
     return context.new_page()
+
+
+def leaving(urls: Iterable[str]) -> list[str]:
+    """The URLs that go to another machine than this one."""
+    return sorted(
+        {
+            url
+            for url in urls
+            if urlsplit(url).scheme not in ("data", "blob", "about")
+            and urlsplit(url).hostname not in LOCAL_HOSTS
+        }
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_request_leaves_the_machine() -> Iterator[None]:
+    """Every test of this module fails on a request its pages make to another machine."""
+    _requested.clear()
+    yield
+    assert leaving(_requested) == [], "requests that left the machine"
 
 
 def shot(page: Any, name: str) -> None:
@@ -349,6 +392,35 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     assert page.get_by_role("heading", name=subheader).is_visible()
     assert_no_exception(page, server)
     shot(page, "08-corrupt-upload")
+    page.context.close()
+
+
+def test_every_page_stays_on_the_machine(browser: Any, server: live_app.Server) -> None:
+    """Each page asks only this machine for anything, and refers to nothing elsewhere.
+
+    The autouse fixture checks every request (websockets included) of every test; this
+    walk also reads the URLs each page refers to, such as the favicon, which a headless
+    browser need not fetch.
+    """
+    from cnnlens.ui.navigation import PAGES
+
+    _visited["any"] = True
+    page = new_page(browser)
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    page.goto(server.url)
+    referred: set[str] = set()
+    for title, _ in PAGES.values():
+        nav.get_by_role("link", name=title).click()
+        heading = "See what a neural network sees" if title == "Home" else title
+        page.get_by_role("heading", name=heading, exact=True).wait_for()
+        live_app.settle(page)
+        assert_no_exception(page, server)
+        referred.update(page.evaluate(_REFERENCED_JS))
+    assert leaving(referred) == [], "URLs on other machines that the page refers to"
+    icons = page.locator("link[rel~='icon']").evaluate_all("(links) => links.map((l) => l.href)")
+    assert icons and all(urlsplit(href).hostname in LOCAL_HOSTS for href in icons), icons
+    assert any(url.startswith(f"ws://localhost:{server.port}/") for url in _requested)
+    assert any("/_stcore/" in url for url in _requested)  # the recorder saw the app's own
     page.context.close()
 
 

@@ -12,26 +12,26 @@ import pytest
 from PIL import Image, JpegImagePlugin
 
 from cnnlens import MAX_IMAGE_PIXELS, demo_dataset, load_dataset, open_image, to_mode
-from cnnlens.data import MAX_DECODED_SIDE
+from cnnlens.images import MAX_DECODED_SIDE
 from cnnlens.models import DEMO_DATASET_DIR
 from tests.generated import write_dataset, write_image_folder
 
 
-def seed_recipe_pick(root: Path, seed: int) -> str:
-    """The seed recipe, verbatim in spirit: RandomState(seed).choice(train.filename)."""
+def original_recipe_pick(root: Path, seed: int) -> str:
+    """The original recipe, verbatim in spirit: RandomState(seed).choice(train.filename)."""
     train = pd.read_csv(root / "train.csv")
     return np.random.RandomState(seed).choice(train.filename)
 
 
-def test_demo_pick_for_seed_128_is_the_seed_recipes_pick():
+def test_demo_pick_for_seed_128_is_the_original_recipes_pick():
     dataset = demo_dataset()
-    assert dataset.pick(128) == seed_recipe_pick(DEMO_DATASET_DIR, 128)
+    assert dataset.pick(128) == original_recipe_pick(DEMO_DATASET_DIR, 128)
     assert dataset.pick(128) == "3282.png"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7, 128, 2024])
 def test_pick_matches_the_recipe_for_any_seed(small_dataset, seed):
-    assert load_dataset(small_dataset).pick(seed) == seed_recipe_pick(small_dataset, seed)
+    assert load_dataset(small_dataset).pick(seed) == original_recipe_pick(small_dataset, seed)
 
 
 def test_demo_dataset_layout():
@@ -43,7 +43,7 @@ def test_demo_dataset_layout():
 
 
 def test_a_left_out_pick_takes_the_next_draw_of_the_same_generator(small_dataset):
-    first = seed_recipe_pick(small_dataset, 128)
+    first = original_recipe_pick(small_dataset, 128)
     (small_dataset / "train" / first).unlink()
     dataset = load_dataset(small_dataset)
     assert (first, "no such file in train/") in dataset.problems
@@ -125,7 +125,7 @@ def test_missing_folder_or_csv(tmp_path):
         load_dataset(tmp_path)
 
 
-def test_extra_columns_and_the_seeds_test_csv_name(tmp_path):
+def test_extra_columns_and_the_original_recipes_test_csv_name(tmp_path):
     root = write_dataset(tmp_path / "d", [0, 1, 2])
     (root / "train.csv").write_text(
         "filename,label,source\nimg_0.png,0,a\nimg_1.png,1,b\nimg_2.png,2,c\n"
@@ -139,6 +139,28 @@ def test_extra_columns_and_the_seeds_test_csv_name(tmp_path):
     assert dataset.test_problems == [("gone.png", "no such file in test/")]
     assert dataset.pick(3, split="test") == "t.png"
     assert np.asarray(dataset.load_image("t.png", split="test")).max() == 9
+
+
+def test_rows_are_the_usable_rows_of_a_split_with_labels_or_none(tmp_path):
+    root = write_dataset(tmp_path / "d", [3, 1, 4])
+    (root / "train" / "img_1.png").write_bytes(b"not an image")
+    (root / "test").mkdir()
+    for name in ("t1.png", "t2.png"):
+        Image.new("L", (8, 8), 9).save(root / "test" / name)
+    (root / "test.csv").write_text("filename\nt2.png\ngone.png\nt1.png\n")
+    dataset = load_dataset(root)
+    train = dataset.rows("train")
+    assert train["filename"].tolist() == ["img_0.png", "img_2.png"]
+    assert train["label"].tolist() == [3, 4]
+    test = dataset.rows("test")
+    assert test["filename"].tolist() == ["t2.png", "t1.png"]
+    assert test["label"].tolist() == [None, None]
+    assert dataset.rows("test") is test  # made once
+    assert list(dataset.test_index.columns) == ["filename"]
+    with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'val'"):
+        dataset.rows("val")
+    with pytest.raises(ValueError, match="has no test CSV, so there are no test images"):
+        load_dataset(write_dataset(tmp_path / "e", [0])).rows("test")
 
 
 def test_load_image_returns_the_pixels_in_the_models_mode():

@@ -13,8 +13,9 @@ from PIL import Image
 
 from cnnlens.data import load_dataset
 from cnnlens.export import Recipe, features_parquet, grid_png, maps_npz
-from cnnlens.lens import layer_names
-from cnnlens.models import demo_model, open_model, to_batch
+from cnnlens.layers import layer_names
+from cnnlens.models import demo_model, open_model
+from cnnlens.preprocess import to_batch
 from tests.generated import write_dataset
 
 RECIPE = {

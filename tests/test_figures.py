@@ -1,14 +1,10 @@
-"""Figures from arrays: montage geometry, normalisation, colours and hover data by value."""
+"""Figures from arrays: montage geometry, colour scaling, colours and hover data by value."""
 
 from __future__ import annotations
 
 import ast
-import base64
-import html
 import io
 import itertools
-import json
-import re
 import warnings
 from pathlib import Path
 
@@ -19,20 +15,17 @@ from PIL import Image
 
 from cnnlens.figures import (
     BAR_COLOUR,
-    DEAD_COLOUR,
     GAP_RGB,
     HIGHLIGHT_COLOUR,
     bar_figure,
-    bars_html,
     channel_figure,
     channel_stats,
     grid_shape,
     image_figure,
-    map_view_data,
     montage,
     montage_png,
-    normalise,
     overlay_figure,
+    scale_maps,
     tile_at,
 )
 
@@ -63,7 +56,7 @@ def test_module_imports_neither_streamlit_nor_torch():
     assert imported.isdisjoint({"streamlit", "torch", "matplotlib"})
 
 
-# --- normalise ---------------------------------------------------------------------------
+# --- scale_maps --------------------------------------------------------------------------
 
 HANDMADE = np.array(
     [
@@ -75,16 +68,16 @@ HANDMADE = np.array(
 )
 
 
-def test_normalise_per_channel_uses_each_channels_range():
-    result = normalise(HANDMADE, per="channel")
+def test_scale_maps_per_channel_uses_each_channels_range():
+    result = scale_maps(HANDMADE, per="channel")
     assert result.dtype == np.float32
     np.testing.assert_allclose(result[0], [[0, 0.25], [0.5, 1]], rtol=0, atol=1e-7)
     np.testing.assert_array_equal(result[1], np.zeros((2, 2)))
     np.testing.assert_allclose(result[2], [[0, 0.25], [0.5, 1]], rtol=0, atol=1e-7)
 
 
-def test_normalise_per_layer_uses_the_range_over_all_channels():
-    result = normalise(HANDMADE, per="layer")  # min -1, max 9
+def test_scale_maps_per_layer_uses_the_range_over_all_channels():
+    result = scale_maps(HANDMADE, per="layer")  # min -1, max 9
     np.testing.assert_allclose(result[0], [[0.1, 0.3], [0.5, 0.9]], rtol=0, atol=1e-7)
     np.testing.assert_array_equal(result[1], np.zeros((2, 2)))
     np.testing.assert_allclose(result[2], [[0.2, 0.4], [0.6, 1.0]], rtol=0, atol=1e-7)
@@ -92,28 +85,28 @@ def test_normalise_per_layer_uses_the_range_over_all_channels():
 
 
 @pytest.mark.parametrize("per", ["channel", "layer"])
-def test_normalise_constant_maps_become_zeros_without_warnings(per):
+def test_scale_maps_constant_maps_become_zeros_without_warnings(per):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = normalise(np.full((3, 4, 4), 7.5, dtype=np.float32), per=per)
+        result = scale_maps(np.full((3, 4, 4), 7.5, dtype=np.float32), per=per)
     np.testing.assert_array_equal(result, np.zeros((3, 4, 4), dtype=np.float32))
 
 
-def test_normalise_leaves_the_input_alone():
+def test_scale_maps_leaves_the_input_alone():
     maps = HANDMADE.copy()
-    normalise(maps)
+    scale_maps(maps)
     np.testing.assert_array_equal(maps, HANDMADE)
 
 
-def test_normalise_rejects_bad_input():
+def test_scale_maps_rejects_bad_input():
     with pytest.raises(ValueError, match="per must be 'channel' or 'layer'"):
-        normalise(HANDMADE, per="pixel")
+        scale_maps(HANDMADE, per="pixel")
     with pytest.raises(ValueError, match="C×H×W"):
-        normalise(HANDMADE[0])
+        scale_maps(HANDMADE[0])
     with pytest.raises(ValueError, match="NaN or infinite"):
-        normalise(np.array([[[0.0, np.nan]]]))
+        scale_maps(np.array([[[0.0, np.nan]]]))
     with pytest.raises(ValueError, match="empty"):
-        normalise(np.zeros((0, 3, 3)))
+        scale_maps(np.zeros((0, 3, 3)))
 
 
 # --- grid geometry -----------------------------------------------------------------------
@@ -183,48 +176,7 @@ def test_tile_at_rejects_pixels_outside_the_montage():
         tile_at(-1, 0, (3, 4), 3)
 
 
-# --- map view ------------------------------------------------------------------------------
-
-
-def test_map_view_data_sends_the_montage_picture_and_the_raw_values():
-    maps = np.random.default_rng(1).standard_normal((7, 4, 5)).astype(np.float32)
-    data = map_view_data(maps, per="layer", columns=3, title="conv_1")
-    assert json.loads(json.dumps(data)) == data  # JSON-ready
-    assert (data["channels"], data["height"], data["width"]) == (7, 4, 5)
-    assert (data["columns"], data["gap"], data["title"]) == (3, 1, "conv_1")
-    png = base64.b64decode(data["png"])
-    assert png == montage_png(maps, per="layer", columns=3, clear_gaps=True)
-    # Gaps and the two unused tiles are see-through; the tiles are opaque.
-    alpha = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))[..., 3]
-    assert alpha[0, 5] == 0 and (alpha[10:, 11:] == 0).all() and (alpha[:4, :5] == 255).all()
-    raw = np.frombuffer(base64.b64decode(data["values"]), "<f4").reshape(7, 4, 5)
-    np.testing.assert_array_equal(raw, maps)
-    # The browser finds a pixel's channel as tile_at does: row-major tiles, 1-pixel gaps.
-    picture = decode(base64.b64decode(data["png"]))
-    for row, col in itertools.product(range(picture.shape[0]), range(picture.shape[1])):
-        where = tile_at(row, col, (4, 5), 3, gap=1)
-        if where is not None and where[0] < 7:
-            channel, y, x = where
-            assert (channel * 4 + y) * 5 + x < raw.size
-    assert (data["low"], data["high"]) == (float(maps.min()), float(maps.max()))
-    assert data["colorbar"] is None and 250 <= data["max_height"] <= 900
-
-
-def test_map_view_data_of_one_channel_with_a_colorbar_and_without_values():
-    one = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
-    data = map_view_data(one, colorbar=True, with_values=False)
-    assert data["values"] is None and data["channels"] == 1 and data["columns"] == 1
-    assert data["colorbar"][0] == "rgb(68, 1, 84)"  # Viridis, low to high
-    assert len(data["colorbar"]) == 11 and (data["low"], data["high"]) == (0.0, 11.0)
-    tall = [map_view_data(np.ones((c, 2, 2)))["max_height"] for c in (16, 64, 512)]
-    assert tall == sorted(tall) and tall[-1] == 900
-    with pytest.raises(ValueError, match="not finite|NaN|infinite"):
-        map_view_data(np.full((1, 2, 2), np.nan))
-
-
 def test_unknown_colorscale_is_a_clear_value_error():
-    with pytest.raises(ValueError, match="Unknown colorscale 'Virdis'"):
-        map_view_data(np.ones((1, 2, 2)), colorscale="Virdis")
     with pytest.raises(ValueError, match="Unknown colorscale"):
         montage_png(np.ones((1, 2, 2)), colorscale="Virdis")
 
@@ -345,81 +297,6 @@ def test_bar_figure_highlights_the_matching_label_on_a_category_axis():
         bar_figure(["a", "b"], [1, 2], "t", "x", "y", highlight="c")
     with pytest.raises(ValueError, match="one value per label"):
         bar_figure(["a", "b"], [1, 2, 3], "t", "x", "y")
-
-
-def _bars(snippet: str) -> list[tuple[str, float, str, str]]:
-    """(label, value, hover title, colour) of each bar of a bars_html snippet."""
-    found = re.findall(
-        r'data-label="([^"]*)" data-value="([^"]*)" title="([^"]*)" '
-        r'style="[^"]*background:([^"]+)"',
-        snippet,
-    )
-    return [(html.unescape(a), float(b), html.unescape(c), d) for a, b, c, d in found]
-
-
-def test_bars_html_keeps_the_callers_order_and_greys_flagged_bars():
-    snippet = bars_html(
-        [5, 2, 7, 1],
-        np.array([0.9, 0.5, 0.0, -0.25]),
-        "Most <active>",
-        "mean activation",
-        flagged=np.array([False, False, True, False]),
-    )
-    assert "Most &lt;active&gt;" in snippet  # escaped
-    shown = _bars(snippet)
-    assert [(label, value) for label, value, _, _ in shown] == [
-        ("5", 0.9), ("2", 0.5), ("7", 0.0), ("1", -0.25)
-    ]  # fmt: skip
-    assert [colour for *_, colour in shown] == [BAR_COLOUR, BAR_COLOUR, DEAD_COLOUR, BAR_COLOUR]
-    assert shown[2][2] == "7 · mean activation 0 · dead"
-    # Heights share one scale from the lowest to the highest value; the negative bar hangs down.
-    heights = [float(h) for h in re.findall(r"height:max\(([\d.]+)%", snippet)]
-    expected = [0.9 / 1.15 * 100, 0.5 / 1.15 * 100, 0, 0.25 / 1.15 * 100]
-    np.testing.assert_allclose(heights, expected, atol=1e-3)
-    assert "bottom:0.000%" in re.findall(r'data-label="1"[^>]*', snippet)[0]
-
-
-def test_bars_html_percent_highlight_and_errors():
-    snippet = bars_html(list("abc"), [0.1, 0.7, 0.2], "P", "probability", "b", percent=True)
-    shown = _bars(snippet)
-    assert [colour for *_, colour in shown] == [BAR_COLOUR, HIGHLIGHT_COLOUR, BAR_COLOUR]
-    assert "note" not in snippet and snippet.endswith("</div></div>")
-    noted = bars_html(list("abc"), [0.1, 0.7, 0.2], "P", "probability", note="1 < 2")
-    assert noted.endswith(">1 &lt; 2</div>")
-    assert shown[1][2] == "b · probability 70.0%"
-    with pytest.raises(ValueError, match="not one of the labels"):
-        bars_html(["a", "b"], [1, 2], "t", "v", highlight="c")
-    with pytest.raises(ValueError, match="one value"):
-        bars_html(["a", "b"], [1, 2, 3], "t", "v")
-    with pytest.raises(ValueError, match="not finite|NaN|infinite"):
-        bars_html(["a", "b"], [1, float("nan")], "t", "v")
-
-
-def test_map_view_data_under_an_image_sends_it_as_shown_and_the_slider_start():
-    gray = np.zeros((7, 7), dtype=np.uint8)
-    gray[:, 3:] = 200
-    ramp = np.arange(49, dtype=np.float32).reshape(1, 7, 7)
-    data = map_view_data(ramp, under=gray, opacity=0.25, title="over")
-    assert json.loads(json.dumps(data)) == data and data["opacity"] == 0.25
-    # The map as the channel view shows it.
-    assert base64.b64decode(data["png"]) == montage_png(ramp, clear_gaps=True)
-    shown = decode(base64.b64decode(data["under"]))
-    np.testing.assert_array_equal(shown[..., 0], gray)  # uint8 grayscale spans 0..255
-    floats = decode(base64.b64decode(map_view_data(ramp, under=gray / 400.0)["under"]))
-    np.testing.assert_array_equal(floats[..., 0], np.rint(gray / 400.0 * 255))  # [0, 1]
-    rgb = np.random.default_rng(0).integers(0, 256, (7, 7, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(
-        decode(base64.b64decode(map_view_data(ramp, under=rgb)["under"])), rgb
-    )
-    assert map_view_data(ramp)["under"] is None
-    with pytest.raises(ValueError, match="Only one channel can be laid over an image; got 2"):
-        map_view_data(np.ones((2, 7, 7)), under=gray)
-    with pytest.raises(ValueError, match="opacity must be between 0 and 1"):
-        map_view_data(ramp, under=gray, opacity=1.5)
-    with pytest.raises(TypeError, match="opacity must be a number"):
-        map_view_data(ramp, under=gray, opacity="0.5")
-    with pytest.raises(TypeError, match="must be uint8"):
-        map_view_data(ramp, under=rgb.astype(np.float32))
 
 
 def test_channel_stats_marks_only_all_zero_channels_dead():

@@ -15,6 +15,7 @@ from sklearn.decomposition import PCA
 from torch import nn
 
 from cnnlens.data import load_dataset
+from cnnlens.gradcam import grad_cam
 from cnnlens.insights import (
     Cancelled,
     LayerStats,
@@ -23,15 +24,13 @@ from cnnlens.insights import (
     difference,
     embedding,
     fire_box,
-    grad_cam,
-    input_pixels,
     layer_stats,
     predict_split,
-    receptive_field,
     top_images,
 )
-from cnnlens.lens import layer_names
-from cnnlens.models import LoadedModel, demo_model, open_model, to_batch
+from cnnlens.layers import layer_names
+from cnnlens.models import LoadedModel, demo_model, open_model
+from cnnlens.preprocess import to_batch, to_uint8_image
 from cnnlens.registry import InputSpec
 from tests.generated import write_dataset
 
@@ -295,12 +294,13 @@ def test_fire_box_refuses_a_position_outside_the_map():
 
 def test_receptive_fields_come_from_the_layer_table(demo):
     expected = {"conv_1": 3, "conv_2": 5, "pool_2": 6, "conv_3": 10, "conv_4": 14, "pool_4": 16}
-    assert {name: receptive_field(demo, name) for name in expected} == expected
+    assert {name: demo.layers.receptive_field(name) for name in expected} == expected
 
 
-def test_input_pixels_are_the_image_the_network_sees(demo, digits):
+def test_uint8_image_is_the_image_the_network_sees(demo, digits):
     image = load_dataset(digits).load_image("img_0.png")
-    np.testing.assert_array_equal(input_pixels(demo, demo.batch(image)), np.asarray(image))
+    pixels = to_uint8_image(demo.batch(image), demo.spec)
+    np.testing.assert_array_equal(pixels, np.asarray(image))
 
 
 def test_difference_subtracts_the_second_map():

@@ -12,8 +12,9 @@ from sklearn.decomposition import PCA
 
 from cnnlens import insights
 from cnnlens.data import load_dataset
-from cnnlens.lens import layer_names
-from cnnlens.models import demo_model, to_batch
+from cnnlens.layers import layer_names
+from cnnlens.models import demo_model
+from cnnlens.preprocess import to_batch
 from cnnlens.ui.state import ModelChoice
 from tests.generated import write_dataset
 from tests.test_app import bars, chart, map_view, open_app, title

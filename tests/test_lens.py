@@ -40,7 +40,7 @@ def test_every_layer_is_kept_and_named_by_its_block(tiny_cnn):
     assert layer_names(tiny_cnn) == TINY_NAMES
     lens = build_lens(tiny_cnn, ["conv_2"])
     assert lens.layer_names == TINY_NAMES
-    # Every layer in order, the extractor right after its target, as in the seed.
+    # Every layer in order, the extractor right after its target, as in the original recipe.
     assert [name for name, _ in lens.net.named_children()] == [
         *TINY_NAMES[:5],
         "extractor_conv_2",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -18,18 +20,18 @@ from torchvision import models as tvm
 
 from cnnlens import build_lens, demo_dataset, demo_model, layer_names, load_weights, to_batch
 from cnnlens import models as models_module
+from cnnlens import weights as weights_module
 from cnnlens.models import (
     DEMO_DATASET_DIR,
-    DEMO_WEIGHTS,
     DemoCNN,
     _trunk_stages,
-    download_weights,
     load_model,
     open_model,
     pick_device,
-    weights_status,
 )
-from cnnlens.registry import MODELS, RANDOM_WEIGHTS_NOTE, model_groups, model_info
+from cnnlens.preprocess import network_view
+from cnnlens.registry import DEMO_WEIGHTS, MODELS, RANDOM_WEIGHTS_NOTE, model_groups, model_info
+from cnnlens.weights import download_weights, weights_status
 
 REAL_URLOPEN = urllib.request.urlopen
 
@@ -179,15 +181,19 @@ def random_resnet():
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    """An empty torch hub cache under a temporary TORCH_HOME, and no network at all."""
+    """An empty torch hub cache under a temporary TORCH_HOME; any connection fails the test."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(models_module, "_online", lambda: False)
+    monkeypatch.delenv("CNNLENS_OFFLINE", raising=False)
+    monkeypatch.delenv("CNNLENS_CHECK_ONLINE", raising=False)
 
     def no_network(*args, **kwargs):
-        raise AssertionError("the network was used")
+        raise AssertionError(f"the network was used: {args}")
 
+    monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    return tmp_path / "torch" / "hub" / "checkpoints"
+    weights_module._online.cache_clear()
+    yield tmp_path / "torch" / "hub" / "checkpoints"
+    weights_module._online.cache_clear()
 
 
 def test_the_registry_lists_every_torchvision_classifier_as_its_weights_expect():
@@ -261,11 +267,13 @@ def test_pretrained_weights_come_from_the_local_hub_cache_without_network(hub):
     assert loaded.spec == model_info("resnet18").spec
 
 
-def test_without_cache_or_network_a_model_gets_random_weights_and_a_note(
+def test_without_cache_a_model_gets_random_weights_and_a_note_without_connecting(
     hub, monkeypatch, random_resnet
 ):
-    assert weights_status("resnet18") == "unavailable"
-    loaded = open_model("resnet18", allow_download=True)
+    # Downloads are allowed, but nothing asks the server whether it answers.
+    assert weights_status("resnet18") == "downloadable"
+    assert weights_status("demo") == "cached"
+    loaded = open_model("resnet18")
     assert loaded.weights == "random weights" and loaded.weights_id == "random-seed0"
     assert loaded.notes == (
         "The pretrained weights of resnet18 are not in the local torch hub cache.",
@@ -273,9 +281,6 @@ def test_without_cache_or_network_a_model_gets_random_weights_and_a_note(
     )
     # Seeded: every process draws the same random network.
     _assert_same_tensors(random_resnet.model, loaded.model.state_dict())
-    monkeypatch.setattr(models_module, "_online", lambda: True)
-    assert weights_status("resnet18") == "downloadable"
-    assert weights_status("demo") == "cached"
 
     hub.mkdir(parents=True)
     (hub / Path(tvm.ResNet18_Weights.DEFAULT.url).name).write_bytes(b"truncated")
@@ -287,15 +292,65 @@ def test_without_cache_or_network_a_model_gets_random_weights_and_a_note(
     )
 
 
+def test_offline_forbids_the_check_and_every_download(hub, monkeypatch):
+    monkeypatch.setenv("CNNLENS_OFFLINE", "1")
+    monkeypatch.setenv("CNNLENS_CHECK_ONLINE", "1")  # offline wins
+    assert weights_status("resnet18") == "unavailable"
+    assert weights_status("demo") == "cached"
+    with pytest.raises(ValueError, match=r"CNNLENS_OFFLINE=1 forbids connecting out\. Unset"):
+        download_weights("resnet18")
+    loaded = open_model("resnet18", allow_download=True)
+    assert loaded.weights == "random weights" and loaded.notes[1] == RANDOM_WEIGHTS_NOTE
+    assert loaded.notes[0].startswith(
+        "The weights of resnet18 were not downloaded: CNNLENS_OFFLINE=1 forbids connecting out."
+    )
+    assert not hub.exists()
+
+
+def test_the_check_setting_asks_the_weights_server_once(hub, monkeypatch):
+    monkeypatch.setenv("CNNLENS_CHECK_ONLINE", "1")
+    asked: list[tuple[str, int]] = []
+
+    def unreachable(address, timeout):
+        asked.append(address)
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    assert weights_status("resnet18") == "unavailable"
+    assert weights_status("resnet18") == "unavailable"
+    assert asked == [("download.pytorch.org", 443)]
+
+    class Connection:
+        def close(self) -> None:
+            asked.append(("closed", 0))
+
+    weights_module._online.cache_clear()
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: Connection())
+    assert weights_status("resnet18") == "downloadable"
+    assert asked[-1] == ("closed", 0)
+
+
+def test_a_download_that_cannot_reach_the_server_says_so(hub, monkeypatch):
+    def unreachable(url, timeout):
+        raise urllib.error.URLError(OSError("Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    with pytest.raises(ValueError, match="the weights server could not be reached"):
+        download_weights("resnet18")
+    assert list(hub.iterdir()) == []  # no .partial left behind
+    loaded = open_model("resnet18", allow_download=True)
+    assert loaded.weights == "random weights"
+    assert "could not be reached (Name or service not known)" in loaded.notes[0]
+
+
 def _serve(tmp_path, monkeypatch, hub, state, hash_prefix: str | None = None) -> Path:
     """Serve a state_dict file at a file:// URL as resnet18's weights; return its cache path."""
     source = tmp_path / "served.pth"
     torch.save(state, source)
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     cached = hub / f"resnet18-{hash_prefix or digest[:8]}.pth"
-    monkeypatch.setattr(models_module, "_online", lambda: True)
-    monkeypatch.setattr(models_module, "_cached_file", lambda name: cached)
-    monkeypatch.setattr(models_module, "_weights_url", lambda name: source.as_uri())
+    monkeypatch.setattr(weights_module, "_cached_file", lambda name: cached)
+    monkeypatch.setattr(weights_module, "_weights_url", lambda name: source.as_uri())
     monkeypatch.setattr(urllib.request, "urlopen", REAL_URLOPEN)
     return cached
 
@@ -517,11 +572,11 @@ def test_network_view_is_the_crop_the_batch_is_made_of():
     spec = model_info("resnet18").spec
     rng = np.random.default_rng(3)
     photo = Image.fromarray(rng.integers(0, 256, (300, 450, 3), dtype=np.uint8))
-    seen = models_module.network_view(photo, spec)
+    seen = network_view(photo, spec)
     assert seen.size == (224, 224) and seen.mode == "RGB"
     batch = to_batch(photo, spec)[0]
     mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
     pixels = ((batch * std + mean) * 255).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(pixels, np.asarray(seen, dtype=np.float32), atol=1e-3)
-    grey = models_module.network_view(photo.convert("L"), model_info("demo").spec)
+    grey = network_view(photo.convert("L"), model_info("demo").spec)
     assert grey.size == (28, 28) and grey.mode == "L"

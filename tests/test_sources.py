@@ -32,9 +32,9 @@ from tests.generated import write_dataset, write_image_folder
 # Allowed roots ---------------------------------------------------------------------------
 
 
-def test_data_roots_default_to_the_repositorys_datasets_folder(monkeypatch):
+def test_data_roots_default_to_the_folder_of_the_demo_dataset(monkeypatch):
     monkeypatch.delenv("CNNLENS_DATA_ROOTS", raising=False)
-    assert data_roots() == [Path(__file__).resolve().parent.parent / "datasets"]
+    assert data_roots() == [Path(__file__).resolve().parent.parent / "cnnlens" / "demo"]
     assert data_roots() == [DEMO_DATASET_DIR.parent]
 
 

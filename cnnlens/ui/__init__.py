@@ -1,4 +1,5 @@
-"""The dashboard's streamlit layer: caching, session state and reusable widgets.
+"""The dashboard's streamlit layer: caching, session state, the page context, the
+sidebar, recipes, explanations and the map view.
 
 The only part of the package that imports streamlit.
 """

@@ -1,18 +1,25 @@
-"""Every st.cache_resource and st.cache_data of the app, in one place.
+"""Every cache of the app, in one place.
 
-Resources (models, lenses) are shared by all browser sessions: the lens keeps
-no per-call state and models run in eval mode under inference mode, so sharing
-them between threads is safe. Data caches return copies.
+Resources (models) are shared by all browser sessions: a model's lenses and
+extractors run on its one private copy and keep no per-call state, so sharing
+them between threads is safe. Data caches return copies, except the feature
+maps: they are the largest values, so they are kept once, read-only, in a cache
+bounded by bytes (``CNNLENS_FEATURE_CACHE_MB``, 512 by default).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import streamlit as st
 
+from cnnlens.bytes_cache import BytesCache
 from cnnlens.ui.state import DEFAULT_WEIGHTS, ModelChoice
 
 if TYPE_CHECKING:
@@ -20,9 +27,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from cnnlens.data import Dataset
-    from cnnlens.extractor import FeatureExtractor
-    from cnnlens.lens import Lens
     from cnnlens.models import LoadedModel
+
+T = TypeVar("T")
 
 DISPLAY_SIDE = 512
 """Input images are shown at most this large; the maps are laid over them."""
@@ -35,6 +42,85 @@ class Features:
     maps: dict[str, np.ndarray]  # target -> C×H×W float32
     probabilities: np.ndarray | None  # one per class, or None without a classifier
     seen: np.ndarray  # the image as the network sees it (resized, cropped), uint8
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its arrays take."""
+        arrays = [*self.maps.values(), self.seen]
+        if self.probabilities is not None:
+            arrays.append(self.probabilities)
+        return sum(array.nbytes for array in arrays)
+
+
+def feature_cache_mb() -> float:
+    """The feature-map cache's limit: ``CNNLENS_FEATURE_CACHE_MB`` megabytes, 512 by default.
+
+    Raises:
+        ValueError: if the setting is not a number of 0 or more.
+    """
+    raw = os.environ.get("CNNLENS_FEATURE_CACHE_MB", "512")
+    try:
+        megabytes = float(raw)
+    except ValueError:
+        megabytes = -1.0
+    if megabytes < 0:
+        raise ValueError(f"CNNLENS_FEATURE_CACHE_MB must be a number of megabytes, got {raw!r}.")
+    return megabytes
+
+
+def _key_part(value: object) -> Hashable:
+    """A hashable stand-in for an argument: arrays and bytes by digest, a dataset by
+    its folder and fingerprint (so an image changed on disk is read again)."""
+    if isinstance(value, bytes):
+        return hashlib.blake2b(value, digest_size=16).digest()
+    if hasattr(value, "tobytes") and hasattr(value, "dtype"):  # a numpy array
+        return (value.shape, str(value.dtype), _key_part(value.tobytes()))
+    if hasattr(value, "fingerprint") and hasattr(value, "root"):  # a Dataset
+        return (str(value.root), value.fingerprint)
+    return value  # type: ignore[return-value]
+
+
+def _read_only(value: T) -> T:
+    """Freeze the arrays of a shared result, so no session can change another's."""
+    arrays = [value] if hasattr(value, "setflags") else list(vars(value).values())
+    for array in arrays:
+        if isinstance(array, dict):
+            arrays.extend(array.values())
+        elif hasattr(array, "setflags"):
+            array.setflags(write=False)
+    return value
+
+
+def _in_memory(megabytes: float) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Keep a function's results in memory for every session, at most ``megabytes`` of them.
+
+    Unlike ``st.cache_data``, which counts entries, this counts bytes (a result's
+    ``nbytes``), and it hands out the one kept result, read-only, instead of a copy.
+    """
+
+    def wrap(function: Callable[..., T]) -> Callable[..., T]:
+        kept = BytesCache[T](int(megabytes * 1024 * 1024), lambda value: value.nbytes)
+
+        @functools.wraps(function)
+        def cached(*args: object) -> T:
+            key = tuple(_key_part(arg) for arg in args)
+            return kept.get_or_compute(key, lambda: _read_only(function(*args)))
+
+        _kept_in_memory.append(kept)
+        return cached
+
+    return wrap
+
+
+_kept_in_memory: list[BytesCache] = []
+
+
+def clear_all() -> None:
+    """Forget every cached model and result, for every session (new weights came in)."""
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    for kept in _kept_in_memory:
+        kept.clear()
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading the dataset folder…")
@@ -62,12 +148,6 @@ def get_model(choice: ModelChoice) -> LoadedModel:
     return open_model(choice.name, weights=weights, device=device, dtype=dtype)
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
-def get_extractor(choice: ModelChoice, targets: tuple[str, ...]) -> Lens | FeatureExtractor:
-    """One lens or extractor per model and target set, shared by every session (thread-safe)."""
-    return get_model(choice).extractor(targets)
-
-
 @st.cache_data(max_entries=8, show_spinner="Loading the model…")
 def get_layer_names(choice: ModelChoice) -> list[str]:
     """The layers of a model: renamed layers, or qualified module names."""
@@ -84,25 +164,12 @@ def get_default_layers(choice: ModelChoice) -> list[str]:
 def get_layer_table(choice: ModelChoice) -> pd.DataFrame:
     """The layers with their output shapes, parameters and map memory for the model's input."""
     loaded = get_model(choice)
-    if loaded.sequential:
-        from cnnlens.lens import layer_table
-
-        return layer_table(loaded.model, loaded.spec.shape)
-    from cnnlens.extractor import module_table
-
-    return module_table(loaded.model, loaded.spec.shape)
+    return loaded.layers.table(loaded.spec.shape)
 
 
-def _dataset_identity(dataset: Dataset) -> tuple[str, str]:
-    return str(dataset.root), dataset.fingerprint
-
-
-# Keyed by the dataset's folder and fingerprint, so an image changed on disk is read
-# again. Taking the dataset itself (not its folder) spares get_dataset's copy of the
-# whole index on every new image, 15 ms of a click's 70.
-@st.cache_data(
-    max_entries=512, show_spinner=False, hash_funcs={"cnnlens.data.Dataset": _dataset_identity}
-)
+# Taking the dataset itself (not its folder) spares get_dataset's copy of the whole
+# index on every new image, 15 ms of a click's 70.
+@_in_memory(64)
 def get_dataset_image(dataset: Dataset, split: str, filename: str, mode: str) -> np.ndarray:
     """A dataset image as a uint8 array in the model's mode (H×W or H×W×3), at most
     ``DISPLAY_SIDE`` a side (a large JPEG is decoded straight at a reduced scale)."""
@@ -111,12 +178,12 @@ def get_dataset_image(dataset: Dataset, split: str, filename: str, mode: str) ->
     return np.asarray(dataset.load_image(filename, mode, split, max_side=DISPLAY_SIDE))
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+@_in_memory(32)
 def get_uploaded_image(data: bytes, name: str, mode: str) -> np.ndarray:
     """An uploaded image, decoded safely and converted to the model's mode."""
     import numpy as np
 
-    from cnnlens.data import open_image, to_mode
+    from cnnlens.images import open_image, to_mode
 
     return np.asarray(to_mode(open_image(data, name=name, max_side=DISPLAY_SIDE), mode))
 
@@ -127,21 +194,22 @@ def get_uploaded_image(data: bytes, name: str, mode: str) -> np.ndarray:
 _ONE_THREAD_PIXELS = 64 * 64
 
 
-# A VGG-sized image keeps about 50 MB of maps: keep the recent few, not every one.
-@st.cache_data(max_entries=16, show_spinner=False)
+@_in_memory(feature_cache_mb())
 def get_features(choice: ModelChoice, targets: tuple[str, ...], pixels: np.ndarray) -> Features:
     """The target maps, class probabilities and the network's view of one image (uint8 pixels).
 
-    Probabilities are left out for random weights, whose guesses mean nothing.
+    Probabilities are left out for random weights, whose guesses mean nothing. The
+    result is shared by every session that shows the same image: its arrays are
+    read-only.
 
     Raises:
-        ValueError: if the image does not fit the model.
+        ValueError: if the image does not fit the model, or a target is not a layer.
     """
     import numpy as np
     import torch
     from PIL import Image
 
-    from cnnlens.models import network_view
+    from cnnlens.preprocess import network_view
 
     loaded = get_model(choice)
     image = Image.fromarray(pixels)
@@ -150,7 +218,7 @@ def get_features(choice: ModelChoice, targets: tuple[str, ...], pixels: np.ndarr
     if batch[0].numel() <= _ONE_THREAD_PIXELS * batch.shape[1]:
         torch.set_num_threads(1)
     try:
-        maps = get_extractor(choice, targets)(batch)
+        maps = loaded.extractor(targets)(batch)
         probabilities = None
         if not loaded.weights.startswith("random"):
             found = loaded.probabilities(batch)
@@ -174,8 +242,8 @@ def warm_up_in_background() -> None:
     The first page paints without torch; by the time a user asks for feature
     maps, the 2-3 s import is done. Python's import lock makes a page that needs
     torch sooner wait for this import instead of starting a second one. Then it
-    builds Streamlit's plotly template, if the launcher (``cnnlens.ui.serve``)
-    put it off.
+    builds Streamlit's plotly template, if the launcher
+    (``cnnlens.ui.streamlit_internals.import_streamlit_lean``) put it off.
     """
     global _warm_started
     with _warm_lock:
@@ -185,12 +253,12 @@ def warm_up_in_background() -> None:
 
     def warm_up() -> None:
         from cnnlens.sources import remove_stale_uploads
-        from cnnlens.ui import serve
+        from cnnlens.ui.streamlit_internals import restore_plotly_theme
 
         remove_stale_uploads()
         import torch  # noqa: F401
 
-        serve.restore_plotly_theme()
+        restore_plotly_theme()
 
     threading.Thread(target=warm_up, daemon=True).start()
 
@@ -202,8 +270,6 @@ def warm_up_in_background() -> None:
 # waiting for it, and the store already makes the second call fast.
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from cnnlens.insights import LayerStats, Predictions
     from cnnlens.registry import InputSpec
     from cnnlens.store import ResultStore
@@ -332,22 +398,20 @@ def get_embedding(
 @st.cache_data(max_entries=8, show_spinner=False)
 def get_receptive_field(choice: ModelChoice, layer: str) -> int | None:
     """A layer's receptive field in input pixels, where it can be derived."""
-    from cnnlens.insights import receptive_field
-
-    return receptive_field(get_model(choice), layer)
+    return get_model(choice).layers.receptive_field(layer)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@_in_memory(32)
 def get_network_input(choice: ModelChoice, root: str, split: str, filename: str) -> np.ndarray:
     """A dataset image as the network sees it (resized, cropped), as uint8 pixels."""
-    from cnnlens.insights import input_pixels
+    from cnnlens.preprocess import to_uint8_image
 
     loaded = get_model(choice)
     image = get_dataset(root).load_image(filename, loaded.spec.mode, split)
-    return input_pixels(loaded, loaded.batch(image))
+    return to_uint8_image(loaded.batch(image), loaded.spec)
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+@_in_memory(64)
 def get_channel_maps(
     choice: ModelChoice, root: str, split: str, filenames: tuple[str, ...], layer: str, channel: int
 ) -> np.ndarray:
@@ -355,7 +419,7 @@ def get_channel_maps(
     loaded = get_model(choice)
     dataset = get_dataset(root)
     images = [dataset.load_image(name, loaded.spec.mode, split) for name in filenames]
-    maps = get_extractor(choice, (layer,))(loaded.batch(images))[layer]
+    maps = loaded.extractor(layer)(loaded.batch(images))[layer]
     return maps[:, channel].float().cpu().numpy()
 
 
@@ -367,8 +431,13 @@ class Explanation:
     cam: np.ndarray  # H×W float32 at the input's size
     class_index: int
 
+    @property
+    def nbytes(self) -> int:
+        """The memory its arrays take."""
+        return self.pixels.nbytes + self.cam.nbytes
 
-@st.cache_data(max_entries=32, show_spinner="Tracing the decision back…")
+
+@_in_memory(64)
 def get_grad_cam(
     choice: ModelChoice, pixels: np.ndarray, layer: str, class_index: int | None
 ) -> Explanation:
@@ -380,7 +449,8 @@ def get_grad_cam(
     import numpy as np
     from PIL import Image
 
-    from cnnlens.insights import grad_cam, input_pixels
+    from cnnlens.gradcam import grad_cam
+    from cnnlens.preprocess import to_uint8_image
 
     loaded = get_model(choice)
     if loaded.classes is None:
@@ -389,4 +459,4 @@ def get_grad_cam(
     if class_index is None:
         class_index = int(np.argmax(loaded.probabilities(batch)[0]))
     cam = grad_cam(loaded, batch, layer, class_index)
-    return Explanation(input_pixels(loaded, batch), cam, class_index)
+    return Explanation(to_uint8_image(batch, loaded.spec), cam, class_index)

@@ -1,6 +1,6 @@
 // The map view: feature maps as one picture, with the raw value under the pointer.
 //
-// Data (cnnlens.figures.map_view_data): png (base64), channels, height, width,
+// Data (cnnlens.ui.map_view.map_view_data): png (base64), channels, height, width,
 // columns, gap, values (base64 float32, C·H·W, or null), title, low, high,
 // colorbar (CSS colours, or null), max_height, under (a base64 PNG to lay the map
 // over, or null) and opacity. Streamlit calls this function again with the same

@@ -1,69 +1,80 @@
-"""Start the dashboard: ``python -m cnnlens.ui.serve [streamlit flags]``, what ``make run`` does.
+"""Start the dashboard: ``cnnlens serve [streamlit flags]``, what ``make run`` does.
 
-The same as ``streamlit run dashboard.py [flags]``, with two of Streamlit's start-up
-costs left out, which together make the server answer about 0.45 s sooner on a
-2-core machine (see the README's Performance section):
-
-- Streamlit looks for component packages by reading the metadata of every installed
-  distribution (about 90 in this project's virtualenv, with torch's). cnnlens brings
-  its one component inline and uses no installed ones, so the search is skipped.
-- ``import streamlit`` builds Streamlit's plotly template, which imports plotly. Every
-  figure of cnnlens sets its own template, so this waits for the first page to be
-  painted: ``cache.warm_up_in_background`` calls :func:`restore_plotly_theme` then.
-
-If a Streamlit release moves either of these, the launcher leaves it be and the server
-starts as ``streamlit run`` would.
+The same as ``streamlit run dashboard.py [flags]``, with the dashboard's settings
+wherever it runs, and two of Streamlit's start-up costs left out when the installed
+Streamlit is one they are tested with (:mod:`cnnlens.ui.streamlit_internals`).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard.py"
+_SHIPPED_APP = Path(__file__).resolve().parents[1] / "app"
+# An installed wheel carries the dashboard's files in cnnlens/app/ (see pyproject.toml);
+# a checkout or an editable install serves them from the repository root.
+APP_DIR = (
+    _SHIPPED_APP
+    if (_SHIPPED_APP / "dashboard.py").is_file()
+    else Path(__file__).resolve().parents[2]
+)
+DASHBOARD = APP_DIR / "dashboard.py"
+PAGES_DIR = APP_DIR / "pages"
+CONFIG = APP_DIR / ".streamlit" / "config.toml"
 
 
-def import_streamlit_lean() -> None:
-    """Import streamlit without its plotly template, and turn off its component search."""
-    if "streamlit" not in sys.modules and "plotly" not in sys.modules:
-        # Streamlit builds its plotly template only if plotly imports; None in
-        # sys.modules makes that import fail for as long as streamlit's takes.
-        sys.modules["plotly"] = None  # type: ignore[assignment]
-        try:
-            import streamlit  # noqa: F401
-        finally:
-            del sys.modules["plotly"]
-    try:
-        from streamlit.components.v2 import manifest_scanner
-    except ImportError:
-        return
-    if hasattr(manifest_scanner, "scan_component_manifests"):
-        manifest_scanner.scan_component_manifests = _no_component_packages
+def config_flags(config: Path, user_args: Sequence[str]) -> list[str]:
+    """The settings of a Streamlit config.toml as flags, leaving out those the user set.
+
+    Streamlit reads ``.streamlit/config.toml`` from the working directory only, which
+    an installed cnnlens run from elsewhere does not have; as flags, the dashboard's
+    settings (no usage statistics, ``localhost``) hold wherever it runs.
+
+    Args:
+        config: the config.toml file.
+        user_args: the user's Streamlit flags, ``--section.key value`` or
+            ``--section.key=value``; a setting named there is left to the user.
+
+    Returns:
+        ``--section.key=value`` flags, in the file's order.
+    """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+
+    given = {arg[2:].split("=", 1)[0] for arg in user_args if arg.startswith("--")}
+    settings = _flat(tomllib.loads(config.read_text(encoding="utf-8")))
+    return [f"--{name}={value}" for name, value in settings.items() if name not in given]
 
 
-def restore_plotly_theme() -> None:
-    """Build Streamlit's plotly template if :func:`import_streamlit_lean` put it off."""
-    import plotly.io as pio
-
-    if "streamlit" in pio.templates:
-        return
-    from streamlit.elements.lib.streamlit_plotly_theme import configure_streamlit_plotly_theme
-
-    configure_streamlit_plotly_theme()
-
-
-def _no_component_packages(*args: object, **kwargs: object) -> list:
-    """Stands in for Streamlit's search of installed packages: cnnlens uses none."""
-    return []
+def _flat(table: dict, prefix: str = "") -> dict[str, str]:
+    """``{"server": {"port": 1}}`` -> ``{"server.port": "1"}``; booleans as ``true``/``false``."""
+    flat: dict[str, str] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return flat
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run ``streamlit run dashboard.py`` with ``argv`` (default: this command's arguments)."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run ``streamlit run dashboard.py`` with the dashboard's settings and ``argv``.
+
+    Args:
+        argv: Streamlit flags such as ``--server.port 8601``, which win over the
+            dashboard's config.toml (default: this command's arguments).
+    """
+    from cnnlens.ui.streamlit_internals import import_streamlit_lean
+
     import_streamlit_lean()
     from streamlit.web import cli
 
-    args = sys.argv[1:] if argv is None else argv
-    cli.main(args=["run", str(DASHBOARD), *args], prog_name="streamlit")
+    args = sys.argv[1:] if argv is None else list(argv)
+    flags = [*config_flags(CONFIG, args), *args]
+    cli.main(args=["run", str(DASHBOARD), *flags], prog_name="streamlit")
 
 
 if __name__ == "__main__":

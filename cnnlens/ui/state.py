@@ -294,7 +294,7 @@ def shared_widget(shared: str, own: str, value: object) -> dict[str, object]:
 
 
 def choose_image(filename: str | None, split: str | None = None) -> None:
-    """Callback: show a dataset image (``None``: the seed's pick) instead of an upload."""
+    """Callback: show a dataset image (``None``: the random pick) instead of an upload."""
     st.session_state[IMAGE_KEY] = filename
     if split is not None:
         st.session_state[SPLIT_KEY] = split

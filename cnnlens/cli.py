@@ -1,0 +1,261 @@
+"""The command line: ``cnnlens extract ...`` and ``cnnlens serve ...`` (or ``python -m cnnlens``).
+
+``cnnlens extract DATASET --model NAME --out FILE.parquet`` extracts the features of
+every image of a dataset split into a Parquet file, one row per image, in this process
+or on a Ray cluster. An interrupted run (Ctrl-C, a kill) keeps its finished batches:
+the same command finishes it.
+
+``cnnlens serve [streamlit flags]`` starts the dashboard, such as
+``cnnlens serve --server.port 8601``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from cnnlens.data import Problem
+
+if TYPE_CHECKING:
+    import torch
+
+_PROG = "cnnlens"
+_SHOWN_PROBLEMS = 5
+
+
+def _default_workers(device: torch.device) -> int:
+    """Workers: on a CPU one thread per core, each decoding and running the network on
+    one intra-op thread (none on a single core); with a GPU all cores but one (up to
+    32) as processes, which decode while the GPU runs the network."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    if device.type != "cuda":
+        return cores if cores > 1 else 0
+    return max(1, min(32, cores - 1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``cnnlens``; ``serve`` leaves its flags to Streamlit (see :func:`main`)."""
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="See what a convolutional network sees, from the command line.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "serve",
+        help="start the dashboard in the browser",
+        description=(
+            "Start the dashboard. Every other flag goes to Streamlit, as in "
+            "'streamlit run': for example --server.port 8601 or --server.headless true."
+        ),
+    )
+    extract = commands.add_parser(
+        "extract",
+        help="write the features of every image of a dataset to a Parquet file",
+        description=(
+            "Write the features of every image of a dataset split to a Parquet file: one "
+            "row per image with filename, label and one list<float32> column per layer. "
+            "Rerun the same command after an interruption to finish the file."
+        ),
+    )
+    extract.add_argument("dataset", metavar="DATASET", help="the dataset folder")
+    extract.add_argument(
+        "--model", required=True, help="'demo' or a torchvision architecture such as vgg16"
+    )
+    extract.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="a state_dict file (.safetensors, .pt, .pth), or 'random' (default: the model's own)",
+    )
+    extract.add_argument(
+        "--layers",
+        metavar="A,B",
+        help="comma-separated layer names (default: the model's default layers)",
+    )
+    extract.add_argument(
+        "--pool",
+        choices=("mean", "max", "none"),
+        default="mean",
+        help="one value per channel (mean or max over positions) or whole maps (none)",
+    )
+    extract.add_argument("--out", required=True, metavar="FILE.parquet", help="the output file")
+    extract.add_argument("--batch-size", type=int, default=64, metavar="N", help="default 64")
+    extract.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    extract.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the network's number type: float32 (default, exact on a GPU too) or bfloat16 "
+        "(on a GPU about twice as fast, with 8-bit mantissas)",
+    )
+    extract.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="workers (default: on a CPU one thread per core, each decoding and running the "
+        "network on one intra-op thread; with a GPU all cores but one, up to 32, as "
+        "processes that decode); 0: all in the main thread",
+    )
+    extract.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="the images of train.csv (default) or of the test CSV (no labels)",
+    )
+    extract.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="this process (local, default) or Ray Data actors",
+    )
+    extract.add_argument(
+        "--address",
+        metavar="RAY_ADDRESS",
+        help="a Ray cluster ('auto', ray://host:10001); default: a local Ray",
+    )
+    extract.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="Ray actors, each holding the network (default: one per GPU, else one per CPU "
+        "but one, left to decoding)",
+    )
+    extract.add_argument(
+        "--restart", action="store_true", help="discard an unfinished run instead of resuming it"
+    )
+    extract.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _summary(problems: list[Problem]) -> str:
+    shown = "; ".join(f"{p.filename} ({p.reason})" for p in problems[:_SHOWN_PROBLEMS])
+    more = len(problems) - _SHOWN_PROBLEMS
+    count = f"{len(problems)} image{'s' if len(problems) > 1 else ''}"
+    return f"{count} left out: {shown}" + (f"; and {more} more" if more > 0 else "")
+
+
+def _extract(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from cnnlens.data import load_dataset
+    from cnnlens.malloc import keep_freed_memory
+    from cnnlens.models import open_model, pick_device
+    from cnnlens.parquet import extract_to_parquet
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {args.workers}.")
+    if args.address and args.engine != "ray":
+        raise ValueError("--address is for --engine ray.")
+    keep_freed_memory()  # this process only extracts: it may keep what it frees
+    # Each image is checked when it is decoded, and reported then if it cannot be.
+    dataset = load_dataset(args.dataset, check_images=False)
+    layers = [name.strip() for name in args.layers.split(",")] if args.layers else None
+    # With Ray, this process only checks the layers; the actors run the network.
+    device = pick_device(args.device if args.engine == "local" else "cpu")
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    loaded = open_model(args.model, weights=args.weights, device=device, dtype=dtype)
+    source = None
+    if args.engine == "ray":
+        from cnnlens.ray_engine import ray_source
+
+        source = ray_source(
+            loaded,
+            dataset,
+            loaded.default_layers() if layers is None else layers,
+            weights=args.weights,
+            split=args.split,
+            pool=args.pool,
+            batch_size=args.batch_size,
+            device=args.device,
+            address=args.address,
+            concurrency=args.concurrency,
+        )
+
+    stop_requested = False
+
+    def on_terminate(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True  # stop between batches; the finished ones stay
+
+    previous = signal.signal(signal.SIGTERM, on_terminate)
+    bar = tqdm(
+        unit="img", file=sys.stderr, disable=args.quiet or not sys.stderr.isatty(), leave=False
+    )
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    parts = f"{args.out}.parts"
+    try:
+        result = extract_to_parquet(
+            loaded,
+            dataset,
+            args.out,
+            layers,
+            split=args.split,
+            pool=args.pool,
+            batch_size=args.batch_size,
+            workers=_default_workers(device) if args.workers is None else args.workers,
+            network_in_workers=True,  # on a CPU; a GPU runs it here whatever this says
+            restart=args.restart,
+            source=source,
+            should_stop=lambda: stop_requested,
+            on_progress=on_progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"Interrupted: the finished batches are kept in {parts}; run the same command "
+            "again to finish.",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, previous)
+    if result.problems:
+        print(_summary(result.problems), file=sys.stderr)
+    if not result.complete:
+        print(
+            f"Stopped after {result.rows} rows: they are kept in {parts}; run the same "
+            "command again to finish.",
+            file=sys.stderr,
+        )
+        return 143
+    resumed = f" ({result.resumed} from an interrupted run)" if result.resumed else ""
+    print(f"Wrote {result.rows} rows{resumed} to {result.out}.", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cnnlens`` with these arguments (default: this command's own).
+
+    Returns:
+        The exit status: 0 done, 2 a usage error (one line on stderr, no
+        traceback), 130 interrupted, 143 stopped by SIGTERM; the last two keep
+        the finished batches for a rerun. ``serve`` returns when the server stops.
+    """
+    parser = build_parser()
+    # Streamlit's flags are many and change between releases: serve passes on
+    # whatever it does not know instead of listing them.
+    args, streamlit_args = parser.parse_known_args(argv)
+    if args.command == "serve":
+        from cnnlens.ui.serve import main as serve
+
+        serve(streamlit_args)
+        return 0
+    if streamlit_args:
+        parser.error(f"unrecognized arguments: {' '.join(streamlit_args)}")
+    try:
+        return _extract(args)
+    except ValueError as error:
+        message = " ".join(str(error).split())
+        print(f"{_PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,86 @@
+"""The input image: the dataset's pick or an upload, read for a page, and the uploader."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import streamlit as st
+
+from cnnlens.ui import cache, state
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cnnlens.ui.context import Context
+
+__all__ = ["input_image", "read_input", "upload_ui"]
+
+
+def input_image(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
+    """The current input image's pixels and caption, for a page that shows the image.
+
+    The sidebar then leaves it out. Shown twice, it delayed every new image's paint
+    by about 0.1 s in the browser, and a page may change it in a fragment, whose
+    reruns do not redraw the sidebar.
+
+    Raises:
+        ValueError: for an upload that is not a usable image; the caller shows it.
+    """
+    ctx.shows_input = True
+    return read_input(view, ctx)
+
+
+def read_input(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
+    """The pixels of the current input (upload or dataset image) and a caption.
+
+    Raises:
+        ValueError: for an upload that is not a usable image; the caller shows it.
+    """
+    if view.upload is not None:
+        name, data = view.upload
+        return cache.get_uploaded_image(data, name, ctx.info.spec.mode), f"your image {name}"
+    pixels = cache.get_dataset_image(ctx.dataset, view.split, view.image, ctx.info.spec.mode)
+    label = ctx.dataset.label_of(view.image) if view.split == "train" else None
+    caption = f"{view.image}" + (f" · label {label}" if label is not None else " · unlabelled")
+    return pixels, caption
+
+
+def _take_upload(mode: str) -> None:
+    """Callback of the image uploader: keep a usable image, or say why it is not one."""
+    uploaded = st.session_state.get("upload_widget")
+    if uploaded is None:
+        st.session_state[state.UPLOAD_KEY] = None
+        return
+    data = uploaded.getvalue()
+    try:
+        cache.get_uploaded_image(data, uploaded.name, mode)
+    except ValueError as error:
+        st.session_state["upload_error"] = str(error)
+        return
+    st.session_state[state.UPLOAD_KEY] = (uploaded.name, data)
+
+
+def upload_ui(mode: str) -> None:
+    """A PNG/JPEG uploader that replaces the dataset image until it is cleared.
+
+    The upload is decoded as it arrives: a file that is not a usable image gets
+    an error here and the current image stays.
+    """
+    st.file_uploader(
+        "Use your own image",
+        type=["png", "jpg", "jpeg"],
+        key="upload_widget",
+        on_change=_take_upload,
+        args=(mode,),
+        help="PNG or JPEG. It is converted to what the model takes and resized.",
+    )
+    error = st.session_state.pop("upload_error", None)
+    if error:
+        st.error(f"{error} The maps show the image on the left.", icon=":material/broken_image:")
+    if st.session_state.get(state.UPLOAD_KEY) is not None:
+        st.button(
+            "Back to the dataset image",
+            on_click=state.choose_image,
+            args=(st.session_state[state.IMAGE_KEY],),
+            icon=":material/undo:",
+        )
