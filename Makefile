@@ -37,6 +37,7 @@ format: $(VENV)/.installed
 
 bench: $(VENV)/.installed /usr/bin/chromium
 	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_batch.py
 	$(BIN)/python benchmarks/bench_dashboard.py
 	$(BIN)/python benchmarks/bench_insights.py

@@ -45,13 +45,6 @@ _EXPORTS = {
     "ModelInfo": "cnnlens.registry",
     "model_groups": "cnnlens.registry",
     "model_info": "cnnlens.registry",
-    "data_roots": "cnnlens.sources",
-    "extract_dataset_zip": "cnnlens.sources",
-    "recent_folders": "cnnlens.sources",
-    "remember_folder": "cnnlens.sources",
-    "remove_stale_uploads": "cnnlens.sources",
-    "resolve_under_roots": "cnnlens.sources",
-    "upload_folder": "cnnlens.sources",
 }
 
 __all__ = [
@@ -71,11 +64,9 @@ __all__ = [
     "Problem",
     "build_extractor",
     "build_lens",
-    "data_roots",
     "demo_dataset",
     "demo_model",
     "download_weights",
-    "extract_dataset_zip",
     "extractor_for",
     "layer_names",
     "load_dataset",
@@ -87,13 +78,8 @@ __all__ = [
     "open_image",
     "open_model",
     "pick_device",
-    "recent_folders",
-    "remember_folder",
-    "remove_stale_uploads",
-    "resolve_under_roots",
     "to_batch",
     "to_mode",
-    "upload_folder",
     "weights_status",
 ]
 
@@ -118,15 +104,6 @@ if TYPE_CHECKING:
     )
     from cnnlens.preprocess import to_batch
     from cnnlens.registry import MODELS, InputSpec, ModelInfo, model_groups, model_info
-    from cnnlens.sources import (
-        data_roots,
-        extract_dataset_zip,
-        recent_folders,
-        remember_folder,
-        remove_stale_uploads,
-        resolve_under_roots,
-        upload_folder,
-    )
     from cnnlens.weights import download_weights, load_weights, weights_status
 
 
