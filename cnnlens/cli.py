@@ -23,6 +23,11 @@ from cnnlens.data import Problem
 if TYPE_CHECKING:
     import torch
 
+    from cnnlens.data import Dataset
+    from cnnlens.models import LoadedModel
+    from cnnlens.parquet import ExtractResult
+    from cnnlens.pipeline import FeatureSource
+
 _PROG = "cnnlens"
 _SHOWN_PROBLEMS = 5
 
@@ -53,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
             "'streamlit run': for example --server.port 8601 or --server.headless true."
         ),
     )
+    _add_extract_command(commands)
+    return parser
+
+
+def _add_extract_command(commands: argparse._SubParsersAction) -> None:
+    """The ``extract`` command and its flags."""
     extract = commands.add_parser(
         "extract",
         help="write the features of every image of a dataset to a Parquet file",
@@ -128,7 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart", action="store_true", help="discard an unfinished run instead of resuming it"
     )
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
 
 
 def _summary(problems: list[Problem]) -> str:
@@ -136,6 +146,50 @@ def _summary(problems: list[Problem]) -> str:
     more = len(problems) - _SHOWN_PROBLEMS
     count = f"{len(problems)} image{'s' if len(problems) > 1 else ''}"
     return f"{count} left out: {shown}" + (f"; and {more} more" if more > 0 else "")
+
+
+def _check_extract_args(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {args.workers}.")
+    if args.address and args.engine != "ray":
+        raise ValueError("--address is for --engine ray.")
+
+
+def _ray_source(
+    args: argparse.Namespace, loaded: LoadedModel, dataset: Dataset, layers: list[str] | None
+) -> FeatureSource:
+    from cnnlens.ray_engine import ray_source
+
+    return ray_source(
+        loaded,
+        dataset,
+        loaded.default_layers() if layers is None else layers,
+        weights=args.weights,
+        split=args.split,
+        pool=args.pool,
+        batch_size=args.batch_size,
+        device=args.device,
+        address=args.address,
+        concurrency=args.concurrency,
+    )
+
+
+def _report(result: ExtractResult, parts: str) -> int:
+    """Say on stderr what a finished or stopped run wrote; return the exit status."""
+    if result.problems:
+        print(_summary(result.problems), file=sys.stderr)
+    if not result.complete:
+        print(
+            f"Stopped after {result.rows} rows: they are kept in {parts}; run the same "
+            "command again to finish.",
+            file=sys.stderr,
+        )
+        return 143
+    resumed = f" ({result.resumed} from an interrupted run)" if result.resumed else ""
+    print(f"Wrote {result.rows} rows{resumed} to {result.out}.", file=sys.stderr)
+    return 0
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -147,12 +201,7 @@ def _extract(args: argparse.Namespace) -> int:
     from cnnlens.models import open_model, pick_device
     from cnnlens.parquet import extract_to_parquet
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    if args.workers is not None and args.workers < 0:
-        raise ValueError(f"--workers must be 0 or more, got {args.workers}.")
-    if args.address and args.engine != "ray":
-        raise ValueError("--address is for --engine ray.")
+    _check_extract_args(args)
     keep_freed_memory()  # this process only extracts: it may keep what it frees
     # Each image is checked when it is decoded, and reported then if it cannot be.
     dataset = load_dataset(args.dataset, check_images=False)
@@ -161,22 +210,7 @@ def _extract(args: argparse.Namespace) -> int:
     device = pick_device(args.device if args.engine == "local" else "cpu")
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
     loaded = open_model(args.model, weights=args.weights, device=device, dtype=dtype)
-    source = None
-    if args.engine == "ray":
-        from cnnlens.ray_engine import ray_source
-
-        source = ray_source(
-            loaded,
-            dataset,
-            loaded.default_layers() if layers is None else layers,
-            weights=args.weights,
-            split=args.split,
-            pool=args.pool,
-            batch_size=args.batch_size,
-            device=args.device,
-            address=args.address,
-            concurrency=args.concurrency,
-        )
+    source = _ray_source(args, loaded, dataset, layers) if args.engine == "ray" else None
 
     stop_requested = False
 
@@ -220,18 +254,7 @@ def _extract(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         signal.signal(signal.SIGTERM, previous)
-    if result.problems:
-        print(_summary(result.problems), file=sys.stderr)
-    if not result.complete:
-        print(
-            f"Stopped after {result.rows} rows: they are kept in {parts}; run the same "
-            "command again to finish.",
-            file=sys.stderr,
-        )
-        return 143
-    resumed = f" ({result.resumed} from an interrupted run)" if result.resumed else ""
-    print(f"Wrote {result.rows} rows{resumed} to {result.out}.", file=sys.stderr)
-    return 0
+    return _report(result, parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -178,6 +178,37 @@ class _Fitted:
     notes: tuple[str, ...]
 
 
+def _misfit_notes(
+    state: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    usable: dict[str, torch.Tensor],
+    source: str,
+    title: str,
+) -> list[str]:
+    """In words: the network's tensors the file lacks, and the file's tensors left out."""
+    notes = []
+    mismatched = [k for k in state if k in expected and k not in usable]
+    unexpected = [k for k in state if k not in expected]
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        notes.append(
+            f"{source} lacks {_tensors(len(missing))} of the network, which keep random "
+            f"values: {_listed(missing)}."
+        )
+    if unexpected:
+        notes.append(
+            f"{source} has {_tensors(len(unexpected))} that {title} does not use, left out: "
+            f"{_listed(unexpected)}."
+        )
+    if mismatched:
+        shapes = [f"{k} ({_shape(state[k])}, expected {_shape(expected[k])})" for k in mismatched]
+        notes.append(
+            f"{source} has {_tensors(len(mismatched))} of another shape than {title} "
+            f"expects, left out: {_listed(shapes)}."
+        )
+    return notes
+
+
 def _fit(name: str, state: dict[str, torch.Tensor], source: str, build: Build) -> _Fitted:
     """Build the network for a state_dict and load what fits, saying in words what did not.
 
@@ -230,25 +261,7 @@ def _fit(name: str, state: dict[str, torch.Tensor], source: str, build: Build) -
             f"fit it (the file has {_listed(list(state))}; the network has "
             f"{_listed(list(expected))}). Choose the architecture the file was saved from."
         )
-    mismatched = [k for k in state if k in expected and k not in usable]
-    unexpected = [k for k in state if k not in expected]
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    if missing:
-        notes.append(
-            f"{source} lacks {_tensors(len(missing))} of the network, which keep random "
-            f"values: {_listed(missing)}."
-        )
-    if unexpected:
-        notes.append(
-            f"{source} has {_tensors(len(unexpected))} that {title} does not use, left out: "
-            f"{_listed(unexpected)}."
-        )
-    if mismatched:
-        shapes = [f"{k} ({_shape(state[k])}, expected {_shape(expected[k])})" for k in mismatched]
-        notes.append(
-            f"{source} has {_tensors(len(mismatched))} of another shape than {title} "
-            f"expects, left out: {_listed(shapes)}."
-        )
+    notes.extend(_misfit_notes(state, expected, usable, source, title))
     model.load_state_dict(usable, strict=False, assign=True)
     unset = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if all(n.endswith("num_batches_tracked") for n in unset):

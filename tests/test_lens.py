@@ -211,3 +211,29 @@ def test_lens_runs_on_the_models_cuda_device(tiny_cnn):
     out = build_lens(model, "conv_3")(x)["conv_3"]
     assert out.device.type == "cuda"
     torch.testing.assert_close(out, reference(model, 7, x.cuda()), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "writer",
+    [nn.ReLU(inplace=True), nn.LeakyReLU(0.1, inplace=True), nn.Sequential(nn.ReLU(inplace=True))],
+    ids=["relu", "leaky_relu", "nested"],
+)
+def test_a_target_before_an_in_place_op_keeps_its_values_and_the_layers_stay_in_place(writer):
+    """A plain ReLU runs out of place in the lens; other writers get a clone of the target."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Dropout(), writer, nn.Conv2d(3, 2, 1)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        expected = model[0](x)
+    assert (expected < 0).any()
+    lens = build_lens(model, ["conv_1", "conv_2"], channels_last=False)
+    for _ in range(2):
+        out = lens(x)
+        assert torch.equal(out["conv_1"], expected)
+        with torch.no_grad():
+            assert torch.equal(out["conv_2"], model(x))
+
+    def flags(root: nn.Module) -> list[object]:
+        return [getattr(m, "inplace", None) for m in root.modules() if not isinstance(m, Extractor)]
+
+    assert flags(lens.net) == flags(model), "the lens changes no layer's in-place flag"
