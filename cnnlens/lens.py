@@ -47,20 +47,18 @@ class Extractor(nn.Module):
         return f"target={self.target!r}"
 
 
-def _first_writer(layers: Sequence[nn.Module], index: int) -> int | None:
-    """The index of the first layer after ``layers[index]`` that may write into its output
-    in place, or ``None``.
+def _written_later(layers: Sequence[nn.Module], index: int) -> bool:
+    """Whether an in-place op after ``layers[index]`` may write into its output.
 
-    Layers that may hand their input on (Dropout, Identity in eval mode) are looked
-    through; any other layer makes a new tensor, and the search stops there.
+    Such a target (VGG's conv before its ``ReLU(inplace=True)``) is copied when
+    captured; the shared layers stay as they are.
     """
-    for later in range(index + 1, len(layers)):
-        layer = layers[later]
+    for layer in layers[index + 1 :]:
         if any(getattr(module, "inplace", False) for module in layer.modules()):
-            return later
+            return True
         if not isinstance(layer, _MAY_ALIAS):
-            return None
-    return None
+            return False
+    return False
 
 
 class Lens:
@@ -101,24 +99,12 @@ class Lens:
         self.device = source.device
         self.dtype = source.dtype
         self._source = source  # keeps the copy alive as long as the lens
-        # A target that a later in-place op would overwrite stays exact without touching
-        # the shared layers: a plain in-place ReLU is run out of place by this lens (one
-        # new tensor, as the ReLU itself would make); any other writer gets a clone.
-        self._copied: set[str] = set()
-        out_of_place: set[int] = set()
-        for i, name in enumerate(layers.names):
-            writer = _first_writer(stack, i) if name in chosen else None
-            if writer is not None and type(stack[writer]) is nn.ReLU:
-                out_of_place.add(writer)
-            elif writer is not None:
-                self._copied.add(name)
-        self._steps: list[tuple[nn.Module, bool]] = []
-        index = 0
-        for step in self.net.children():
-            self._steps.append((step, index in out_of_place))
-            index += not isinstance(step, Extractor)
-            if isinstance(step, Extractor) and step.target == chosen[-1]:
-                break
+        self._copied = {
+            name: _written_later(stack, i) for i, name in enumerate(layers.names) if name in chosen
+        }
+        children = list(self.net.children())
+        last = max(i for i, m in enumerate(children) if isinstance(m, Extractor))
+        self._steps = children[: last + 1]
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extract the target maps for a batch.
@@ -137,12 +123,12 @@ class Lens:
         with torch.inference_mode():
             x = self._source.prepare(x)
             try:
-                for step, out_of_place in self._steps:
+                for step in self._steps:
                     if isinstance(step, Extractor):
-                        copied = step.target in self._copied
+                        copied = self._copied[step.target]
                         features[step.target] = x.clone() if copied else x
                     else:
-                        x = torch.relu(x) if out_of_place else step(x)
+                        x = step(x)
             except RuntimeError as error:
                 raise ValueError(
                     f"The input of shape {tuple(x.shape)} does not fit this network: {error}"

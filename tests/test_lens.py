@@ -219,7 +219,7 @@ def test_lens_runs_on_the_models_cuda_device(tiny_cnn):
     ids=["relu", "leaky_relu", "nested"],
 )
 def test_a_target_before_an_in_place_op_keeps_its_values_and_the_layers_stay_in_place(writer):
-    """A plain ReLU runs out of place in the lens; other writers get a clone of the target."""
+    """The lens clones such a target when it captures it; the shared layers stay as they are."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Dropout(), writer, nn.Conv2d(3, 2, 1)).eval()
     x = torch.randn(2, 1, 8, 8)
