@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
+import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +23,14 @@ if TYPE_CHECKING:
     from cnnlens.data import Dataset
     from cnnlens.models import LoadedModel
 
-__all__ = ["Recipe", "features_parquet", "grid_png", "maps_npz"]
+__all__ = [
+    "EXPORTS_MAX_MB",
+    "Recipe",
+    "features_parquet",
+    "features_parquet_path",
+    "grid_png",
+    "maps_npz",
+]
 
 _META_KEY = "__meta__"
 _NORMS = ("channel", "layer")
@@ -70,6 +77,62 @@ def grid_png(maps: np.ndarray, per: str = "channel", colorscale: str = "Viridis"
     return figures.montage_png(maps, per=per, colorscale=colorscale, scale=max(1, 64 // side))
 
 
+EXPORTS_MAX_MB = 2048.0
+"""The size limit of the exports folder; beyond it the least recently used files go."""
+
+_one_export = threading.Lock()
+
+
+def features_parquet_path(
+    loaded: LoadedModel,
+    dataset: Dataset,
+    layers: Sequence[str],
+    *,
+    split: str = "train",
+    pool: str = "mean",
+    folder: str | Path | None = None,
+) -> Path:
+    """Where :func:`features_parquet` writes the file of these settings.
+
+    The name is a hash of everything the file's values depend on (model,
+    weights, dtype, dataset folder and fingerprint, split, pool, layers), so a
+    changed dataset or weights file gives a new file.
+
+    Args:
+        loaded: the model.
+        dataset: the dataset.
+        layers: the layers, one column each.
+        split: ``"train"`` or ``"test"``.
+        pool: ``"mean"``, ``"max"`` or ``"none"``.
+        folder: the exports folder; default ``cache_dir() / "exports"``.
+
+    Raises:
+        ValueError: for a dataset indexed with ``check_images=False``, which has no
+            fingerprint.
+    """
+    from cnnlens.sources import cache_dir
+    from cnnlens.store import result_key
+
+    if not dataset.fingerprint:
+        raise ValueError(
+            f"{dataset.root} was indexed without looking at its images (check_images=False), "
+            "so a change to them would go unnoticed: index it with load_dataset(root) to "
+            "export its features to the exports folder."
+        )
+    key = result_key(
+        kind="features_parquet",
+        model=loaded.name,
+        weights=loaded.weights_id,
+        dtype=str(loaded.dtype),
+        dataset=str(Path(dataset.root).resolve()),
+        fingerprint=dataset.fingerprint,
+        split=split,
+        pool=pool,
+        layers=list(layers),
+    )
+    return (Path(folder) if folder is not None else cache_dir() / "exports") / f"{key}.parquet"
+
+
 def features_parquet(
     loaded: LoadedModel,
     dataset: Dataset,
@@ -77,16 +140,21 @@ def features_parquet(
     *,
     split: str = "train",
     pool: str = "mean",
+    folder: str | Path | None = None,
     batch_size: int = 256,
     workers: int = 0,
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-) -> bytes | None:
-    """A whole split's pooled features as Parquet: the very file the CLI writes.
+) -> Path | None:
+    """A whole split's pooled features as a Parquet file on disk: the very file the CLI writes.
 
     One row per image: ``filename``, ``label`` and one list-of-float32 column per
     layer; the metadata key ``cnnlens`` records the model, weights, dataset, pool
-    and map shapes (see :func:`cnnlens.parquet.extract_to_parquet`).
+    and map shapes (see :func:`cnnlens.parquet.extract_to_parquet`). Batches are
+    streamed to part files as they come, so memory holds none of the file. A
+    file exported before is returned at once; a stopped export continues where
+    it stopped. The folder keeps at most :data:`EXPORTS_MAX_MB`, least recently
+    used files removed first.
 
     Args:
         loaded: the model.
@@ -94,33 +162,69 @@ def features_parquet(
         layers: the layers, one column each.
         split: ``"train"`` or ``"test"``.
         pool: ``"mean"`` or ``"max"`` per channel, or ``"none"`` for whole maps.
+        folder: the exports folder; default ``cache_dir() / "exports"``.
         batch_size: images per forward pass.
         workers: processes decoding images while the network runs.
         should_stop: asked between batches; True stops the export.
-        on_progress: called with ``(done, total)`` images.
+        on_progress: called with ``(done, total)`` images, earlier stopped runs included.
 
     Returns:
-        The file's bytes, or ``None`` when ``should_stop`` stopped it.
+        The finished file (:func:`features_parquet_path`), or ``None`` when
+        ``should_stop`` stopped it: then no file is at that path, and the parts
+        written so far wait beside it for the next call.
 
     Raises:
-        ValueError: for an unknown layer, split or pool.
+        ValueError: for an unknown layer, split or pool, or a dataset without a
+            fingerprint.
     """
+    from cnnlens.malloc import give_back_freed_memory
     from cnnlens.parquet import extract_to_parquet
 
-    with tempfile.TemporaryDirectory(prefix="cnnlens-export-") as folder:
-        result = extract_to_parquet(
-            loaded,
-            dataset,
-            Path(folder) / "features.parquet",
-            list(layers),
-            split=split,
-            pool=pool,
-            batch_size=batch_size,
-            workers=workers,
-            should_stop=should_stop,
-            on_progress=on_progress,
-        )
-        return result.out.read_bytes() if result.complete else None
+    out = features_parquet_path(loaded, dataset, layers, split=split, pool=pool, folder=folder)
+    # One export at a time in this process: two of one file would write the same parts,
+    # and a second one waiting here finds the first one's file.
+    with _one_export:
+        if out.exists():
+            out.touch()  # recently used: eviction spares it
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            result = extract_to_parquet(
+                loaded,
+                dataset,
+                out,
+                list(layers),
+                split=split,
+                pool=pool,
+                batch_size=batch_size,
+                workers=workers,
+                should_stop=should_stop,
+                on_progress=on_progress,
+            )
+        finally:
+            give_back_freed_memory()  # a server should not keep the batches' pages
+        if not result.complete:
+            return None
+        _evict(out.parent, keep=out, max_bytes=int(EXPORTS_MAX_MB * 1024 * 1024))
+        return out
+
+
+def _evict(folder: Path, keep: Path, max_bytes: int) -> None:
+    """Remove the least recently used finished exports until the folder fits its limit."""
+    files = []
+    for path in folder.glob("*.parquet"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # removed by another process meanwhile
+        files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            break
+        if path != keep:
+            path.unlink(missing_ok=True)
+            total -= size
 
 
 @dataclass(frozen=True)

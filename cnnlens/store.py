@@ -9,12 +9,14 @@ read; old files age out when the folder grows past its size limit.
 
 Writes go to a temporary file that is renamed into place, so a reader sees a
 whole file or none; a damaged file is treated as missing and removed. Two
-sessions asking for the same result at once compute it once per process.
+sessions asking for the same result at once compute it once, also when they
+are in two server processes sharing the folder (a lock file per key).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -41,6 +43,7 @@ __all__ = [
     "FORMAT_VERSION",
     "ResultStore",
     "cached_layer_stats",
+    "cached_layer_stats_and_predictions",
     "cached_predictions",
     "layer_stats_key",
     "predictions_key",
@@ -55,6 +58,7 @@ DEFAULT_MAX_MB = 512.0
 
 _SUFFIX = ".npz"
 _PARTIAL = ".partial"
+_LOCK = ".lock"
 # A partial file this old belongs to a writer that died; newer ones may still be written.
 _STALE_PARTIAL_S = 3600.0
 # Reading a damaged file fails in one of these ways; anything else is a real error.
@@ -94,6 +98,29 @@ def _locked(name: str) -> Iterator[None]:
             entry[1] -= 1
             if entry[1] == 0:
                 del _key_locks[name]
+
+
+@contextlib.contextmanager
+def _file_locked(path: Path) -> Iterator[None]:
+    """One process at a time per lock file; the holder removes the file when done.
+
+    flock is released when its process dies, so a crashed server blocks nobody. A
+    waiter that gets the lock of a file the holder has just removed tries again on
+    a new one, so two processes never both think they hold it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        file = path.open("a")
+        fcntl.flock(file, fcntl.LOCK_EX)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(file.fileno()).st_ino:
+                break
+        file.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        file.close()
 
 
 class ResultStore:
@@ -172,8 +199,8 @@ class ResultStore:
     ) -> T:
         """The decoded result for ``key``: from memory, from disk, or computed and stored.
 
-        Threads asking for one key at once compute it once; the others wait and
-        read the stored result. If ``compute`` raises (a cancelled pass, say),
+        Threads or processes asking for one key at once compute it once; the
+        others wait and read the stored result. If ``compute`` raises (a cancelled pass, say),
         nothing is stored and the exception propagates.
 
         Args:
@@ -186,7 +213,7 @@ class ResultStore:
         found = self.peek(key, decode)
         if found is not None:
             return found
-        with _locked(str(self.path(key))):
+        with _locked(str(self.path(key))), _file_locked(self.folder / f"{key}{_LOCK}"):
             found = self.peek(key, decode)
             if found is not None:
                 return found
@@ -335,3 +362,51 @@ def cached_predictions(
         lambda: insights.predict_split(loaded, dataset, split=split, **options).to_arrays(),
         insights.Predictions.from_arrays,
     )
+
+
+def cached_layer_stats_and_predictions(
+    loaded: LoadedModel,
+    dataset: Dataset,
+    layer: str,
+    *,
+    split: str = "train",
+    store: ResultStore | None = None,
+    **options: object,
+) -> tuple[LayerStats, Predictions]:
+    """A layer's statistics and the model's answers, each read from the store when stored.
+
+    What is missing is computed in one pass: both at once
+    (:func:`cnnlens.insights.layer_stats_and_predictions`), or the one not yet
+    stored alone. Each is stored under its own key, so :func:`cached_layer_stats`
+    and :func:`cached_predictions` find it.
+
+    Args and Raises are those of :func:`cached_layer_stats`, and:
+
+    Raises:
+        ValueError: if the model has no classes.
+    """
+    from cnnlens import insights
+
+    store = store if store is not None else ResultStore()
+    predictions_at = predictions_key(loaded, dataset, split)
+    stored = store.peek(predictions_at, insights.Predictions.from_arrays)
+    if stored is not None:
+        stats = cached_layer_stats(loaded, dataset, layer, split=split, store=store, **options)
+        return stats, stored
+    computed: dict[str, np.ndarray] = {}
+
+    def both() -> dict[str, np.ndarray]:
+        stats, predicted = insights.layer_stats_and_predictions(
+            loaded, dataset, layer, split=split, **options
+        )
+        computed.update(predicted.to_arrays())
+        return stats.to_arrays()
+
+    stats = store.get_or_compute(
+        layer_stats_key(loaded, dataset, layer, split), both, insights.LayerStats.from_arrays
+    )
+    if computed:  # this pass made them: stored now, not computed again
+        return stats, store.get_or_compute(
+            predictions_at, lambda: computed, insights.Predictions.from_arrays
+        )
+    return stats, cached_predictions(loaded, dataset, split=split, store=store, **options)

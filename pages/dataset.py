@@ -2,16 +2,61 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import streamlit as st
 
-from cnnlens import figures
 from cnnlens.ui import cache, state
+from cnnlens.ui.bars import bars_html
 from cnnlens.ui.context import page_context
 from cnnlens.ui.explanations import explain
 from cnnlens.ui.navigation import page
 
+if TYPE_CHECKING:
+    from cnnlens.data import Dataset
+
 GRID_SIZE = 24
 GRID_COLUMNS = 6
+PIXELATED_SIDE = 64
+PIXELATED_CSS = ".st-key-chosen_image img, .st-key-dataset_grid img {image-rendering: pixelated}"
+
+
+def grid_names(dataset: Dataset, view: state.View) -> list[str]:
+    """The grid's images: the seed's picks, of the chosen labels when some are chosen."""
+    if view.split != "train":
+        return dataset.pick_many(view.seed, GRID_SIZE, view.split)
+    wanted = st.pills(
+        "Show labels",
+        dataset.labels,
+        selection_mode="multi",
+        key="label_filter",
+        persist_state="session",
+        help="Leave empty to show every label.",
+    )
+    return dataset.pick_many(view.seed, GRID_SIZE, view.split, labels=wanted)
+
+
+def grid_ui(dataset: Dataset, view: state.View, mode: str) -> None:
+    """The grid of picked images, each with a button that opens it."""
+    names = grid_names(dataset, view)
+    st.caption(f"{len(names)} images picked with seed {view.seed}; choose one to open it.")
+    with st.container(key="dataset_grid"):
+        columns = st.columns(GRID_COLUMNS)
+        for i, name in enumerate(names):
+            with columns[i % GRID_COLUMNS]:
+                thumb = cache.get_dataset_image(dataset, view.split, name, mode)
+                st.image(thumb, width="stretch", output_format="PNG")
+                tile_label = dataset.label_of(name) if view.split == "train" else None
+                st.button(
+                    f"Open {tile_label}" if view.split == "train" else "Open",
+                    key=f"open_{name}",
+                    on_click=state.choose_image,
+                    args=(name, view.split),
+                    type="primary" if name == view.image else "secondary",
+                    help=f"Open {name}",
+                    width="stretch",
+                )
+
 
 ctx, _ = page_context()
 dataset = ctx.dataset
@@ -48,79 +93,51 @@ with controls[2]:
     )
 
 view = state.current_view(dataset)
+label = dataset.label_of(view.image) if view.split == "train" else None
+# No plotly on this page: its code took seconds to start in the browser, before the
+# first image showed. Pictures are plain images, the label counts HTML bars.
 chosen_col, grid_col = st.columns([2, 3])
 with chosen_col:
-    label = dataset.label_of(view.image) if view.split == "train" else None
     title = view.image + (f" · label {label}" if label is not None else "")
     pixels = cache.get_dataset_image(ctx.dataset, view.split, view.image, ctx.info.spec.mode)
-    st.plotly_chart(
-        figures.image_figure(pixels, title=title),
-        config={"displayModeBar": False},
-        key="chosen_image",
-    )
+    with st.container(key="chosen_image"):
+        st.image(pixels, caption=title, width="stretch", output_format="PNG")  # exact pixels
     st.page_link(
         page("feature_maps"),
         label="See what the network sees in it",
         icon=":material/arrow_forward:",
     )
+    if max(pixels.shape[:2]) <= PIXELATED_SIDE:  # small images: crisp pixels, not a blur
+        st.html(f"<style>{PIXELATED_CSS}</style>")
 
 with grid_col:
-    frame = dataset.rows(view.split)
-    if view.split == "train":
-        wanted = st.pills(
-            "Show labels",
-            dataset.labels,
-            selection_mode="multi",
-            key="label_filter",
-            persist_state="session",
-            help="Leave empty to show every label.",
-        )
-        if wanted:
-            allowed = set(frame.loc[frame["label"].isin(wanted), "filename"])
-            order = dataset.pick_many(view.seed, len(frame), view.split)
-            names = [name for name in order if name in allowed][:GRID_SIZE]
-        else:
-            names = dataset.pick_many(view.seed, GRID_SIZE, view.split)
-    else:
-        names = dataset.pick_many(view.seed, GRID_SIZE, view.split)
-    st.caption(f"{len(names)} images picked with seed {view.seed}; choose one to open it.")
-    columns = st.columns(GRID_COLUMNS)
-    for i, name in enumerate(names):
-        with columns[i % GRID_COLUMNS]:
-            thumb = cache.get_dataset_image(ctx.dataset, view.split, name, ctx.info.spec.mode)
-            st.image(thumb, width="stretch")
-            tile_label = dataset.label_of(name) if view.split == "train" else None
-            st.button(
-                f"Open {tile_label}" if view.split == "train" else "Open",
-                key=f"open_{name}",
-                on_click=state.choose_image,
-                args=(name, view.split),
-                type="primary" if name == view.image else "secondary",
-                help=f"Open {name}",
-                width="stretch",
-            )
+    grid_ui(dataset, view, ctx.info.spec.mode)
 
 if view.split == "train":
     counts = dataset.index["label"].value_counts().sort_index()
-    st.plotly_chart(
-        figures.bar_figure(
-            [str(v) for v in counts.index],
-            counts.to_numpy(),
-            title="How many images each label has",
-            x_title="label",
-            y_title="images",
-            highlight=str(label) if label is not None else None,
-        ),
-        config={"displayModeBar": False},
-        key="label_counts",
-    )
+    with st.container(key="label_counts"):
+        st.html(
+            bars_html(
+                [str(v) for v in counts.index],
+                counts.to_numpy(),
+                title="How many images each label has",
+                value_name="images",
+                highlight=str(label) if label is not None else None,
+            )
+        )
 
 problems = dataset.problems + dataset.test_problems
 if problems:
-    with st.expander(
-        f"{len(problems)} rows were left out while loading", icon=":material/warning:"
-    ):
-        st.dataframe(
-            {"file": [p.filename for p in problems], "reason": [p.reason for p in problems]},
-            hide_index=True,
-        )
+    # The table is made only while the expander is open: a large dataset may list thousands.
+    shown = st.expander(
+        f"{len(problems):,} rows were left out while loading",
+        icon=":material/warning:",
+        key="problems",
+        on_change="rerun",
+    )
+    if shown.open:
+        with shown:
+            st.dataframe(
+                {"file": [p.filename for p in problems], "reason": [p.reason for p in problems]},
+                hide_index=True,
+            )

@@ -17,7 +17,7 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from cnnlens import figures
-from cnnlens.export import features_parquet
+from cnnlens.export import features_parquet, features_parquet_path
 from cnnlens.insights import (
     LayerStats,
     Predictions,
@@ -44,7 +44,6 @@ PER_ROW = 6  # example images side by side
 THUMB_SIDE = 96  # pixels: crops and heatmaps of the examples are enlarged to about this
 PAUSED_KEY = "insights_paused"  # the dataset pass the user cancelled; not restarted by itself
 CLASS_KEY = "insights_class"
-EXPORT_KEY = "insights_parquet"  # (settings, bytes) of the last Parquet export
 PLAIN = {"displayModeBar": False}  # plotly's config for charts without a toolbar
 
 
@@ -117,14 +116,28 @@ def dataset_result(
     return result
 
 
-def layer_summary(focus: Focus) -> LayerStats:
-    """The layer's per-image statistics over the whole split."""
+def layer_summary(focus: Focus, with_predictions: bool = False) -> LayerStats:
+    """The layer's per-image statistics over the whole split.
+
+    Args:
+        focus: what the section looks at.
+        with_predictions: the section also shows the network's answers: a pass
+            still to make computes them too, so they need no pass of their own.
+    """
     choice, root, split, layer = focus.ctx.choice, focus.ctx.root, focus.view.split, focus.layer
+    if with_predictions and focus.ctx.loaded.classes is not None:
+        what = f"summarising {layer} and classifying every image"
+
+        def compute(progress: Callable[[int, int], None]) -> LayerStats:
+            return cache.layer_stats_and_predictions(choice, root, split, layer, progress)[0]
+    else:
+        what = f"summarising {layer}"
+
+        def compute(progress: Callable[[int, int], None]) -> LayerStats:
+            return cache.layer_stats(choice, root, split, layer, progress)
+
     return dataset_result(
-        focus,
-        f"summarising {layer}",
-        lambda: cache.find_layer_stats(choice, root, split, layer),
-        lambda progress: cache.layer_stats(choice, root, split, layer, progress),
+        focus, what, lambda: cache.find_layer_stats(choice, root, split, layer), compute
     )
 
 
@@ -347,13 +360,33 @@ def class_examples_ui(
 # --- embedding map -------------------------------------------------------------------------
 
 
-def selected_rows(event: dict) -> list[int]:
-    """The rows of the points a box or lasso chose on the embedding map, in order."""
-    chosen = set()
-    for point in event["selection"]["points"]:
-        data = point["customdata"]
-        chosen.add(int(data[0] if isinstance(data, list) else data))
-    return sorted(chosen)
+MAP_POINTS = 5_000  # points drawn on the map; a selection still takes every image inside it
+TSNE_KEY = "t-SNE"
+
+
+def selected_rows(event: dict, points: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """The rows of every image inside the boxes and lassos drawn on the embedding map.
+
+    The map draws only ``shown`` (a sample of the rows), so the drawn shapes decide,
+    over all of ``points``; a selection without shapes falls back to the reported points.
+    """
+    selection = event["selection"]
+    inside = np.zeros(len(points), dtype=bool)
+    x, y = points[:, 0], points[:, 1]
+    for box in selection.get("box", []):
+        (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
+        inside |= (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    for lasso in selection.get("lasso", []):
+        xs, ys = np.asarray(lasso["x"], dtype=float), np.asarray(lasso["y"], dtype=float)
+        # Even-odd rule: a point is inside when a ray to its right crosses an odd number of edges.
+        for x0, y0, x1, y1 in zip(xs, ys, np.roll(xs, 1), np.roll(ys, 1), strict=True):
+            if y0 != y1:
+                inside ^= ((y0 > y) != (y1 > y)) & (x < (x1 - x0) * (y - y0) / (y1 - y0) + x0)
+    if not selection.get("box") and not selection.get("lasso"):
+        for point in selection["points"]:
+            data = point["customdata"]
+            inside[shown[int(data[0] if isinstance(data, list) else data)]] = True
+    return np.flatnonzero(inside)
 
 
 def embedding_options_ui(has_classes: bool) -> tuple[str, bool]:
@@ -368,6 +401,8 @@ def embedding_options_ui(has_classes: bool) -> tuple[str, bool]:
             default="pca",
             key="insights_method",
             persist_state="session",
+            help="PCA is instant. t-SNE keeps neighbours together but takes a while on "
+            "a large dataset (with progress and Cancel).",
         )
     with right:
         mark = st.toggle(
@@ -379,36 +414,91 @@ def embedding_options_ui(has_classes: bool) -> tuple[str, bool]:
     return method, mark
 
 
+def embedding_points(focus: Focus, method: str) -> np.ndarray:
+    """The map's coordinates: at once when made before, else made now (t-SNE with progress)."""
+    ctx = focus.ctx
+    args = (ctx.choice, ctx.root, focus.view.split, focus.layer, method, 0)
+    found = cache.find_embedding(*args)
+    if found is not None:
+        return found
+    if method != "tsne":
+        return cache.get_embedding(*args)
+    key = (TSNE_KEY, *args[:4])
+    if st.session_state.get(PAUSED_KEY) == key:
+        st.info("t-SNE was cancelled.", icon=":material/pause_circle:")
+        st.button("Go on", on_click=resume, icon=":material/play_arrow:", key="insights_resume")
+        st.stop()
+    count = len(focus.frame)
+    bar = st.progress(0.0, text=f"t-SNE over {count:,} images: finding each one's neighbours…")
+    cancel = st.empty()
+    cancel.button(
+        "Cancel", on_click=pause, args=(key,), icon=":material/cancel:", key="insights_cancel"
+    )
+
+    def progress(done: int, total: int) -> None:
+        # Cancel stops the run here: Streamlit interrupts it at this update.
+        bar.progress(done / total, text=f"t-SNE over {count:,} images: step {done} of {total}")
+
+    points = cache.get_embedding(*args, progress)
+    bar.empty()
+    cancel.empty()
+    return points
+
+
 def embedding_section(focus: Focus) -> None:
     """Every image as a point placed by what the layer sees; a selection opens its images."""
-    stats = layer_summary(focus)
-    ctx, layer = focus.ctx, focus.layer
-    classes = ctx.loaded.classes
+    classes = focus.ctx.loaded.classes
     method, mark = embedding_options_ui(classes is not None)
+    stats = layer_summary(focus, with_predictions=mark)  # the mistakes come from the same pass
     try:
-        points = cache.get_embedding(ctx.choice, ctx.root, focus.view.split, layer, method, 0)
+        points = embedding_points(focus, method)
     except ValueError as error:
         st.error(str(error), icon=":material/error:")
         return
     wrong = class_predictions(focus).misclassified if mark and classes else None
+    shown = np.arange(len(points))
+    if len(points) > MAP_POINTS:  # the same sample every run, so the map does not jump
+        shown = np.sort(np.random.default_rng(0).choice(len(points), MAP_POINTS, replace=False))
+    embedding_map(focus, stats, points, shown, wrong, METHODS[method])
+
+
+@st.fragment
+def embedding_map(
+    focus: Focus,
+    stats: LayerStats,
+    points: np.ndarray,
+    shown: np.ndarray,
+    wrong: np.ndarray | None,
+    method: str,
+) -> None:
+    """The map and the chosen images; a selection reruns only this part of the page."""
+    layer = focus.layer
     event = st.plotly_chart(
         figures.embedding_figure(
-            points,
-            stats.labels,
-            stats.filenames,
-            wrong,
-            title=f"Every image by what {layer} sees ({METHODS[method]})",
+            points[shown],
+            [stats.labels[i] for i in shown],
+            [stats.filenames[i] for i in shown],
+            None if wrong is None else wrong[shown],
+            title=f"Every image by what {layer} sees ({method})",
         ),
         key="embedding",
         on_select="rerun",
         selection_mode=("box", "lasso"),
         theme=None,
     )
+    notes = []
+    if len(shown) < len(points):
+        notes.append(
+            f"The map draws a sample of {len(shown):,} of the {len(points):,} images; "
+            "a box or lasso takes every image inside it."
+        )
     if wrong is not None:
-        st.caption(f"{int(wrong.sum()):,} of {len(wrong):,} images are classified wrongly (×).")
+        notes.append(f"{int(wrong.sum()):,} of {len(wrong):,} images are classified wrongly (×).")
+    if notes:
+        st.caption(" ".join(notes))
     explain("embedding")
-    chosen = selected_rows(event)
-    if not chosen:
+    chosen = selected_rows(event, points, shown)
+    if not len(chosen):
         st.caption("Draw a box or lasso around points to see those images here.")
         return
     channel = channel_ui(stats.map_shape[0], layer)
@@ -475,14 +565,47 @@ def gradcam_section(focus: Focus) -> None:
 # --- compare -------------------------------------------------------------------------------
 
 
-def other_image_ui(focus: Focus) -> str:
-    """The dataset image to compare with; first the next seed's pick."""
-    filenames = list(focus.frame["filename"])
-    if st.session_state.get("compare_image") not in filenames:
-        st.session_state["compare_image"] = focus.ctx.dataset.pick(
-            (focus.view.seed + 1) % 2**32, focus.view.split
+COMPARE_FOR_KEY = "compare_for"  # the dataset and split the other image was picked from
+
+
+def another_image(focus: Focus) -> None:
+    """Callback of "Another random image": the next seed's pick of the split."""
+    seed = st.session_state.get("compare_seed", focus.view.seed) + 1
+    st.session_state["compare_seed"] = seed
+    st.session_state["compare_image"] = focus.ctx.dataset.pick(seed % 2**32, focus.view.split)
+
+
+def other_image_ui(focus: Focus) -> str | None:
+    """The dataset image to compare with, by name; first the next seed's pick.
+
+    A text box and a button, not a list of every name: a list of tens of thousands
+    of names would be sent to the browser again on every change.
+    """
+    dataset, split = focus.ctx.dataset, focus.view.split
+    if st.session_state.get(COMPARE_FOR_KEY) != (focus.ctx.root, split):
+        st.session_state[COMPARE_FOR_KEY] = (focus.ctx.root, split)
+        st.session_state.pop("compare_seed", None)
+        another_image(focus)
+    name = st.text_input(
+        "Compare with",
+        key="compare_image",
+        help="The file name of an image of the dataset, as the Dataset page shows it.",
+    ).strip()
+    st.button(
+        "Another random image",
+        on_click=another_image,
+        args=(focus,),
+        icon=":material/shuffle:",
+        key="compare_random",
+    )
+    if not (focus.frame["filename"] == name).any():
+        st.error(
+            f"{dataset.root.name} has no image {name!r} in its {split} split. Type a file "
+            "name as the Dataset page shows it, or press Another random image.",
+            icon=":material/error:",
         )
-    return st.selectbox("Compare with", filenames, key="compare_image")
+        return None
+    return name
 
 
 def compare_section(focus: Focus) -> None:
@@ -496,6 +619,8 @@ def compare_section(focus: Focus) -> None:
     left, right = st.columns(2)
     with left:
         other = other_image_ui(focus)
+    if other is None:
+        return
     pixels_b = cache.get_dataset_image(ctx.dataset, view.split, other, ctx.spec.mode)
     try:
         maps_a = cache.get_features(ctx.choice, (layer,), pixels_a).maps[layer]
@@ -557,39 +682,51 @@ def compared_ui(
 
 
 def parquet_ui(ctx: Context, view: state.View) -> None:
-    """The dataset's features as Parquet: computed on request, with progress, then offered."""
-    settings = (ctx.choice, ctx.root, view.split, view.layers)
-    ready = st.session_state.get(EXPORT_KEY)
-    if ready is not None and ready[0] == settings:
+    """The dataset's features as Parquet: written to disk on request, with progress and
+    Cancel, then downloaded straight from that file (the session keeps no copy)."""
+    layers = list(view.layers)
+    try:
+        out = features_parquet_path(ctx.loaded, ctx.dataset, layers, split=view.split)
+    except ValueError as error:
+        st.info(str(error))
+        return
+    if out.exists():
         st.download_button(
-            "The dataset's features (Parquet)",
-            ready[1],
+            f"The dataset's features (Parquet, {out.stat().st_size / 1e6:,.1f} MB)",
+            out.read_bytes,  # called on the click: the file is read then, not kept
             file_name=f"{ctx.model_name}-{ctx.dataset.root.name}-{view.split}-features.parquet",
             mime="application/vnd.apache.parquet",
             icon=":material/table:",
             on_click="ignore",
         )
         return
+    # A cancelled export left its parts beside the file; the next one goes on from them.
+    goes_on = out.with_name(out.name + ".parts").exists()
     if not st.button(
-        "Compute the dataset's features (Parquet)",
-        help="One row per image: each layer's channel means, as `python -m cnnlens extract` "
-        "writes them.",
+        ("Go on with" if goes_on else "Compute") + " the dataset's features (Parquet)",
+        help="One row per image: each layer's channel means, as `cnnlens extract` writes them. "
+        "The file is written to the results folder, and can be cancelled and resumed.",
         icon=":material/table:",
+        key="insights_export",
     ):
         return
     bar = st.progress(0.0, text="Extracting features…")
-    data = features_parquet(
-        ctx.loaded,
-        ctx.dataset,
-        view.layers,
-        split=view.split,
-        batch_size=cache.INSIGHTS_BATCH,
-        on_progress=lambda done, total: bar.progress(
-            done / max(total, 1), text=f"Extracting features: {done:,} of {total:,} images"
-        ),
-    )
-    bar.empty()
-    st.session_state[EXPORT_KEY] = (settings, data)
+    # Its click reruns the page, which stops this run at its next progress update.
+    st.button("Cancel", icon=":material/cancel:", key="insights_export_cancel")
+    try:
+        features_parquet(
+            ctx.loaded,
+            ctx.dataset,
+            layers,
+            split=view.split,
+            batch_size=cache.INSIGHTS_BATCH,
+            on_progress=lambda done, total: bar.progress(
+                done / max(total, 1), text=f"Extracting features: {done:,} of {total:,} images"
+            ),
+        )
+    except ValueError as error:
+        st.error(str(error), icon=":material/error:")
+        return
     st.rerun()
 
 

@@ -16,7 +16,7 @@ from cnnlens import build_lens, demo_model, load_dataset, to_batch
 from cnnlens.models import open_model
 from cnnlens.registry import DEMO_WEIGHTS
 from tests.generated import write_dataset, write_image_folder
-from tests.test_app import assert_grid_shows, chart, map_view, open_app, title
+from tests.test_app import assert_grid_shows, chosen, map_view, open_app
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_a_folder_outside_the_data_roots_is_refused(data_root):
     at.button[next(i for i, b in enumerate(at.button) if b.label == "Open folder")].click()
     at.run()
     assert at.session_state["data"] == str(data_root / "photos")
-    assert title(chart(at, "chosen_image")).startswith(load_dataset(data_root / "photos").pick())
+    assert chosen(at).startswith(load_dataset(data_root / "photos").pick())
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
@@ -106,7 +106,7 @@ def test_an_uploaded_zip_becomes_the_dataset_and_a_zip_slip_is_refused(data_root
     assert not at.exception
     uploaded = load_dataset(at.session_state["data"])
     assert list(uploaded.index["filename"]) == list(load_dataset(source).index["filename"])
-    assert title(chart(at, "chosen_image")).startswith(uploaded.pick())
+    assert chosen(at).startswith(uploaded.pick())
     assert "data" not in at.query_params  # an upload cannot travel in a link
 
 

@@ -275,11 +275,10 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
 
     nav.get_by_role("link", name="Dataset").click()
     page.get_by_role("heading", name="Dataset", exact=True).wait_for()
-    live_app.wait_chart(page, "chosen_image", "3282.png")
+    chosen = page.locator(".st-key-chosen_image")  # a plain image with its caption
+    chosen.get_by_text("3282.png · label 9", exact=True).wait_for()
     live_app.settle(page)
-    chosen = live_app.plotly_chart(page, "chosen_image")
-    assert chosen is not None
-    assert chosen["title"] == "3282.png · label 9"
+    assert chosen.locator("img").evaluate("img => img.complete && img.naturalWidth") == 28
     assert sidebar_caption(page) == "3282.png · label 9"
     shot(page, "02-dataset-seed-128")
 
@@ -288,7 +287,7 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     seed_input = page.locator(".st-key-seed input")
     seed_input.fill("7")
     seed_input.press("Enter")
-    live_app.wait_chart(page, "chosen_image", f"{picked} · label {dataset.label_of(picked)}")
+    chosen.get_by_text(f"{picked} · label {dataset.label_of(picked)}", exact=True).wait_for()
     live_app.settle(page)
     assert picked in sidebar_caption(page)
     shot(page, "03-dataset-seed-7")
@@ -300,7 +299,7 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     tile = page.locator(f".{live_app.key_class(f'open_{opened}')}").get_by_role("button")
     assert tile.inner_text().strip() == f"Open {label}"
     tile.click()
-    live_app.wait_chart(page, "chosen_image", f"{opened} · label {label}")
+    chosen.get_by_text(f"{opened} · label {label}", exact=True).wait_for()
     live_app.settle(page)
     assert sidebar_caption(page) == f"{opened} · label {label}"
     assert_no_exception(page, server)

@@ -64,6 +64,65 @@ def test_pick_many_is_distinct_reproducible_and_starts_with_pick(small_dataset):
     assert dataset.pick_many(7, 5) != dataset.pick_many(8, 5)
 
 
+def old_pick_many(dataset, seed: int, n: int, split: str = "train", labels=None) -> list[str]:
+    """pick_many as it was before it stopped walking every filename, and the Dataset
+    page's label filter on top of it: the reference for the same picks."""
+    rows = dataset.rows(split)
+    if labels:
+        allowed = set(rows.loc[rows["label"].isin(labels), "filename"])
+        order = old_pick_many(dataset, seed, len(rows), split)
+        return [name for name in order if name in allowed][:n]
+    usable = list(rows["filename"])
+    rng = np.random.RandomState(seed)
+    if n >= len(usable) // 2:
+        first = dataset.pick(seed, split) if usable and n else None
+        rest = [name for name in rng.permutation(usable) if name != first]
+        return ([first] if first else []) + rest[: max(n - 1, 0)]
+    names = set(usable)
+    drawn_from = dataset._drawn_from[split]  # the CSV's filename column as written
+    chosen: dict[str, None] = {}
+    while len(chosen) < n:
+        name = rng.choice(drawn_from)
+        if name in names:
+            chosen[name] = None
+    return list(chosen)
+
+
+def test_pick_many_gives_the_same_picks_as_before_on_the_demo():
+    dataset = demo_dataset()
+    assert dataset.pick_many(128, 1) == ["3282.png"]
+    for seed in (0, 7, 128, 4_000_000_000):
+        for n in (0, 1, 24, 1999, 2000, 4000, 4100):
+            assert dataset.pick_many(seed, n) == old_pick_many(dataset, seed, n), (seed, n)
+        for labels in ([3], [0, 9], [5, 6, 7, 8, 9, 0, 1, 2, 3, 4]):
+            for n in (24, 500):
+                expected = old_pick_many(dataset, seed, n, labels=labels)
+                assert dataset.pick_many(seed, n, labels=labels) == expected, (seed, labels)
+        assert dataset.pick_many(seed, 24, "test") == old_pick_many(dataset, seed, 24, "test")
+
+
+def test_pick_many_gives_the_same_picks_as_before_with_left_out_rows(tmp_path):
+    root = write_dataset(tmp_path / "gen", [i % 5 for i in range(300)])
+    for i in (3, 40, 41, 250):
+        (root / "train" / f"img_{i}.png").unlink()
+    with open(root / "train.csv", "a") as csv:
+        csv.write("img_7.png,2\n,1\n")
+    dataset = load_dataset(root)
+    assert len(dataset.index) == 296 and len(dataset.problems) == 6
+    for seed in (1, 2, 3, 128):
+        for n in (0, 10, 147, 148, 296, 400):
+            assert dataset.pick_many(seed, n) == old_pick_many(dataset, seed, n), (seed, n)
+        for labels in ([4], [1, 2], {0, 1, 2, 3, 4}, []):
+            for n in (5, 24, 300):
+                expected = old_pick_many(dataset, seed, n, labels=labels)
+                assert dataset.pick_many(seed, n, labels=labels) == expected, (seed, labels, n)
+    assert len(dataset.pick_many(5, 24, labels=[4])) == 24
+    assert {dataset.label_of(name) for name in dataset.pick_many(5, 24, labels=[4])} == {4}
+    assert dataset.pick_many(5, 24, labels=[99]) == []
+    with pytest.raises(ValueError, match="n must be zero or more"):
+        dataset.pick_many(5, -1)
+
+
 def test_bad_rows_are_left_out_with_reasons(tmp_path):
     root = write_dataset(tmp_path / "d", [0, 1, 2, 3])
     (root / "train" / "notes.png").write_text("this is not a picture")

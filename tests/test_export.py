@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,10 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
+from cnnlens import export
 from cnnlens.data import load_dataset
-from cnnlens.export import Recipe, features_parquet, grid_png, maps_npz
+from cnnlens.export import Recipe, features_parquet, features_parquet_path, grid_png, maps_npz
 from cnnlens.layers import layer_names
 from cnnlens.models import demo_model, open_model
+from cnnlens.parquet import extract_to_parquet
 from cnnlens.preprocess import to_batch
 from tests.generated import write_dataset
 
@@ -90,8 +94,11 @@ def test_grid_png_per_layer_uses_one_range_for_every_channel():
 def test_features_parquet_holds_every_images_pooled_features(tmp_path):
     labels = [i % 3 for i in range(7)]
     dataset = load_dataset(write_dataset(tmp_path / "digits", labels, size=28))
-    data = features_parquet(open_model("demo"), dataset, ["conv_1", "conv_3"], batch_size=3)
-    table = pq.read_table(io.BytesIO(data))
+    out = features_parquet(
+        open_model("demo"), dataset, ["conv_1", "conv_3"], folder=tmp_path / "exports", batch_size=3
+    )
+    assert out.parent == tmp_path / "exports"
+    table = pq.read_table(out)
     assert table.column_names == ["filename", "label", "conv_1", "conv_3"]
     assert table["filename"].to_pylist() == [f"img_{i}.png" for i in range(7)]
     assert table["label"].to_pylist() == labels
@@ -108,12 +115,73 @@ def test_features_parquet_holds_every_images_pooled_features(tmp_path):
         )
 
 
-def test_a_stopped_parquet_export_gives_nothing(tmp_path):
-    dataset = load_dataset(write_dataset(tmp_path / "digits", [0, 1, 2, 3], size=28))
+def test_a_cancelled_export_offers_nothing_and_goes_on_to_extract_to_parquets_file(tmp_path):
+    dataset = load_dataset(write_dataset(tmp_path / "digits", [i % 4 for i in range(9)], size=28))
+    loaded, folder = open_model("demo"), tmp_path / "exports"
+    seen: list[tuple[int, int]] = []
     stopped = features_parquet(
-        open_model("demo"), dataset, ["conv_1"], batch_size=1, should_stop=lambda: True
+        loaded,
+        dataset,
+        ["conv_2"],
+        folder=folder,
+        batch_size=2,
+        should_stop=lambda: len(seen) >= 2,
+        on_progress=lambda done, total: seen.append((done, total)),
     )
+    out = features_parquet_path(loaded, dataset, ["conv_2"], folder=folder)
     assert stopped is None
+    assert seen == [(2, 9), (4, 9)]
+    assert not out.exists()  # nothing half-written where the finished file goes
+    assert list(folder.glob("*.parquet")) == []
+    seen.clear()
+    finished = features_parquet(
+        loaded,
+        dataset,
+        ["conv_2"],
+        folder=folder,
+        batch_size=2,
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
+    assert finished == out and seen[0] == (6, 9) and seen[-1] == (9, 9)  # went on from 4
+    reference = extract_to_parquet(
+        loaded, dataset, tmp_path / "cli.parquet", ["conv_2"], batch_size=2
+    )
+    assert pq.read_table(out).equals(pq.read_table(reference.out))
+    assert pq.read_schema(out).metadata == pq.read_schema(reference.out).metadata
+    # Asked again, the finished file is served as it is, with no pass.
+    again = features_parquet(loaded, dataset, ["conv_2"], folder=folder, should_stop=lambda: True)
+    assert again == out
+
+
+def test_the_export_file_is_named_by_everything_its_values_depend_on(tmp_path):
+    digits = write_dataset(tmp_path / "digits", [0, 1, 2, 3], size=28)
+    loaded, dataset = open_model("demo"), load_dataset(digits)
+    base = features_parquet_path(loaded, dataset, ["conv_1"], folder=tmp_path)
+    assert base.parent == tmp_path and base.suffix == ".parquet"
+    assert base == features_parquet_path(loaded, load_dataset(digits), ["conv_1"], folder=tmp_path)
+    others = {
+        features_parquet_path(loaded, dataset, ["conv_2"], folder=tmp_path),
+        features_parquet_path(loaded, dataset, ["conv_1"], split="test", folder=tmp_path),
+        features_parquet_path(loaded, dataset, ["conv_1"], pool="max", folder=tmp_path),
+        features_parquet_path(
+            dataclasses.replace(loaded, weights_id="other"), dataset, ["conv_1"], folder=tmp_path
+        ),
+    }
+    (digits / "train" / "img_0.png").write_bytes((digits / "train" / "img_1.png").read_bytes())
+    others.add(features_parquet_path(loaded, load_dataset(digits), ["conv_1"], folder=tmp_path))
+    assert len(others) == 5 and base not in others
+    with pytest.raises(ValueError, match="check_images=False"):
+        features_parquet_path(loaded, load_dataset(digits, check_images=False), ["conv_1"])
+
+
+def test_old_exports_are_removed_past_the_folders_limit(tmp_path, monkeypatch):
+    dataset = load_dataset(write_dataset(tmp_path / "digits", [0, 1, 2], size=28))
+    loaded, folder = open_model("demo"), tmp_path / "exports"
+    first = features_parquet(loaded, dataset, ["conv_1"], folder=folder)
+    os.utime(first, (1, 1))  # long unused
+    monkeypatch.setattr(export, "EXPORTS_MAX_MB", first.stat().st_size * 1.5 / 2**20)
+    second = features_parquet(loaded, dataset, ["conv_2"], folder=folder)
+    assert sorted(folder.glob("*.parquet")) == [second]
 
 
 def test_a_recipe_round_trips_through_json():
@@ -163,3 +231,41 @@ def test_a_recipe_round_trips_through_json():
 def test_a_bad_recipe_says_what_is_wrong(text, message):
     with pytest.raises(ValueError, match=message):
         Recipe.from_json(text)
+
+
+# --- the Insights page's export ------------------------------------------------------------
+
+
+def test_the_insights_page_writes_the_export_to_disk_and_offers_only_a_finished_file(
+    tmp_path, monkeypatch
+):
+    from cnnlens.ui.cache import INSIGHTS_BATCH
+    from tests.test_app import open_app
+
+    digits = write_dataset(tmp_path / "digits", [i % 4 for i in range(10)], size=28, seed=5)
+    monkeypatch.setenv("CNNLENS_DATASET", str(digits))
+    monkeypatch.setenv("CNNLENS_CACHE_DIR", str(tmp_path / "cache"))
+    loaded, dataset, layers = open_model("demo"), load_dataset(digits), ["conv_1", "conv_2"]
+    # An export cancelled after its first batch: its parts wait beside the file.
+    features_parquet(loaded, dataset, layers, batch_size=4, should_stop=lambda: True)
+    out = features_parquet_path(loaded, dataset, layers)
+    assert out.parent == tmp_path / "cache" / "exports" and not out.exists()
+
+    at = open_app("insights.py", layers=",".join(layers))
+    assert not at.get("download_button")  # nothing half-written is offered
+    go_on = at.button(key="insights_export")
+    assert go_on.label == "Go on with the dataset's features (Parquet)"
+    go_on.click().run()
+    assert not at.exception, at.exception
+    (offered,) = at.get("download_button")
+    assert "Parquet" in offered.proto.label and offered.proto.deferred_file_id
+    reference = extract_to_parquet(
+        loaded, dataset, tmp_path / "cli.parquet", layers, batch_size=INSIGHTS_BATCH
+    )
+    assert pq.read_table(out).equals(pq.read_table(reference.out))
+    # The session keeps the file's name at most, never its bytes.
+    kept = list(at.session_state.to_dict().values())
+    while kept:
+        value = kept.pop()
+        assert not isinstance(value, bytes)
+        kept.extend(value if isinstance(value, tuple | list) else [])

@@ -25,6 +25,7 @@ from cnnlens.insights import (
     embedding,
     fire_box,
     layer_stats,
+    layer_stats_and_predictions,
     predict_split,
     top_images,
 )
@@ -98,6 +99,33 @@ def test_predictions_are_the_models_classes_and_mark_the_mistakes(predictions, s
     assert unknown.misclassified is None
     partly = dataclasses.replace(predictions, labels=[None, *LABELS[1:]])
     assert not partly.misclassified[0]
+
+
+def test_one_pass_gives_a_layers_statistics_and_the_predictions(
+    demo, digits, stats, predictions, monkeypatch
+):
+    from cnnlens import pipeline
+
+    passes = []
+    real = pipeline.iter_features
+
+    def iter_features(*args, **options):
+        passes.append(options.get("with_predictions", False))
+        return real(*args, **options)
+
+    monkeypatch.setattr(pipeline, "iter_features", iter_features)
+    both, answers = layer_stats_and_predictions(demo, load_dataset(digits), "conv_3", batch_size=5)
+    assert passes == [True]
+    assert both.filenames == answers.filenames == stats.filenames
+    assert both.labels == answers.labels == LABELS
+    assert (both.layer, both.map_shape) == (stats.layer, stats.map_shape)
+    for name in ("mean", "max", "peak_y", "peak_x"):
+        np.testing.assert_array_equal(getattr(both, name), getattr(stats, name))
+    np.testing.assert_array_equal(answers.predicted, predictions.predicted)
+    assert answers.classes == predictions.classes
+    features_only = dataclasses.replace(demo, classes=None)
+    with pytest.raises(ValueError, match="no classes"):
+        layer_stats_and_predictions(features_only, load_dataset(digits), "conv_3")
 
 
 def test_a_model_without_classes_predicts_nothing(demo, digits):
@@ -254,8 +282,45 @@ def test_pca_of_one_feature_puts_the_points_on_a_line():
 
 def test_tsne_is_reproducible_with_its_seed(stats):
     first = embedding(stats, method="tsne", seed=1)
-    assert first.shape == (len(stats), 2)
+    assert first.shape == (len(stats), 2) and first.dtype == np.float32
     np.testing.assert_array_equal(first, embedding(stats, method="tsne", seed=1))
+
+
+def test_tsne_keeps_well_separated_clusters_apart():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 20, (4, 16))
+    cluster = np.repeat(np.arange(4), 60)
+    points = embedding(centres[cluster] + rng.normal(0, 1, (240, 16)), method="tsne", seed=0)
+    distances = np.linalg.norm(points[:, None] - points[None], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    # Each image's nearest neighbours on the map are of its own cluster...
+    nearest = np.argsort(distances, axis=1)[:, :10]
+    assert (cluster[nearest] == cluster[:, None]).all()
+    # ...and every cluster lies wholly apart from the others.
+    for c in range(4):
+        own = cluster == c
+        widest = distances[own][:, own][np.isfinite(distances[own][:, own])].max()
+        assert distances[own][:, ~own].min() > widest / 4
+
+
+def test_tsne_reports_its_steps_and_can_be_cancelled(stats):
+    from cnnlens.insights import TSNE_ITERATIONS as total
+
+    steps = []
+    embedding(stats, method="tsne", on_progress=lambda done, total: steps.append((done, total)))
+    assert steps[0] == (0, total) and steps[-1] == (total, total)
+    assert [done for done, _ in steps] == sorted(done for done, _ in steps)
+    asked = []
+
+    def stop() -> bool:
+        asked.append(True)
+        return len(asked) > 1  # once the neighbour search is done, at the first report
+
+    with pytest.raises(Cancelled, match=f"after 10 of {total} iterations"):
+        embedding(stats, method="tsne", should_stop=stop)
+    assert len(asked) == 2
+    with pytest.raises(Cancelled, match="after its neighbour search"):
+        embedding(stats, method="tsne", should_stop=lambda: True)
 
 
 def test_embedding_refuses_what_it_cannot_do(stats):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from sklearn.decomposition import PCA
 from cnnlens import insights
 from cnnlens.data import load_dataset
 from cnnlens.layers import layer_names
-from cnnlens.models import demo_model
+from cnnlens.models import demo_model, open_model
 from cnnlens.preprocess import to_batch
 from cnnlens.ui.state import ModelChoice
 from tests.generated import write_dataset
@@ -164,7 +165,7 @@ def test_grad_cam_overlays_the_evidence_for_the_answer_or_a_chosen_class(digits)
 def test_compare_shows_both_maps_and_their_difference(digits):
     at = open_app(PAGE, layers="conv_2", layer="conv_2")
     at.segmented_control(key="insights_section").set_value("compare").run()
-    at.selectbox(key="compare_image").set_value("img_7.png").run()
+    at.text_input(key="compare_image").input("img_7.png").run()
     at.number_input(key="insights_channel").set_value(4).run()
     ref = reference(digits, "conv_2")
     dataset = load_dataset(digits)
@@ -210,3 +211,100 @@ def test_layer_and_channel_follow_people_between_feature_maps_and_insights(digit
     at.switch_page(str(Path(__file__).resolve().parent.parent / "pages" / "feature_maps.py")).run()
     assert at.subheader[0].value == "conv_3: 64 channels of 14×14"
     assert map_view(at, "channel_map")["title"] == "conv_3, channel 7"
+
+
+MANY = [i % 10 for i in range(3000)]
+
+
+def select(at, key: str, selection: dict):
+    """Run the page as if a box or lasso had been drawn on chart ``key`` (AppTest has no
+    plotly selection of its own, so the widget state the browser would send is added)."""
+    chart_id = next(c.proto.id for c in at.get("plotly_chart") if c.key == key)
+    states = at._tree.get_widget_states()
+    state = states.widgets.add()
+    state.id = chart_id
+    full = {"points": [], "point_indices": [], "box": [], "lasso": [], **selection}
+    state.string_value = json.dumps({"selection": full})
+    return at._run(states)
+
+
+def captions(at) -> list[str]:
+    """The captions of the example crops (the first image of each pair)."""
+    shown = [image.proto.imgs[0].caption for image in at.main.get("image")]
+    return [caption for caption in shown if ".png" in caption]
+
+
+def test_a_box_or_lasso_shows_exactly_the_images_inside_it(tmp_path, monkeypatch):
+    root = write_dataset(tmp_path / "many", MANY, size=28, seed=3)
+    monkeypatch.setenv("CNNLENS_DATASET", str(root))
+    monkeypatch.setenv("CNNLENS_CACHE_DIR", str(tmp_path / "cache"))
+    at = open_app(PAGE, layers="conv_2", layer="conv_2")
+    at.segmented_control(key="insights_section").set_value("embedding").run()
+    points = np.full((len(MANY), 2), np.nan)
+    for trace in chart(at, "embedding")["data"]:
+        points[np.asarray(trace["customdata"], dtype=int)] = np.column_stack(
+            [trace["x"], trace["y"]]
+        )
+    ref = reference(root, "conv_2")
+    low, high = np.quantile(points, 0.3, axis=0), np.quantile(points, 0.7, axis=0)
+    x, y = points[:, 0], points[:, 1]
+    # A triangle, checked here by the side of each edge each point lies on.
+    corners = np.array([[low[0], low[1]], [high[0], low[1]], [low[0], high[1]]])
+    edges, offsets = np.roll(corners, -1, axis=0) - corners, points[:, None] - corners
+    left = edges[:, 0] * offsets[..., 1] - edges[:, 1] * offsets[..., 0] > 0  # N×3
+    cases = {
+        "box": (
+            {"box": [{"x": [high[0], low[0]], "y": [low[1], high[1]]}]},
+            (x >= low[0]) & (x <= high[0]) & (y >= low[1]) & (y <= high[1]),
+        ),
+        "lasso": (
+            {"lasso": [{"x": list(corners[:, 0]), "y": list(corners[:, 1])}]},
+            left.all(axis=1),
+        ),
+        "points": (
+            {"points": [{"customdata": 5}, {"customdata": [17]}]},
+            np.isin(np.arange(len(MANY)), [5, 17]),
+        ),
+    }
+    for name, (selection, inside) in cases.items():
+        select(at, "embedding", selection)
+        assert not at.exception, name
+        rows, _ = strongest(ref, 0, 12, among=inside)
+        assert 2 <= inside.sum() < len(MANY) and len(rows) == min(12, inside.sum()), name
+        assert any(f"{int(inside.sum()):,} images chosen" in h.value for h in at.subheader), name
+        assert captions(at) == [f"{ref['filenames'][i]} · {MANY[i]}" for i in rows], name
+
+
+def test_tsne_runs_on_the_page_and_a_cancelled_one_waits_until_asked(digits):
+    at = open_app(PAGE, layers="conv_3", layer="conv_3")
+    at.segmented_control(key="insights_section").set_value("embedding").run()
+    choice = ModelChoice("demo", "default", "auto", False)
+    at.session_state["insights_paused"] = ("t-SNE", choice, str(digits), "train", "conv_3")
+    at.segmented_control(key="insights_method").set_value("tsne").run()
+    assert any("t-SNE was cancelled" in i.value for i in at.info)
+    assert not [c for c in at.get("plotly_chart") if c.key == "embedding"]
+    at.button(key="insights_resume").click().run()
+    assert not at.exception
+    stats = insights.layer_stats(open_model("demo"), load_dataset(digits), "conv_3")
+    expected = insights.embedding(stats, method="tsne", seed=0)
+    points = np.full((len(LABELS), 2), np.nan)
+    for trace in chart(at, "embedding")["data"]:
+        points[np.asarray(trace["customdata"], dtype=int)] = np.column_stack(
+            [trace["x"], trace["y"]]
+        )
+    np.testing.assert_allclose(points, expected, atol=1e-4)
+    assert "(t-SNE)" in title(chart(at, "embedding"))
+
+
+def test_compare_takes_a_typed_name_or_another_random_pick(digits):
+    at = open_app(PAGE, layers="conv_2", layer="conv_2")
+    at.segmented_control(key="insights_section").set_value("compare").run()
+    dataset = load_dataset(digits)
+    assert at.text_input(key="compare_image").value == dataset.pick(129)
+    at.button(key="compare_random").click().run()
+    assert at.text_input(key="compare_image").value == dataset.pick(130)
+    shown = [image.proto.imgs[0].caption for image in at.main.get("image")]
+    assert f"Second: {dataset.pick(130)} · label {dataset.label_of(dataset.pick(130))}" in shown
+    at.text_input(key="compare_image").input("nope.png").run()
+    assert "has no image 'nope.png' in its train split" in at.error[0].value
+    assert not [c for c in at.get("plotly_chart") if c.key == "compare_b"]

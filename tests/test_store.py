@@ -18,6 +18,7 @@ from cnnlens.sources import cache_dir
 from cnnlens.store import (
     ResultStore,
     cached_layer_stats,
+    cached_layer_stats_and_predictions,
     cached_predictions,
     layer_stats_key,
     predictions_key,
@@ -277,3 +278,52 @@ def test_predictions_are_stored_once_per_dataset(digits, tmp_path, monkeypatch):
     key = predictions_key(loaded, dataset, "train")
     assert key != layer_stats_key(loaded, dataset, "conv_1", "train")
     assert (tmp_path / "cache" / f"{key}.npz").is_file()
+
+
+def count_calls(monkeypatch, names: tuple[str, ...]) -> list[str]:
+    """The calls of these functions of cnnlens.insights, by name, in order."""
+    calls: list[str] = []
+
+    def counting(name: str):
+        real = getattr(insights, name)
+
+        def counted(*args, **options):
+            calls.append(name)
+            return real(*args, **options)
+
+        return counted
+
+    for name in names:
+        monkeypatch.setattr(insights, name, counting(name))
+    return calls
+
+
+def test_one_pass_stores_a_layers_statistics_and_the_predictions(digits, tmp_path, monkeypatch):
+    expected = insights.predict_split(open_model("demo"), load_dataset(digits)).predicted
+    calls = count_calls(
+        monkeypatch, ("layer_stats", "predict_split", "layer_stats_and_predictions")
+    )
+    results = ResultStore(tmp_path / "cache")
+    loaded, dataset = open_model("demo"), load_dataset(digits)
+    stats, answers = cached_layer_stats_and_predictions(
+        loaded, dataset, "conv_2", store=results, batch_size=5
+    )
+    assert calls == ["layer_stats_and_predictions"]
+    stored = {path.name for path in (tmp_path / "cache").iterdir()}
+    assert stored == {
+        f"{layer_stats_key(loaded, dataset, 'conv_2', 'train')}.npz",
+        f"{predictions_key(loaded, dataset, 'train')}.npz",
+    }
+    # Another process (a new store on the folder) finds both, with no pass.
+    again = ResultStore(tmp_path / "cache")
+    reread = cached_layer_stats(loaded, dataset, "conv_2", store=again)
+    reanswered = cached_predictions(loaded, dataset, store=again)
+    assert calls == ["layer_stats_and_predictions"]
+    np.testing.assert_array_equal(reread.mean, stats.mean)
+    np.testing.assert_array_equal(reanswered.predicted, answers.predicted)
+    np.testing.assert_array_equal(answers.predicted, expected)
+    # With the predictions stored, another layer needs its own pass only.
+    calls.clear()
+    other, same_answers = cached_layer_stats_and_predictions(loaded, dataset, "conv_3", store=again)
+    assert calls == ["layer_stats"]
+    assert other.layer == "conv_3" and same_answers is reanswered

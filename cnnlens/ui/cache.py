@@ -123,9 +123,14 @@ def clear_all() -> None:
         kept.clear()
 
 
-@st.cache_data(max_entries=8, show_spinner="Reading the dataset folder…")
+@st.cache_resource(max_entries=8, show_spinner="Reading the dataset folder…")
 def get_dataset(root: str) -> Dataset:
-    """The indexed dataset folder (bad rows are in ``.problems``)."""
+    """The indexed dataset folder (bad rows are in ``.problems``), one for every session.
+
+    Shared, not copied per call: a copy would build its filename lookups again on
+    its first image, tens of milliseconds at 48,000 rows. A ``Dataset`` is frozen;
+    its lookups are built once and only read after that.
+    """
     from cnnlens.data import load_dataset
 
     return load_dataset(root)
@@ -345,6 +350,33 @@ def layer_stats(
     )
 
 
+def layer_stats_and_predictions(
+    choice: ModelChoice,
+    root: str,
+    split: str,
+    layer: str,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[LayerStats, Predictions]:
+    """A layer's statistics and the model's answers: from the store, or in one pass now.
+
+    Raises:
+        ValueError: for a layer without feature maps, or a model without classes.
+    """
+    from cnnlens.store import cached_layer_stats_and_predictions
+
+    loaded = get_model(choice)
+    return cached_layer_stats_and_predictions(
+        loaded,
+        get_dataset(root),
+        layer,
+        split=split,
+        store=result_store(),
+        batch_size=INSIGHTS_BATCH,
+        workers=_decode_workers(loaded.spec),
+        on_progress=on_progress,
+    )
+
+
 def find_predictions(choice: ModelChoice, root: str, split: str) -> Predictions | None:
     """The model's predictions over a split if computed before, else ``None``."""
     from cnnlens.insights import Predictions
@@ -379,20 +411,50 @@ def predictions(
     )
 
 
-@st.cache_data(max_entries=16, show_spinner="Placing the images on a map…")
-def get_embedding(
-    choice: ModelChoice, root: str, split: str, layer: str, method: str, seed: int
-) -> np.ndarray:
-    """The images of a split on a 2-D map of a layer's channel means (N×2).
+_embeddings = BytesCache["np.ndarray"](16 * 1024 * 1024, lambda points: points.nbytes)
+_kept_in_memory.append(_embeddings)
 
-    Call it once the layer's statistics exist (:func:`layer_stats`).
+
+def _embedding_key(
+    choice: ModelChoice, root: str, split: str, layer: str, method: str, seed: int
+) -> tuple:
+    # The fingerprint: a dataset changed on disk gets a new map.
+    return (choice, root, get_dataset(root).fingerprint, split, layer, method, seed)
+
+
+def find_embedding(
+    choice: ModelChoice, root: str, split: str, layer: str, method: str, seed: int
+) -> np.ndarray | None:
+    """A map made before by :func:`get_embedding` (read-only), or ``None``."""
+    return _embeddings.get(_embedding_key(choice, root, split, layer, method, seed))
+
+
+def get_embedding(
+    choice: ModelChoice,
+    root: str,
+    split: str,
+    layer: str,
+    method: str,
+    seed: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """The images of a split on a 2-D map of a layer's channel means (N×2, read-only).
+
+    Call it once the layer's statistics exist (:func:`layer_stats`). Kept in memory
+    for every session; ``on_progress`` reports t-SNE's iterations.
 
     Raises:
         ValueError: for UMAP without ``umap-learn``.
     """
     from cnnlens.insights import embedding
 
-    return embedding(layer_stats(choice, root, split, layer), method=method, seed=seed)
+    def compute() -> np.ndarray:
+        stats = layer_stats(choice, root, split, layer)
+        return _read_only(embedding(stats, method=method, seed=seed, on_progress=on_progress))
+
+    return _embeddings.get_or_compute(
+        _embedding_key(choice, root, split, layer, method, seed), compute
+    )
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
