@@ -41,6 +41,8 @@ bench: $(VENV)/.installed /usr/bin/chromium
 	$(BIN)/python benchmarks/bench_batch.py
 	$(BIN)/python benchmarks/bench_dashboard.py
 	$(BIN)/python benchmarks/bench_insights.py
+	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/bench_load.py
 
 # The newest versions requirements.txt and requirements-test.txt allow, from a fresh
 # virtualenv; run `make test` on the new lock before committing it.
