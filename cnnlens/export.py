@@ -111,24 +111,10 @@ def features_parquet_path(
             fingerprint.
     """
     from cnnlens.sources import cache_dir
-    from cnnlens.store import result_key
+    from cnnlens.store import dataset_key
 
-    if not dataset.fingerprint:
-        raise ValueError(
-            f"{dataset.root} was indexed without looking at its images (check_images=False), "
-            "so a change to them would go unnoticed: index it with load_dataset(root) to "
-            "export its features to the exports folder."
-        )
-    key = result_key(
-        kind="features_parquet",
-        model=loaded.name,
-        weights=loaded.weights_id,
-        dtype=str(loaded.dtype),
-        dataset=str(Path(dataset.root).resolve()),
-        fingerprint=dataset.fingerprint,
-        split=split,
-        pool=pool,
-        layers=list(layers),
+    key = dataset_key(
+        loaded, dataset, split, kind="features_parquet", pool=pool, layers=list(layers)
     )
     return (Path(folder) if folder is not None else cache_dir() / "exports") / f"{key}.parquet"
 

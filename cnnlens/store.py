@@ -45,6 +45,7 @@ __all__ = [
     "cached_layer_stats",
     "cached_layer_stats_and_predictions",
     "cached_predictions",
+    "dataset_key",
     "layer_stats_key",
     "predictions_key",
     "result_key",
@@ -265,12 +266,21 @@ class ResultStore:
                 total -= size
 
 
-def _dataset_key(loaded: LoadedModel, dataset: Dataset, split: str, **parts: str) -> str:
+def dataset_key(loaded: LoadedModel, dataset: Dataset, split: str, **parts: object) -> str:
+    """A key for a result of one model over one split of a dataset, plus ``parts``.
+
+    It changes with the model, its weights (``weights_id``) and dtype, the split,
+    the dataset folder and its content (``dataset.fingerprint``), and the parts.
+
+    Raises:
+        ValueError: for a dataset indexed with ``check_images=False``, which has
+            no fingerprint.
+    """
     if not dataset.fingerprint:
         raise ValueError(
             f"{dataset.root} was indexed without looking at its images (check_images=False), "
             "so a change to them would go unnoticed: index it with load_dataset(root) to "
-            "cache results of it."
+            "keep results of it on disk."
         )
     return result_key(
         model=loaded.name,
@@ -293,7 +303,7 @@ def layer_stats_key(loaded: LoadedModel, dataset: Dataset, layer: str, split: st
         ValueError: for a dataset indexed with ``check_images=False``, which has
             no fingerprint.
     """
-    return _dataset_key(loaded, dataset, split, kind="layer_stats", layer=layer)
+    return dataset_key(loaded, dataset, split, kind="layer_stats", layer=layer)
 
 
 def predictions_key(loaded: LoadedModel, dataset: Dataset, split: str) -> str:
@@ -302,7 +312,7 @@ def predictions_key(loaded: LoadedModel, dataset: Dataset, split: str) -> str:
     Raises:
         ValueError: for a dataset indexed with ``check_images=False``.
     """
-    return _dataset_key(loaded, dataset, split, kind="predictions")
+    return dataset_key(loaded, dataset, split, kind="predictions")
 
 
 def cached_layer_stats(

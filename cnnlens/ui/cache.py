@@ -314,6 +314,18 @@ def _decode_workers(spec: InputSpec) -> int:
     return min(2, max(1, (os.cpu_count() or 1) - 1))
 
 
+def _pass_options(
+    loaded: LoadedModel, on_progress: Callable[[int, int], None] | None
+) -> dict[str, object]:
+    """How the app runs a dataset pass: its store, batch size, decoding workers, progress."""
+    return {
+        "store": result_store(),
+        "batch_size": INSIGHTS_BATCH,
+        "workers": _decode_workers(loaded.spec),
+        "on_progress": on_progress,
+    }
+
+
 def find_layer_stats(choice: ModelChoice, root: str, split: str, layer: str) -> LayerStats | None:
     """A layer's statistics over a split if computed before (memory or disk), else ``None``."""
     from cnnlens.insights import LayerStats
@@ -343,10 +355,7 @@ def layer_stats(
         get_dataset(root),
         layer,
         split=split,
-        store=result_store(),
-        batch_size=INSIGHTS_BATCH,
-        workers=_decode_workers(loaded.spec),
-        on_progress=on_progress,
+        **_pass_options(loaded, on_progress),
     )
 
 
@@ -370,10 +379,7 @@ def layer_stats_and_predictions(
         get_dataset(root),
         layer,
         split=split,
-        store=result_store(),
-        batch_size=INSIGHTS_BATCH,
-        workers=_decode_workers(loaded.spec),
-        on_progress=on_progress,
+        **_pass_options(loaded, on_progress),
     )
 
 
@@ -404,10 +410,7 @@ def predictions(
         loaded,
         get_dataset(root),
         split=split,
-        store=result_store(),
-        batch_size=INSIGHTS_BATCH,
-        workers=_decode_workers(loaded.spec),
-        on_progress=on_progress,
+        **_pass_options(loaded, on_progress),
     )
 
 
