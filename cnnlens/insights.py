@@ -588,7 +588,63 @@ def class_channel_matrix(
 
 
 TSNE_ITERATIONS = 750  # openTSNE's default: 250 early-exaggeration iterations, then 500
+# The neighbour search counts as this many steps of the progress, ahead of the iterations.
+TSNE_NEIGHBOUR_STEPS = 50
+TSNE_STEPS = TSNE_NEIGHBOUR_STEPS + TSNE_ITERATIONS
 _TSNE_EVERY = 10  # iterations between progress reports (each also computes the KL error)
+_TSNE_DIMENSIONS = 50  # features are first reduced to this many principal components
+_NEIGHBOUR_ROWS = 2048  # rows of the distance matrix per block of the neighbour search
+
+
+def _principal_components(features: np.ndarray, count: int) -> np.ndarray:
+    """The features projected on their first ``count`` principal components (as they are
+    when they have no more dimensions than that), from the D×D covariance: cheap for many rows."""
+    if features.shape[1] <= count:
+        return features
+    centred = features - features.mean(axis=0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    return centred @ vectors[:, ::-1][:, :count]
+
+
+def _nearest_neighbours(
+    features: np.ndarray,
+    k: int,
+    on_block: Callable[[int, int], None],
+    should_stop: Callable[[], bool] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` nearest other rows (Euclidean), exact, block by block.
+
+    Exact rather than approximate (Annoy): as fast at the sizes cnnlens meets, the
+    same neighbours on every run and thread count, and it reports each block and
+    can stop between them.
+
+    Returns:
+        ``(indices, distances)``, both N×k, nearest first.
+
+    Raises:
+        Cancelled: if ``should_stop()`` returned True between blocks.
+    """
+    import torch
+
+    points = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    squares = (points * points).sum(dim=1)
+    count = len(points)
+    indices = np.empty((count, k), dtype=np.int64)
+    distances = np.empty((count, k), dtype=np.float64)
+    for start in range(0, count, _NEIGHBOUR_ROWS):
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"t-SNE stopped while finding neighbours ({start:,} of {count:,}).")
+        block = points[start : start + _NEIGHBOUR_ROWS]
+        rows = torch.arange(len(block))
+        # |a - b|² = |a|² + |b|² - 2ab; a row's own |a|² does not change its ranking.
+        ranking = torch.addmm(squares[None, :], block, points.T, alpha=-2.0)
+        ranking[rows, rows + start] = float("inf")  # not its own neighbour
+        nearest, found = torch.topk(ranking, k, dim=1, largest=False, sorted=True)
+        own = squares[start : start + len(block), None]
+        indices[start : start + len(block)] = found.numpy()
+        distances[start : start + len(block)] = (nearest + own).clamp_min(0).sqrt().numpy()
+        on_block(min(start + _NEIGHBOUR_ROWS, count), count)
+    return indices, distances
 
 
 def _tsne(
@@ -597,9 +653,31 @@ def _tsne(
     on_progress: Callable[[int, int], None] | None,
     should_stop: Callable[[], bool] | None,
 ) -> np.ndarray:
-    """openTSNE's t-SNE (FFT-accelerated gradients), reporting iterations and able to stop."""
+    """openTSNE's t-SNE (FFT-accelerated gradients) on exact neighbours, reporting both
+    phases as :data:`TSNE_STEPS` steps and able to stop in either."""
     from openTSNE import TSNE, affinity
+    from openTSNE.nearest_neighbors import PrecomputedNeighbors
 
+    def report(done: int) -> None:
+        if on_progress is not None:
+            on_progress(done, TSNE_STEPS)
+
+    report(0)
+    perplexity = min(30.0, (len(features) - 1) / 3)
+    k = min(len(features) - 1, max(1, round(3 * perplexity)))  # what openTSNE's own search uses
+    indices, distances = _nearest_neighbours(
+        _principal_components(features, _TSNE_DIMENSIONS),
+        k,
+        lambda done, total: report(done * TSNE_NEIGHBOUR_STEPS // total),
+        should_stop,
+    )
+    if should_stop is not None and should_stop():
+        raise Cancelled("t-SNE stopped after its neighbour search.")
+    neighbours = affinity.PerplexityBasedNN(
+        perplexity=perplexity,
+        knn_index=PrecomputedNeighbors(indices, distances),
+        random_state=seed,
+    )
     done = 0
     stopped = False
 
@@ -607,21 +685,10 @@ def _tsne(
         # openTSNE counts iterations from 1 in each of its two phases.
         nonlocal done, stopped
         done += _TSNE_EVERY
-        if on_progress is not None:
-            on_progress(min(done, TSNE_ITERATIONS), TSNE_ITERATIONS)
+        report(TSNE_NEIGHBOUR_STEPS + min(done, TSNE_ITERATIONS))
         stopped = should_stop is not None and bool(should_stop())
         return stopped  # True ends the optimisation at once
 
-    if on_progress is not None:
-        on_progress(0, TSNE_ITERATIONS)  # the neighbour search comes first, unreported
-    # One thread for the neighbour search: Annoy's threads add trees in whatever
-    # order they finish, which could change the neighbours between runs. The
-    # optimisation, most of the time, uses every core and gives the same map.
-    neighbours = affinity.PerplexityBasedNN(
-        features, perplexity=min(30.0, (len(features) - 1) / 3), n_jobs=1, random_state=seed
-    )
-    if should_stop is not None and should_stop():
-        raise Cancelled("t-SNE stopped after its neighbour search.")
     points = TSNE(
         random_state=seed, n_jobs=-1, callbacks=step, callbacks_every_iters=_TSNE_EVERY
     ).fit(features, affinities=neighbours, initialization="pca")
@@ -657,8 +724,10 @@ def embedding(
         method: ``"pca"`` (fast, exact, the default), ``"tsne"`` (openTSNE; slower,
             keeps neighbourhoods) or ``"umap"`` (needs the ``umap-learn`` package).
         seed: the random seed of t-SNE and UMAP (PCA has none).
-        on_progress: t-SNE only: called with (iterations done, iterations in all).
-        should_stop: t-SNE only: asked between iterations; True stops it.
+        on_progress: t-SNE only: called with (steps done, :data:`TSNE_STEPS`); the
+            first :data:`TSNE_NEIGHBOUR_STEPS` steps are the neighbour search.
+        should_stop: t-SNE only: asked between blocks of the neighbour search and
+            between iterations; True stops it.
 
     Returns:
         An N×2 float32 array. PCA's axes have a fixed sign: the largest weight of

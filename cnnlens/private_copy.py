@@ -20,17 +20,28 @@ import threading
 from collections.abc import Callable
 from functools import partial
 from itertools import chain
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["PrivateCopy"]
+__all__ = ["Call", "PrivateCopy", "Stop"]
 
 
-class _Stop(Exception):
-    """Raised once every target has its output, to skip the rest of the forward."""
+class Stop(Exception):
+    """Raised by a call once it has what it needs, to skip the rest of the forward."""
+
+
+class Call(Protocol):
+    """What one forward of the copy does at each submodule's output, in its own thread.
+
+    ``on_output`` gets the submodule's qualified name, its positional inputs and its
+    output; it returns ``None`` to leave the output as it is, or a tensor that
+    replaces it, and raises :class:`Stop` to end the forward early.
+    """
+
+    def on_output(self, path: str, inputs: tuple[Any, ...], output: Any) -> Any: ...
 
 
 class _Capture:
@@ -43,7 +54,7 @@ class _Capture:
         # The version counter of each output kept by reference, to notice later writes.
         self.versions: dict[str, int] = {}
 
-    def on_output(self, path: str, output: Any) -> None:
+    def on_output(self, path: str, inputs: tuple[Any, ...], output: Any) -> None:
         if path not in self.wanted or path in self.features:
             return  # not a target, or a later call of a shared module
         if not isinstance(output, torch.Tensor):
@@ -57,7 +68,7 @@ class _Capture:
             self.versions[path] = output._version
         self.features[path] = output
         if len(self.features) == len(self.wanted):
-            raise _Stop
+            raise Stop
 
     def overwritten(self) -> set[str]:
         """The targets a later in-place op wrote into after they were captured."""
@@ -75,7 +86,7 @@ class _GradientTap:
         self.path = path
         self.leaf: torch.Tensor | None = None
 
-    def on_output(self, path: str, output: Any) -> torch.Tensor | None:
+    def on_output(self, path: str, inputs: tuple[Any, ...], output: Any) -> torch.Tensor | None:
         if path != self.path or self.leaf is not None:
             return None
         if not isinstance(output, torch.Tensor):
@@ -88,7 +99,7 @@ class _GradientTap:
 
 def _on_output(local: threading.local, path: str, module: nn.Module, args: Any, output: Any) -> Any:
     call = getattr(local, "call", None)
-    return None if call is None else call.on_output(path, output)
+    return None if call is None else call.on_output(path, args, output)
 
 
 class PrivateCopy:
@@ -164,13 +175,22 @@ class PrivateCopy:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _forward(self, x: torch.Tensor, call: _Capture | _GradientTap) -> Any:
+    def run(self, x: torch.Tensor, call: Call) -> Any:
+        """One forward of the copy on a prepared batch, with ``call`` at every submodule.
+
+        The grad mode is the caller's. Returns the model's output, or ``None`` when
+        the call stopped the forward early.
+
+        Raises:
+            ValueError: if the input does not fit the network.
+            RuntimeError: if the copy was closed.
+        """
         if self.closed:
             raise RuntimeError("This extractor is closed; build a new one.")
         self._local.call = call
         try:
             return self.model(x)
-        except _Stop:
+        except Stop:
             return None
         except RuntimeError as error:
             raise ValueError(
@@ -204,7 +224,7 @@ class PrivateCopy:
             start = x._version
             while True:
                 call = _Capture(paths, self._copied)
-                self._forward(x, call)
+                self.run(x, call)
                 missing = [path for path in paths if path not in call.features]
                 if missing:
                     raise ValueError(
@@ -247,7 +267,7 @@ class PrivateCopy:
         with torch.inference_mode(False), torch.enable_grad():
             x = self.prepare(x).clone()
             tap = _GradientTap(path)
-            out = self._forward(x, tap)
+            out = self.run(x, tap)
             if tap.leaf is None:
                 raise ValueError(f"Module {path!r} did not run in the forward pass (in eval mode).")
             (gradient,) = torch.autograd.grad(score(out), tap.leaf)

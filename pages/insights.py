@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from cnnlens import figures
 from cnnlens.export import features_parquet, features_parquet_path
 from cnnlens.insights import (
+    TSNE_NEIGHBOUR_STEPS,
     LayerStats,
     Predictions,
     class_channel_matrix,
@@ -437,7 +438,13 @@ def embedding_points(focus: Focus, method: str) -> np.ndarray:
 
     def progress(done: int, total: int) -> None:
         # Cancel stops the run here: Streamlit interrupts it at this update.
-        bar.progress(done / total, text=f"t-SNE over {count:,} images: step {done} of {total}")
+        searched = TSNE_NEIGHBOUR_STEPS
+        stage = (
+            "finding each one's neighbours…"
+            if done < searched
+            else f"arranging the map, step {done - searched} of {total - searched}"
+        )
+        bar.progress(done / total, text=f"t-SNE over {count:,} images: {stage}")
 
     points = cache.get_embedding(*args, progress)
     bar.empty()

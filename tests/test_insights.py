@@ -304,23 +304,50 @@ def test_tsne_keeps_well_separated_clusters_apart():
 
 
 def test_tsne_reports_its_steps_and_can_be_cancelled(stats):
-    from cnnlens.insights import TSNE_ITERATIONS as total
+    from cnnlens.insights import TSNE_ITERATIONS, TSNE_NEIGHBOUR_STEPS, TSNE_STEPS
 
     steps = []
     embedding(stats, method="tsne", on_progress=lambda done, total: steps.append((done, total)))
-    assert steps[0] == (0, total) and steps[-1] == (total, total)
+    assert steps[0] == (0, TSNE_STEPS) and steps[-1] == (TSNE_STEPS, TSNE_STEPS)
+    assert (TSNE_NEIGHBOUR_STEPS, TSNE_STEPS) in steps  # the neighbour search is reported
     assert [done for done, _ in steps] == sorted(done for done, _ in steps)
     asked = []
 
     def stop() -> bool:
         asked.append(True)
-        return len(asked) > 1  # once the neighbour search is done, at the first report
+        return len(asked) > 2  # one block of neighbours, then at the first iteration report
 
-    with pytest.raises(Cancelled, match=f"after 10 of {total} iterations"):
+    with pytest.raises(Cancelled, match=f"after 10 of {TSNE_ITERATIONS} iterations"):
         embedding(stats, method="tsne", should_stop=stop)
-    assert len(asked) == 2
-    with pytest.raises(Cancelled, match="after its neighbour search"):
+    assert len(asked) == 3
+    with pytest.raises(Cancelled, match="while finding neighbours"):
         embedding(stats, method="tsne", should_stop=lambda: True)
+
+
+def test_tsne_cancels_inside_a_large_neighbour_search():
+    from cnnlens import insights
+
+    features = np.random.default_rng(0).normal(size=(3 * insights._NEIGHBOUR_ROWS, 8))
+    steps, asked = [], []
+
+    def stop() -> bool:
+        asked.append(True)
+        return len(asked) > 2  # after two of the three blocks
+
+    with pytest.raises(Cancelled, match=f"finding neighbours \\(4,096 of {len(features):,}\\)"):
+        embedding(features, "tsne", on_progress=lambda d, t: steps.append(d), should_stop=stop)
+    assert steps == [0, insights.TSNE_NEIGHBOUR_STEPS // 3, 2 * insights.TSNE_NEIGHBOUR_STEPS // 3]
+
+
+def test_tsne_neighbours_are_the_exact_nearest():
+    from cnnlens.insights import _nearest_neighbours
+
+    points = np.random.default_rng(1).normal(size=(300, 5))
+    indices, distances = _nearest_neighbours(points, 7, lambda d, t: None, None)
+    full = np.linalg.norm(points[:, None] - points[None], axis=2)
+    np.fill_diagonal(full, np.inf)
+    np.testing.assert_array_equal(indices, np.argsort(full, axis=1, kind="stable")[:, :7])
+    np.testing.assert_allclose(distances, np.sort(full, axis=1)[:, :7], rtol=1e-4, atol=1e-4)
 
 
 def test_embedding_refuses_what_it_cannot_do(stats):
