@@ -3,7 +3,8 @@
 // Data (cnnlens.ui.map_view.map_view_data): png (base64), channels, height, width,
 // columns, gap, values (base64 float32, C·H·W, or null), title, low, high,
 // colorbar (CSS colours, or null), max_height, under (a base64 PNG to lay the map
-// over, or null) and opacity. Streamlit calls this function again with the same
+// over, or null), opacity and clickable (a click sends {channel, x, y} back as the
+// "picked" trigger). Streamlit calls this function again with the same
 // parent on every rerun, so the view is built once and then only updated: a new
 // picture is one image swap, where a plotly chart is drawn anew. The opacity slider
 // works in the browser alone and keeps its value across reruns.
@@ -82,6 +83,15 @@ function build(parent) {
   img.addEventListener("mouseleave", () => {
     tip.hidden = true;
   });
+  img.addEventListener("click", (event) => {
+    const data = view.cnnlensData;
+    if (!data || !data.clickable || !view.cnnlensPick) return;
+    const box = img.getBoundingClientRect();
+    const px = Math.floor(((event.clientX - box.left) / box.width) * img.naturalWidth);
+    const py = Math.floor(((event.clientY - box.top) / box.height) * img.naturalHeight);
+    const spot = locate(data, px, py);
+    if (spot) view.cnnlensPick("picked", spot);
+  });
   return view;
 }
 
@@ -103,6 +113,8 @@ export default function (component) {
   }
   view.cnnlensData = data;
   view.cnnlensValues = null;
+  view.cnnlensPick = component.setTriggerValue;
+  view.classList.toggle("cnnlens-map-clickable", Boolean(data.clickable));
   view.dataset.title = data.title || "";
   view.querySelector(".cnnlens-map-title").textContent = data.title || "";
   // As wide as the column allows (100cqw), as long as it is at most max_height tall.

@@ -14,6 +14,7 @@ opacity slider there.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -122,10 +123,18 @@ def _component_source(suffix: str) -> str:
     return (Path(__file__).parent / f"map_view{suffix}").read_text(encoding="utf-8")
 
 
-def map_view_ui(data: dict, key: str) -> None:
+def map_view_ui(
+    data: dict, key: str, on_pick: Callable[[dict[str, int]], None] | None = None
+) -> None:
     """Show feature maps from :func:`map_view_data`, values on hover.
 
     Its element is styled ``.st-key-<key>``.
+
+    Args:
+        data: what :func:`map_view_data` made.
+        key: the element's key.
+        on_pick: makes the maps clickable: a click calls it, before the rerun, with the
+            point clicked, ``{"channel": c, "x": x, "y": y}`` in map coordinates.
     """
     # Registering the same definition again is free and silent; doing it here
     # registers it with whichever runtime runs this script (AppTest makes several).
@@ -135,4 +144,13 @@ def map_view_ui(data: dict, key: str) -> None:
         css=_component_source(".css"),
         isolate_styles=False,
     )
-    component(data=data, key=key)
+    if on_pick is None:
+        component(data=data, key=key)
+        return
+
+    def picked() -> None:
+        point = st.session_state[key].get("picked")
+        if point is not None:
+            on_pick({name: int(point[name]) for name in ("channel", "x", "y")})
+
+    component(data={**data, "clickable": True}, key=key, on_picked_change=picked)
