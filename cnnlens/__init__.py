@@ -34,12 +34,15 @@ _EXPORTS = {
     "demo_dataset": "cnnlens.models",
     "demo_model": "cnnlens.models",
     "download_weights": "cnnlens.weights",
+    "explain_value": "cnnlens.explain",
     "load_model": "cnnlens.models",
     "load_weights": "cnnlens.weights",
     "open_model": "cnnlens.models",
     "pick_device": "cnnlens.models",
     "to_batch": "cnnlens.preprocess",
     "weights_status": "cnnlens.weights",
+    "visualize": "cnnlens.feature_visualization",
+    "ablate": "cnnlens.ablation",
     "MODELS": "cnnlens.registry",
     "InputSpec": "cnnlens.registry",
     "ModelInfo": "cnnlens.registry",
@@ -62,11 +65,13 @@ __all__ = [
     "LoadedModel",
     "ModelInfo",
     "Problem",
+    "ablate",
     "build_extractor",
     "build_lens",
     "demo_dataset",
     "demo_model",
     "download_weights",
+    "explain_value",
     "extractor_for",
     "layer_names",
     "load_dataset",
@@ -80,16 +85,20 @@ __all__ = [
     "pick_device",
     "to_batch",
     "to_mode",
+    "visualize",
     "weights_status",
 ]
 
 if TYPE_CHECKING:
+    from cnnlens.ablation import ablate
     from cnnlens.data import LAYOUTS, Dataset, Problem, load_dataset
+    from cnnlens.explain import explain_value
     from cnnlens.extractor import (
         FeatureExtractor,
         build_extractor,
         extractor_for,
     )
+    from cnnlens.feature_visualization import visualize
     from cnnlens.images import MAX_DECODED_SIDE, MAX_IMAGE_PIXELS, open_image, to_mode
     from cnnlens.layers import Layers, layer_names, module_names
     from cnnlens.lens import Extractor, Lens, build_lens

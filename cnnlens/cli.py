@@ -1,9 +1,13 @@
-"""The command line: ``cnnlens extract ...`` and ``cnnlens serve ...`` (or ``python -m cnnlens``).
+"""The command line: ``cnnlens extract``, ``visualize`` and ``serve`` (or ``python -m cnnlens``).
 
 ``cnnlens extract DATASET --model NAME --out FILE.parquet`` extracts the features of
 every image of a dataset split into a Parquet file, one row per image, in this process
 or on a Ray cluster. An interrupted run (Ctrl-C, a kill) keeps its finished batches:
 the same command finishes it.
+
+``cnnlens visualize none --model NAME --layers A,B`` precomputes the channel atlas
+of some layers (every channel's feature visualization) into the results store,
+so a served dashboard shows every tile at once.
 
 ``cnnlens serve [streamlit flags]`` starts the dashboard, such as
 ``cnnlens serve --server.port 8601``.
@@ -12,6 +16,7 @@ the same command finishes it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -59,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_extract_command(commands)
+    _add_visualize_command(commands)
     return parser
 
 
@@ -257,13 +263,210 @@ def _extract(args: argparse.Namespace) -> int:
     return _report(result, parts)
 
 
+def _add_visualize_command(commands: argparse._SubParsersAction) -> None:
+    """The ``visualize`` command and its flags."""
+    command = commands.add_parser(
+        "visualize",
+        help="precompute the channel atlas (feature visualizations) into the results store",
+        description=(
+            "Precompute the feature visualization of every channel of some layers (the "
+            "channel atlas) into the results store, so a dashboard using that store shows "
+            "every tile at once. Channels already stored are skipped, so an interrupted "
+            "run finishes when the same command runs again."
+        ),
+    )
+    command.add_argument(
+        "dataset",
+        metavar="DATASET",
+        help="'none', or a dataset folder (accepted as extract takes it; feature "
+        "visualization needs no data: the images are synthesised)",
+    )
+    command.add_argument(
+        "--model", required=True, help="'demo' or a torchvision architecture such as resnet18"
+    )
+    command.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="a state_dict file (.safetensors, .pt, .pth), or 'random' (default: the model's own)",
+    )
+    command.add_argument(
+        "--layers", required=True, metavar="A,B", help="comma-separated layer names"
+    )
+    command.add_argument(
+        "--channels",
+        metavar="0-7,12",
+        help="the channels of each layer, as numbers and ranges (default: every channel)",
+    )
+    command.add_argument(
+        "--out",
+        metavar="DIR",
+        help="the results store folder (default: the dashboard's, $CNNLENS_CACHE_DIR/insights, "
+        "~/.cache/cnnlens/insights without it); a dashboard reads DIR when "
+        "CNNLENS_CACHE_DIR is its parent and DIR is named insights",
+    )
+    command.add_argument("--steps", type=int, default=256, metavar="N", help="default 256")
+    command.add_argument(
+        "--size",
+        type=int,
+        metavar="PX",
+        help="image side (default: the model's input side, at most 128, as the dashboard uses)",
+    )
+    command.add_argument("--seed", type=int, default=0, metavar="N", help="default 0")
+    command.add_argument(
+        "--negative",
+        action="store_true",
+        help="also the negative images (what each channel is most against), which the "
+        "channel card shows; twice the time (default: the atlas's positive images only)",
+    )
+    command.add_argument(
+        "--batch-size", type=int, default=64, metavar="N", help="channels optimised together"
+    )
+    command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    command.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="this process (local, default) or Ray tasks, one group of channels each",
+    )
+    command.add_argument(
+        "--address",
+        metavar="RAY_ADDRESS",
+        help="a Ray cluster ('auto', ray://host:10001); default: a local Ray",
+    )
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _channel_ranges(text: str) -> list[int]:
+    """``"0-2,5"`` -> ``[0, 1, 2, 5]``."""
+    channels: list[int] = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise ValueError(
+                f"--channels takes numbers and ranges such as 0-7,12; got {text!r}."
+            ) from None
+        channels.extend(range(first, last + 1))
+    return list(dict.fromkeys(channels))
+
+
+def _check_visualize_args(args: argparse.Namespace) -> None:
+    if args.dataset != "none" and not os.path.isdir(args.dataset):
+        raise ValueError(
+            f"{args.dataset} is neither a folder nor 'none'; feature visualization needs "
+            "no data, so 'none' will do."
+        )
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}.")
+    if args.address and args.engine != "ray":
+        raise ValueError("--address is for --engine ray.")
+
+
+def _visualize_jobs(
+    args: argparse.Namespace, loaded: LoadedModel
+) -> list[tuple[str, list[int], bool]]:
+    """``(layer, channels, negative)`` to compute, every layer and channel checked first."""
+    from cnnlens.feature_visualization import layer_channels
+
+    chosen = _channel_ranges(args.channels) if args.channels else None
+    layers = loaded.layers.check([name.strip() for name in args.layers.split(",")])
+    return [
+        (layer, layer_channels(loaded, layer, chosen, size=args.size), negative)
+        for layer in layers
+        for negative in ((False, True) if args.negative else (False,))
+    ]
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from cnnlens.feature_visualization import cached_visualization, missing_channels
+    from cnnlens.insights import Cancelled
+    from cnnlens.malloc import keep_freed_memory
+    from cnnlens.models import open_model, pick_device
+    from cnnlens.store import ResultStore
+
+    _check_visualize_args(args)
+    keep_freed_memory()  # this process only optimises: it may keep what it frees
+    # With Ray, this process only checks the layers; the tasks run the network.
+    device = pick_device(args.device if args.engine == "local" else "cpu")
+    loaded = open_model(args.model, weights=args.weights, device=device)
+    jobs = _visualize_jobs(args, loaded)
+    store = ResultStore(Path(args.out)) if args.out else ResultStore()
+    settings = {"size": args.size, "steps": args.steps, "seed": args.seed}
+    stop_requested = False
+
+    def on_terminate(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True  # stop between steps; the finished groups stay stored
+
+    previous = signal.signal(signal.SIGTERM, on_terminate)
+    bar = tqdm(file=sys.stderr, disable=args.quiet or not sys.stderr.isatty(), leave=False)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    options = {
+        "store": store,
+        "batch_size": args.batch_size,
+        "on_progress": on_progress,
+        "should_stop": lambda: stop_requested,
+        **settings,
+    }
+    computed = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            if args.engine == "ray":
+                from cnnlens.ray_engine import ray_session, ray_visualization
+
+                stack.enter_context(ray_session(args.address))  # one Ray for every layer
+            for layer, channels, negative in jobs:
+                missing = missing_channels(
+                    loaded, layer, channels, store=store, negative=negative, **settings
+                )
+                bar.reset()
+                bar.set_description(f"{layer}{' (negative)' if negative else ''}")
+                if args.engine == "ray":
+                    ray_visualization(
+                        loaded,
+                        layer,
+                        missing,
+                        weights=args.weights,
+                        device=args.device,
+                        negative=negative,
+                        **options,
+                    )
+                elif missing:
+                    cached_visualization(loaded, layer, missing, negative=negative, **options)
+                computed += len(missing)
+    except (KeyboardInterrupt, Cancelled):
+        print(
+            f"Stopped: the finished groups are kept in {store.folder}; run the same command "
+            "again to finish.",
+            file=sys.stderr,
+        )
+        return 143 if stop_requested else 130
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, previous)
+    images = sum(len(channels) for _, channels, _ in jobs)
+    print(f"Stored {images} images ({computed} computed) in {store.folder}.", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cnnlens`` with these arguments (default: this command's own).
 
     Returns:
         The exit status: 0 done, 2 a usage error (one line on stderr, no
         traceback), 130 interrupted, 143 stopped by SIGTERM; the last two keep
-        the finished batches for a rerun. ``serve`` returns when the server stops.
+        the finished batches (``visualize``: groups of channels) for a rerun.
+        ``serve`` returns when the server stops.
     """
     parser = build_parser()
     # Streamlit's flags are many and change between releases: serve passes on
@@ -277,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if streamlit_args:
         parser.error(f"unrecognized arguments: {' '.join(streamlit_args)}")
     try:
-        return _extract(args)
+        return _visualize(args) if args.command == "visualize" else _extract(args)
     except ValueError as error:
         message = " ".join(str(error).split())
         print(f"{_PROG} {args.command}: error: {message}", file=sys.stderr)

@@ -5,14 +5,18 @@ extraction (one actor per GPU on a GPU cluster, where decoding overlaps the
 forward passes; on CPUs Ray fuses both steps into the actors). Rows come back
 in dataset order and go through the same writer as a local run, so the Parquet
 file is the same. Ray is imported only when this engine runs.
+
+:func:`ray_visualization` spreads a channel atlas's feature visualizations over
+Ray tasks, one group of channels each, into the same results store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,7 +27,10 @@ from cnnlens.pipeline import FeatureBatch, FeatureSource, load_batch, map_shapes
 from cnnlens.preprocess import scale_uint8_batch
 from cnnlens.registry import InputSpec
 
-__all__ = ["ray_source"]
+if TYPE_CHECKING:
+    from cnnlens.store import ResultStore
+
+__all__ = ["ray_session", "ray_source", "ray_visualization"]
 
 _INSTALL = "pip install 'ray[data]>=2.9'"
 
@@ -243,3 +250,145 @@ def _feature_batch(
             if error
         ],
     )
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Ray for the duration: the one this process runs, or one started here and shut down after.
+
+    Args:
+        address: the Ray cluster (``"auto"``, ``"ray://head:10001"``); a local Ray when ``None``.
+        num_cpus: CPUs of a local Ray; all when ``None``.
+
+    Yields:
+        The ``ray`` module.
+
+    Raises:
+        ValueError: if Ray is not installed.
+    """
+    ray = _ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address=address,
+            num_cpus=None if address else num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _visualize_group(
+    model: str,
+    weights: str | None,
+    weights_id: str,
+    device: str,
+    layer: str,
+    channels: list[int],
+    settings: dict[str, Any],
+) -> np.ndarray:
+    """A Ray task: one group of channels' feature visualizations, as uint8 tiles."""
+    from cnnlens.feature_visualization import to_uint8, visualize
+
+    loaded = open_model(model, weights=weights, device=device)
+    if loaded.weights_id != weights_id:
+        raise ValueError(
+            f"This Ray node loads other weights for {model} ({loaded.weights}) than the "
+            "driver; put the same weights file on a path every node sees."
+        )
+    return to_uint8(visualize(loaded, layer, channels, batch_size=len(channels), **settings))
+
+
+def ray_visualization(
+    loaded: LoadedModel,
+    layer: str,
+    channels: Sequence[int],
+    *,
+    store: ResultStore | None = None,
+    weights: str | Path | None = None,
+    size: int | None = None,
+    steps: int = 256,
+    seed: int = 0,
+    negative: bool = False,
+    batch_size: int = 64,
+    device: str = "cpu",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """The missing tiles of :func:`~cnnlens.feature_visualization.cached_visualization`, on Ray.
+
+    The channels not yet in the store are split into groups, at most
+    ``batch_size`` each and at least one per CPU (or GPU) of the cluster; each
+    group is one Ray task that opens the model and optimises the group's images
+    together. Each finished group is stored at once, under the keys
+    :func:`~cnnlens.feature_visualization.cached_visualization` reads. Ray is the running
+    one, or one started for this call (:func:`ray_session`): for many layers, run
+    the calls inside one ``ray_session``.
+
+    Args:
+        loaded: the model on this process; every task opens the same one.
+        layer: the layer.
+        channels: the channels (check them first with
+            :func:`~cnnlens.feature_visualization.layer_channels`).
+        store: the store; default the dashboard's.
+        weights: the weights file ``loaded`` was opened with, or ``None`` for the default.
+        size, steps, seed, negative: as :func:`~cnnlens.feature_visualization.visualize`.
+        batch_size: the most channels one task optimises together.
+        device: where tasks run: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        address: the Ray cluster; a local Ray when ``None``.
+        num_cpus: CPUs of a local Ray; all when ``None``.
+        should_stop: asked while waiting; ``True`` cancels the unfinished tasks.
+        on_progress: called with ``(channels done, channels to compute)``.
+
+    Returns:
+        How many channels were computed (those already stored are not).
+
+    Raises:
+        ValueError: if Ray is not installed, CUDA is asked for on a cluster
+            without GPUs, or a task fails with a ValueError (such as other weights).
+        Cancelled: if ``should_stop()`` returned True; finished groups stay stored.
+    """
+    from cnnlens.feature_visualization import missing_channels, store_visualization
+    from cnnlens.insights import Cancelled
+
+    _ray()
+    settings = {"size": size, "steps": steps, "seed": seed, "negative": negative}
+    missing = missing_channels(loaded, layer, channels, store=store, **settings)
+    if not missing:
+        return 0
+    with ray_session(address, num_cpus) as ray:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        on_gpu = device.startswith("cuda") or (device == "auto" and gpus > 0)
+        if on_gpu and gpus == 0:
+            raise ValueError("CUDA was asked for, but the Ray cluster has no GPU.")
+        slots = gpus if on_gpu else int(ray.cluster_resources().get("CPU", 1))
+        count = max(-(-len(missing) // batch_size), min(slots, len(missing)))
+        groups = [list(group) for group in np.array_split(np.array(missing), count)]
+        task = ray.remote(_visualize_group).options(num_cpus=1, num_gpus=1 if on_gpu else 0)
+        model = (loaded.name, None if weights is None else str(weights), loaded.weights_id)
+        where = "cuda" if on_gpu else "cpu"
+        pending = {
+            task.remote(*model, where, layer, [int(c) for c in group], settings): group
+            for group in groups
+        }
+        done = 0
+        while pending:
+            if should_stop is not None and should_stop():
+                for ref in pending:
+                    ray.cancel(ref)
+                raise Cancelled(f"Stopped after {done} of {len(missing)} channels.")
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                group = pending.pop(ref)
+                store_visualization(loaded, layer, group, ray.get(ref), store=store, **settings)
+                done += len(group)
+                if on_progress is not None:
+                    on_progress(done, len(missing))
+        return len(missing)

@@ -10,11 +10,13 @@ import streamlit as st
 from cnnlens import export, figures
 from cnnlens.ui import cache, state
 from cnnlens.ui.bars import bars_html
+from cnnlens.ui.channel_card import channel_card_ui
 from cnnlens.ui.context import Context, page_context
 from cnnlens.ui.explanations import explain
 from cnnlens.ui.image_input import input_image, upload_ui
 from cnnlens.ui.map_view import map_view_data, map_view_ui
 from cnnlens.ui.recipes import recipe_of, recipe_ui
+from cnnlens.ui.value_explainer import pick_value, value_explainer_ui
 
 # Above this many values (600 kB of float32) the grid's hover names the channel,
 # x and y only; the enlarged channel below still reads out values.
@@ -46,6 +48,8 @@ def view_ui(ctx: Context) -> None:
         if features.probabilities is not None:
             predictions_ui(features.probabilities, ctx.loaded.classes)
     channel = channel_ui(maps, layer, features.seen)
+    value_explainer_ui(ctx, pixels, layer, channel, maps.shape)
+    channel_card_ui(ctx, view, layer, channel, pixels)
     ranking_ui(maps, layer)
     # A popover whose buttons are made only while it is open (opening it reruns this
     # view): made on every run, they cost the browser time on every click.
@@ -159,6 +163,7 @@ def channel_ui(maps: np.ndarray, layer: str, seen: np.ndarray) -> int:
         map_view_ui(
             map_view_data(one, title=f"{layer}, channel {channel}", colorbar=True),
             key="channel_map",
+            on_pick=pick_value,  # "How is this value computed?", explained below
         )
     with overlay:
         map_view_ui(

@@ -7,14 +7,12 @@ features as Parquet. (The current view's exports live on the Feature maps page.)
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image, ImageDraw
 
 from cnnlens import figures
 from cnnlens.export import features_parquet, features_parquet_path
@@ -24,12 +22,13 @@ from cnnlens.insights import (
     Predictions,
     class_channel_matrix,
     difference,
-    fire_box,
     top_images,
 )
-from cnnlens.ui import cache, state
+from cnnlens.ui import cache, examples, state
 from cnnlens.ui.bars import bars_html
+from cnnlens.ui.channel_card import atlas_ui
 from cnnlens.ui.context import Context, page_context
+from cnnlens.ui.examples import PAUSED_KEY, PER_ROW, pause, paused_ui, resume, run_with_progress
 from cnnlens.ui.explanations import explain
 from cnnlens.ui.image_input import input_image
 
@@ -39,11 +38,9 @@ SECTIONS = {
     "embedding": "Embedding map",
     "gradcam": "Grad-CAM",
     "compare": "Compare",
+    "atlas": "Channel atlas",
 }
 METHODS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
-PER_ROW = 6  # example images side by side
-THUMB_SIDE = 96  # pixels: crops and heatmaps of the examples are enlarged to about this
-PAUSED_KEY = "insights_paused"  # the dataset pass the user cancelled; not restarted by itself
 CLASS_KEY = "insights_class"
 PLAIN = {"displayModeBar": False}  # plotly's config for charts without a toolbar
 
@@ -66,16 +63,6 @@ class Focus:
 # --- dataset passes ----------------------------------------------------------------------
 
 
-def pause(key: tuple) -> None:
-    """Callback of Cancel: remember which pass was stopped, so it is not started again."""
-    st.session_state[PAUSED_KEY] = key
-
-
-def resume() -> None:
-    """Callback of "Go on"."""
-    st.session_state[PAUSED_KEY] = None
-
-
 def dataset_result(
     focus: Focus,
     what: str,
@@ -91,29 +78,16 @@ def dataset_result(
     if found is not None:
         return found
     key = (what, focus.ctx.choice, focus.ctx.root, focus.view.split)
-    if st.session_state.get(PAUSED_KEY) == key:
-        st.info(f"{what.capitalize()} was cancelled.", icon=":material/pause_circle:")
-        st.button("Go on", on_click=resume, icon=":material/play_arrow:", key="insights_resume")
+    if paused_ui(key, what):
         st.stop()
-    bar = st.progress(0.0, text=f"{what.capitalize()}: {len(focus.frame):,} images…")
-    cancel = st.empty()
-    cancel.button(
-        "Cancel", on_click=pause, args=(key,), icon=":material/cancel:", key="insights_cancel"
+    result = run_with_progress(
+        key,
+        f"{what.capitalize()}: {len(focus.frame):,} images…",
+        compute,
+        lambda done, total: f"{what.capitalize()}: {done:,} of {total:,} images",
     )
-
-    def progress(done: int, total: int) -> None:
-        text = f"{what.capitalize()}: {done:,} of {total:,} images"
-        bar.progress(done / max(total, 1), text=text)
-
-    try:
-        result = compute(progress)
-    except ValueError as error:
-        bar.empty()
-        cancel.empty()
-        st.error(str(error), icon=":material/error:")
+    if result is None:  # the error is shown
         st.stop()
-    bar.empty()
-    cancel.empty()
     return result
 
 
@@ -173,55 +147,7 @@ def channel_ui(channels: int, layer: str) -> int:
 
 def examples_ui(focus: Focus, rows: pd.DataFrame, channel: int) -> None:
     """The images of ``rows``: the crop where the channel fires, and its map below."""
-    if rows.empty:
-        st.caption("No images to show.")
-        return
-    ctx, split, layer = focus.ctx, focus.view.split, focus.layer
-    filenames = tuple(rows["filename"])
-    maps = cache.get_channel_maps(ctx.choice, ctx.root, split, filenames, layer, channel)
-    tiles = map_tiles(maps)
-    field = cache.get_receptive_field(ctx.choice, layer)
-    for start in range(0, len(rows), PER_ROW):
-        columns = st.columns(PER_ROW)
-        for offset, (_, row) in enumerate(rows.iloc[start : start + PER_ROW].iterrows()):
-            pixels = cache.get_network_input(ctx.choice, ctx.root, split, row["filename"])
-            crop = fire_crop(pixels, row, maps.shape[1:], field)
-            label = "" if row["label"] is None else f" · {row['label']}"
-            with columns[offset]:
-                st.image(crop, caption=f"{row['filename']}{label}", width="stretch")
-                st.image(tiles[start + offset], caption=f"{row['score']:.3g}", width="stretch")
-
-
-def map_tiles(maps: np.ndarray) -> list[Image.Image]:
-    """One enlarged picture per map, all on one colour scale so that they compare."""
-    count, height, width = maps.shape
-    scale = max(1, THUMB_SIDE // max(height, width))
-    # One strip on one colour scale, cut into a tile per image.
-    strip = Image.open(
-        io.BytesIO(figures.montage_png(maps, per="layer", columns=count, gap=0, scale=scale))
-    ).convert("RGB")
-    side_x, side_y = width * scale, height * scale
-    return [strip.crop((i * side_x, 0, (i + 1) * side_x, side_y)) for i in range(count)]
-
-
-def fire_crop(
-    pixels: np.ndarray, row: pd.Series, map_shape: tuple[int, int], field: int | None
-) -> Image.Image:
-    """The part of the image around where the channel fires, that spot outlined, enlarged."""
-    box = fire_box(row, map_shape, pixels.shape[:2], field)
-    # A crop of a few pixels (an early layer's field) shows nothing recognisable:
-    # show at least half the image around the spot.
-    around = fire_box(row, map_shape, pixels.shape[:2], max(field or 0, min(pixels.shape[:2]) // 2))
-    crop = Image.fromarray(pixels).convert("RGB").crop(around)
-    zoom = max(1, THUMB_SIDE // max(crop.size))
-    crop = crop.resize((crop.width * zoom, crop.height * zoom), Image.Resampling.NEAREST)
-    left, top = (box[0] - around[0]) * zoom, (box[1] - around[1]) * zoom
-    right, bottom = (box[2] - around[0]) * zoom - 1, (box[3] - around[1]) * zoom - 1
-    outline = max(1, min(crop.size) // 48)
-    ImageDraw.Draw(crop).rectangle(
-        (left, top, right, bottom), outline=figures.HIGHLIGHT_COLOUR, width=outline
-    )
-    return crop
+    examples.examples_ui(focus.ctx, focus.view.split, focus.layer, rows, channel)
 
 
 def scores_chart(rows: pd.DataFrame, title: str, by: str, key: str) -> None:
@@ -685,6 +611,14 @@ def compared_ui(
     charts[2].plotly_chart(figure, config=PLAIN, key="compare_diff", theme=None)
 
 
+# --- channel atlas -------------------------------------------------------------------------
+
+
+def atlas_section(focus: Focus) -> None:
+    """Every channel of the layer as the image it looks for; a tile opens its card."""
+    atlas_ui(focus.ctx, focus.layer)
+
+
 # --- exports -------------------------------------------------------------------------------
 
 
@@ -770,6 +704,7 @@ SECTION_UI = {
     "embedding": embedding_section,
     "gradcam": gradcam_section,
     "compare": compare_section,
+    "atlas": atlas_section,
 }
 
 page_ctx, _ = page_context(with_layers=True)

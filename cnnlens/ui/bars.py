@@ -28,6 +28,7 @@ def bars_html(
     percent: bool = False,
     height: int = 180,
     note: str | None = None,
+    least_span: float = 0.0,
 ) -> str:
     """A bar chart as a small HTML snippet (for ``st.html``): no chart library to start.
 
@@ -45,6 +46,8 @@ def bars_html(
         percent: Write values as percentages.
         height: Height of the bar area, in CSS pixels.
         note: A line of small text under the bars.
+        least_span: The smallest range from lowest to highest bar the chart spans, so
+            that tiny values (a change of 0.01%) draw as tiny bars, not full ones.
 
     Returns:
         An HTML string; each bar carries ``data-label`` and ``data-value``.
@@ -57,7 +60,7 @@ def bars_html(
     heights = np.asarray(values, dtype=float)
     mask = _checked(labels, heights, flagged, highlight)
     top, bottom = max(float(heights.max(initial=0)), 0.0), max(-float(heights.min(initial=0)), 0.0)
-    span = (top + bottom) or 1.0
+    span = max(top + bottom, least_span) or 1.0
     zero = bottom / span * 100
     width = 100 / max(len(labels), 1)
     bars = []

@@ -525,3 +525,275 @@ def get_grad_cam(
         class_index = int(np.argmax(loaded.probabilities(batch)[0]))
     cam = grad_cam(loaded, batch, layer, class_index)
     return Explanation(to_uint8_image(batch, loaded.spec), cam, class_index)
+
+
+# --- Network page and value explanations ---
+
+if TYPE_CHECKING:
+    from cnnlens.explain import Explanation as ValueExplanation
+    from cnnlens.network import Column
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The Network page's columns for one image (see :func:`cnnlens.network.overview`)."""
+
+    columns: list[Column]
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its arrays take."""
+        return sum(
+            array.nbytes
+            for column in self.columns
+            for array in (column.maps, column.channels, column.probabilities)
+            if array is not None
+        )
+
+
+@_in_memory(64)
+def get_overview(choice: ModelChoice, pixels: np.ndarray) -> Overview:
+    """The whole network at a glance for one image (uint8 pixels), one forward pass.
+
+    Raises:
+        ValueError: if the image does not fit the model.
+    """
+    from PIL import Image
+
+    from cnnlens.network import overview
+
+    loaded = get_model(choice)
+    columns = overview(loaded, loaded.batch(Image.fromarray(pixels)))
+    for column in columns:
+        for array in (column.maps, column.channels, column.probabilities):
+            if array is not None:
+                array.setflags(write=False)
+    return Overview(columns)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def get_architecture_dot(choice: ModelChoice, depth: int) -> str:
+    """The model's architecture graph (DOT text) opened to ``depth`` levels."""
+    from cnnlens.network import architecture_dot
+
+    return architecture_dot(get_model(choice), depth=depth)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def get_value_explanation(
+    choice: ModelChoice, pixels: np.ndarray, layer: str, channel: int, row: int, col: int
+) -> ValueExplanation:
+    """How one value of a layer is computed for one image (see :func:`cnnlens.explain_value`).
+
+    Raises:
+        ValueError: for a point outside the layer's maps, or an image that does not fit.
+    """
+    from PIL import Image
+
+    from cnnlens.explain import explain_value
+
+    loaded = get_model(choice)
+    return explain_value(loaded, layer, loaded.batch(Image.fromarray(pixels)), channel, row, col)
+
+
+# --- Channel card and atlas ---
+# Feature visualizations and dataset-wide ablations live in the on-disk store; the
+# find_* functions only peek (a stored tile paints without computing anything).
+
+if TYPE_CHECKING:
+    from cnnlens.ablation import ClassAblation
+
+
+def visual_side(choice: ModelChoice) -> int:
+    """The side of a channel's feature visualization: the model's input, at most
+    :data:`cnnlens.feature_visualization.LARGEST_DEFAULT_SIDE`, as the CLI stores them."""
+    from cnnlens.feature_visualization import default_side
+
+    return default_side(get_model(choice))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def get_channel_count(choice: ModelChoice, layer: str) -> int:
+    """How many channels a layer has (one probe forward, once per model and layer).
+
+    Raises:
+        ValueError: for a layer without channels.
+    """
+    from cnnlens.feature_visualization import layer_channels
+
+    return len(layer_channels(get_model(choice), layer))
+
+
+def missing_visualizations(
+    choice: ModelChoice, layer: str, channels: tuple[int, ...], **settings: object
+) -> list[int]:
+    """The channels whose feature visualization is not stored yet; computes nothing.
+
+    ``settings``: ``size``, ``steps``, ``seed`` and ``negative``.
+    """
+    from cnnlens.feature_visualization import missing_channels
+
+    return missing_channels(
+        get_model(choice), layer, list(channels), store=result_store(), **settings
+    )
+
+
+def visualizations(
+    choice: ModelChoice,
+    layer: str,
+    channels: tuple[int, ...],
+    on_progress: Callable[[int, int], None] | None = None,
+    batch_size: int = 64,
+    **settings: object,
+) -> np.ndarray:
+    """The channels' feature visualizations (N×H×W or N×H×W×3 uint8, read-only): stored
+    ones at once, the others computed now in groups of ``batch_size``, each group stored.
+
+    Raises:
+        ValueError: for a layer without channels, or a channel out of range.
+    """
+    from cnnlens.feature_visualization import cached_visualization
+
+    return cached_visualization(
+        get_model(choice),
+        layer,
+        list(channels),
+        store=result_store(),
+        on_progress=on_progress,
+        batch_size=batch_size,
+        **settings,
+    )
+
+
+@dataclass(frozen=True)
+class Ablated:
+    """One image's class probabilities, as they are and with one channel set to zero."""
+
+    before: np.ndarray  # K float32
+    after: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its arrays take."""
+        return self.before.nbytes + self.after.nbytes
+
+
+@_in_memory(16)
+def get_ablation(choice: ModelChoice, pixels: np.ndarray, layer: str, channel: int) -> Ablated:
+    """The class probabilities for one image (uint8 pixels) before and after zeroing a channel.
+
+    Raises:
+        ValueError: for a layer without that channel, or an image that does not fit.
+    """
+    import torch
+    from PIL import Image
+
+    from cnnlens.ablation import ablate
+
+    loaded = get_model(choice)
+    before, after = ablate(loaded, loaded.batch(Image.fromarray(pixels)), layer, channel)
+    return Ablated(torch.softmax(before, dim=1)[0].numpy(), torch.softmax(after, dim=1)[0].numpy())
+
+
+def _ablation_key(choice: ModelChoice, root: str, split: str, layer: str, channel: int) -> str:
+    from cnnlens.ablation import ablation_key
+
+    return ablation_key(get_model(choice), get_dataset(root), layer, channel, split)
+
+
+def find_ablation_by_class(
+    choice: ModelChoice, root: str, split: str, layer: str, channel: int
+) -> ClassAblation | None:
+    """Each class's accuracy with the channel zeroed, if computed before, else ``None``."""
+    from cnnlens.ablation import ClassAblation
+
+    key = _ablation_key(choice, root, split, layer, channel)
+    return result_store().peek(key, ClassAblation.from_arrays)
+
+
+def ablation_by_class(
+    choice: ModelChoice,
+    root: str,
+    split: str,
+    layer: str,
+    channel: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ClassAblation:
+    """Each class's accuracy over a split before and after zeroing a channel: from the
+    store, or one pass over the dataset now.
+
+    Raises:
+        ValueError: for a model without classes, or labels that name none of them.
+    """
+    from cnnlens.ablation import cached_ablation_by_class
+
+    return cached_ablation_by_class(
+        get_model(choice),
+        get_dataset(root),
+        layer,
+        channel,
+        split=split,
+        store=result_store(),
+        batch_size=INSIGHTS_BATCH,
+        on_progress=on_progress,
+    )
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def get_first_conv(choice: ModelChoice) -> str | None:
+    """The qualified path of the model's first ``Conv2d``, or ``None``."""
+    from torch import nn
+
+    model = get_model(choice).model
+    return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def get_kernel(choice: ModelChoice, layer: str, channel: int) -> np.ndarray | None:
+    """A channel's kernel weights (C_in×kh×kw float32) if ``layer`` is the first
+    convolution, else ``None``."""
+    first = get_first_conv(choice)
+    loaded = get_model(choice)
+    if first is None or loaded.layers.path(layer) != first:
+        return None
+    weight = loaded.layers.module(layer).weight
+    return weight[channel].detach().float().cpu().numpy()
+
+
+@_in_memory(16)
+def get_conv_input_plane(
+    choice: ModelChoice, pixels: np.ndarray, layer: str, channel: int
+) -> np.ndarray:
+    """One channel of a layer's input for one image (H×W float32), for the conv animation.
+
+    Raises:
+        ValueError: if the layer does not run in the forward.
+    """
+    from PIL import Image
+
+    from cnnlens.ui.value_explainer import conv_input_plane
+
+    loaded = get_model(choice)
+    return conv_input_plane(loaded, loaded.batch(Image.fromarray(pixels)), layer, channel)
+
+
+@dataclass(frozen=True)
+class OverviewViews:
+    """The Network page's map views of one image, ready to send (see ``network_view``)."""
+
+    views: dict[str, dict]
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its text takes, about."""
+        return sum(len(view["png"]) + len(view["values"] or "") for view in self.views.values())
+
+
+@_in_memory(64)
+def get_overview_views(choice: ModelChoice, pixels: np.ndarray, per: str) -> OverviewViews:
+    """Each map column's map view data for one image and scaling, built once."""
+    from cnnlens.ui.network_view import column_data
+
+    columns = get_overview(choice, pixels).columns
+    return OverviewViews(
+        {column.name: column_data(column, per) for column in columns if column.maps is not None}
+    )

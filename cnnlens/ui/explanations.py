@@ -74,6 +74,85 @@ towards the class; dark ones did not. Deep layers give the clearest pictures.
 map is the first image's map minus the second's: red where the first image
 excites the channel more, blue where the second one does.
 """,
+    "network": """
+The **network** turns an image into an answer in steps, from left to right.
+Each column is one step (a **layer**); its small squares are its **maps**, one
+per pattern the layer looks for. A layer with many maps shows the strongest
+few and says how many more it has. Under each column: how many maps it makes
+and their size. The last column is the answer: how sure the network is of each
+class. Click a small square to open it on the Feature maps page.
+""",
+    "network_colours": """
+**Red** means a positive value (the pattern is there), **blue** a negative one
+(the opposite of the pattern), **white** zero. *Per map*: each square uses the
+full colour range, so faint maps show too. *Per layer*: all squares of a column
+share one range, so you can see which maps respond most.
+""",
+    "network_graph": """
+This network is not a simple chain of steps, so it is drawn as a **graph**:
+each box is a part of the network, and arrows show where its numbers go next.
+An arrow that jumps over boxes is a **shortcut** that adds a block's input to
+its output. Under each name: the kind of part and the size of what it makes
+(maps × height × width). Move the slider to open the boxes and see inside.
+""",
+    "value_conv": """
+A convolution lays **a small stencil of weights** over a patch of its input
+and multiplies each cell by the weight on top of it. Adding up those products
+tells **how well this patch matches the stencil**: large when they agree,
+negative when the patch looks like the opposite. The layer does this on every
+input channel, adds the results and its **bias** (a fixed number of its own):
+that is the value.
+""",
+    "value_batchnorm": """
+**Batch norm** moves each channel's values to a common range: it subtracts the
+channel's usual average, divides by its usual spread, then multiplies and
+shifts by two numbers the network learned.
+""",
+    "value_relu": """
+**ReLU keeps only the positive evidence**: a positive value passes unchanged,
+anything below zero becomes 0.
+""",
+    "value_maxpool": """
+**Max pooling keeps the strongest response in each 2×2 square** (or whatever
+size the layer uses): it looks at a small square of its input and keeps only
+the largest number, framed below.
+""",
+    "value_avgpool": """
+**Average pooling** keeps the average of a small window of its input: the
+numbers added up, divided by how many there are.
+""",
+    "value_scores": """
+The network gives each class a **score**. To turn scores into chances that add
+up to 100%, it raises *e* to each score (a bigger score gives a much bigger
+number, and nothing is negative), then divides each by their total. Scores are
+shifted by the largest first; the chances stay the same. This is **softmax**.
+""",
+    "card_looks_for": """
+**What it looks for.** The network was asked to paint the picture that makes this
+channel fire most (left), and the one it fires least for (right).
+""",
+    "card_exaggeration": """
+A synthesised image is the network's own exaggeration, not a photo: it shows the
+pattern the channel wants, repeated and overdone.
+""",
+    "card_fires": """
+**Where it fires in the data.** The images of the dataset that make this channel
+fire most, cut to the part it looks at (outlined), with its map below.
+""",
+    "card_does": """
+**What it does.** We switch this channel off (set it to zero) and see how the
+network's answer changes: a bar below zero means that class lost confidence.
+""",
+    "card_kernel": """
+This is the first layer, so its pattern is a small grid of weights laid straight on
+the pixels: red weights want light there, blue weights want dark.
+""",
+    "atlas": """
+The **channel atlas** shows, for every channel of the layer, the picture the
+network paints when asked to make that channel fire as much as it can. Channels
+with similar pictures look for similar patterns. Click a picture to open that
+channel's card on the Feature maps page: its strongest images and what it does.
+""",
 }
 
 

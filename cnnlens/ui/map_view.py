@@ -14,12 +14,14 @@ opacity slider there.
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 from cnnlens import figures
 
@@ -41,6 +43,7 @@ def map_view_data(
     colorbar: bool = False,
     under: np.ndarray | None = None,
     opacity: float = 0.5,
+    centre: bool = False,
 ) -> dict:
     """What the map view shows for C×H×W maps: a grid of channels, or one channel enlarged.
 
@@ -63,6 +66,10 @@ def map_view_data(
             to lay one channel over. The browser stretches the map to the image,
             smoothly, and blends it with an opacity slider of its own: no rerun.
         opacity: The slider's first value, 0 (only the image) to 1 (only the map).
+        centre: Centre the colours on zero, for a diverging colorscale such as
+            ``"RdBu_r"``: zero is the scale's middle colour, and the largest absolute
+            value (per channel or per layer) its end; ``low``/``high`` are then
+            ``-m`` and ``m``.
 
     Returns:
         A JSON-ready dict: ``png`` (base64), ``channels``, ``height``, ``width``,
@@ -87,6 +94,10 @@ def map_view_data(
     png = figures.montage_png(
         array, per=per, columns=columns, gap=_GRID_GAP, colorscale=colorscale, clear_gaps=True
     )
+    low, high = float(array.min()), float(array.max())
+    if centre:
+        png, reach = _centred_png(array, per, columns, colorscale)
+        low, high = -reach, reach
     rows, columns = figures.grid_shape(channels, columns)
     values = None
     if with_values:
@@ -100,13 +111,29 @@ def map_view_data(
         "gap": _GRID_GAP,
         "values": values,
         "title": title,
-        "low": float(array.min()),
-        "high": float(array.max()),
+        "low": low,
+        "high": high,
         "colorbar": figures.colorscale_colours(colorscale, _COLORBAR_STOPS) if colorbar else None,
         "max_height": _tallest(channels, rows),
         "under": None if under is None else base64.b64encode(figures.image_png(under)).decode(),
         "opacity": float(opacity),
     }
+
+
+def _centred_png(
+    array: np.ndarray, per: str, columns: int | None, colorscale: str
+) -> tuple[bytes, float]:
+    """The montage PNG with zero at the colorscale's middle, and the largest absolute value."""
+    axis = (1, 2) if per == "channel" else None
+    reach = np.abs(array).max(axis=axis, keepdims=True)
+    unit = np.divide(array, 2 * reach, out=np.zeros_like(array), where=reach > 0) + 0.5
+    z = figures.montage(unit, columns, _GRID_GAP)
+    levels = np.nan_to_num(z * (figures._PNG_LEVELS - 1) + 0.5, nan=figures._PNG_LEVELS)
+    png = Image.fromarray(levels.astype(np.uint8))
+    png.putpalette(figures._palette(colorscale), rawmode="RGB")
+    buffer = io.BytesIO()
+    png.save(buffer, format="PNG", compress_level=1, transparency=figures._PNG_LEVELS)
+    return buffer.getvalue(), float(reach.max())
 
 
 def _tallest(channels: int, rows: int) -> int:

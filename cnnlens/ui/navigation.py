@@ -12,6 +12,7 @@ PAGES = {
     "home": ("Home", ":material/home:"),
     "dataset": ("Dataset", ":material/photo_library:"),
     "layers": ("Layers", ":material/stacks:"),
+    "network": ("Network", ":material/account_tree:"),
     "feature_maps": ("Feature maps", ":material/grid_view:"),
     "insights": ("Insights", ":material/insights:"),
 }

@@ -1,0 +1,280 @@
+"""The channel card (Feature maps) and the channel atlas (Insights) through AppTest.
+
+Every picture and bar is checked against a reference computed here: feature
+visualizations against ``visualize`` itself, ablations against a plain demo model
+whose channel is zeroed by a hook of the test's own, kernels against the weights.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from streamlit.components.v2.bidi_component.main import _make_trigger_id
+from streamlit.proto.WidgetStates_pb2 import WidgetStates
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+import cnnlens.feature_visualization as visualize_module
+from cnnlens.data import load_dataset
+from cnnlens.feature_visualization import missing_channels, to_uint8, visualize
+from cnnlens.layers import layer_names
+from cnnlens.models import demo_model, open_model
+from cnnlens.preprocess import to_batch
+from cnnlens.store import ResultStore
+from cnnlens.ui import cache, channel_card
+from tests.generated import write_dataset
+from tests.test_app import bars, map_view, open_app
+from tests.test_insights_page import reference, strongest
+
+LABELS = [i % 10 for i in range(20)]
+STEPS = 8  # few steps: the recipe itself is tested in the core's tests
+SETTINGS = {"size": 28, "steps": STEPS, "seed": 0}
+
+
+@pytest.fixture
+def digits(tmp_path: Path, monkeypatch) -> Path:
+    """Twenty 28×28 digits opened by the dashboard, with their own results store."""
+    root = write_dataset(tmp_path / "digits", LABELS, size=28, seed=5)
+    monkeypatch.setenv("CNNLENS_DATASET", str(root))
+    monkeypatch.setenv("CNNLENS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(channel_card, "STEPS", STEPS)
+    return root
+
+
+@pytest.fixture
+def sent(monkeypatch) -> dict[str, bytes]:
+    """The bytes of every picture the app sends to the browser, by media file id."""
+    kept: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def keep(self, path_or_data, mimetype, kind, filename=None) -> str:
+        file_id = original(self, path_or_data, mimetype, kind, filename)
+        kept[file_id] = path_or_data
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", keep)
+    return kept
+
+
+def store(root: Path) -> ResultStore:
+    return ResultStore(root.parent / "cache" / "insights")
+
+
+def expected_tiles(layer: str, channels: list[int], negative: bool = False) -> np.ndarray:
+    """The feature visualizations, computed here from scratch."""
+    images = visualize(open_model("demo"), layer, channels, negative=negative, **SETTINGS)
+    return to_uint8(images)
+
+
+def card_pictures(at, sent: dict[str, bytes]) -> dict[str, np.ndarray]:
+    """The card's feature visualizations as sent to the browser, shrunk back to 28 px."""
+    found = {}
+    for element in at.main.get("image"):
+        image = element.proto.imgs[0]
+        if image.caption in ("What excites it most", "What it fires least for"):
+            pixels = np.asarray(Image.open(io.BytesIO(sent[Path(image.url).stem])))
+            zoom = pixels.shape[0] // 28
+            assert pixels.shape[:2] == (28 * zoom, 28 * zoom)
+            found[image.caption] = pixels[::zoom, ::zoom]
+    return found
+
+
+def test_the_card_draws_what_a_channel_looks_for_once_and_every_session_reuses_it(
+    digits, sent, monkeypatch
+):
+    at = open_app("feature_maps.py")
+    assert any(s.value == "Channel 0 of conv_1" for s in at.subheader)
+    assert card_pictures(at, sent) == {}  # nothing stored: nothing drawn until asked
+    at.button(key="card_visualize").click().run()
+    assert not at.exception
+    shown = card_pictures(at, sent)
+    np.testing.assert_array_equal(shown["What excites it most"], expected_tiles("conv_1", [0])[0])
+    np.testing.assert_array_equal(
+        shown["What it fires least for"], expected_tiles("conv_1", [0], negative=True)[0]
+    )
+    loaded = open_model("demo")
+    for negative in (False, True):
+        assert not missing_channels(
+            loaded, "conv_1", [0], store=store(digits), negative=negative, **SETTINGS
+        )
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("a stored visualization was computed again")
+
+    monkeypatch.setattr(visualize_module, "visualize", no_compute)
+    again = open_app("feature_maps.py")  # another session: painted at once, from the store
+    assert not again.exception
+    shown_again = card_pictures(again, sent)
+    for caption, pixels in shown.items():
+        np.testing.assert_array_equal(shown_again[caption], pixels)
+    assert not [b for b in again.button if b.key == "card_visualize"]
+
+
+def click_during_run(key: str) -> None:
+    """From inside a run: ask for a rerun in which the button ``key`` was clicked, as a
+    browser does when Cancel is pressed while a pass runs."""
+    ctx = get_script_run_ctx()
+    states = WidgetStates()
+    for state in ctx.session_state.get_widget_states():
+        if not state.HasField("trigger_value"):
+            states.widgets.append(state)
+    button = ctx.session_state._state._key_id_mapper.get_id_from_key(key)
+    assert button is not None, f"no button {key!r} in this run"
+    clicked = states.widgets.add()
+    clicked.id = button
+    clicked.trigger_value = True
+    ctx.script_requests.request_rerun(
+        RerunData(
+            widget_states=states,
+            page_script_hash=ctx.page_script_hash,
+            query_string=ctx.query_string,
+        )
+    )
+
+
+def test_cancel_stops_the_drawing_keeps_nothing_and_waits_to_be_asked_again(digits, monkeypatch):
+    real = cache.visualizations
+    updates = []
+
+    def cancelled_midway(*args, on_progress=None, **kwargs):
+        def progress(done: int, total: int) -> None:
+            updates.append(done)
+            if len(updates) == 3:
+                click_during_run("card_visualize_cancel")
+            on_progress(done, total)  # the run stops here, at its next update
+
+        return real(*args, on_progress=progress, **kwargs)
+
+    monkeypatch.setattr(cache, "visualizations", cancelled_midway)
+    at = open_app("feature_maps.py")
+    at.button(key="card_visualize").click().run()
+    assert not at.exception
+    assert len(updates) == 3  # stopped at the update after the click
+    assert any(c.value == "Stopped; nothing was kept." for c in at.caption)
+    assert at.button(key="card_visualize")  # waits until asked again
+    assert not list(store(digits).folder.glob("*.npz"))
+    at.run()
+    assert len(updates) == 3  # a rerun does not start it by itself
+
+
+def zeroed_logits(batch: torch.Tensor, layer: str, channel: int) -> tuple[np.ndarray, ...]:
+    """The demo's logits as they are and with a channel zeroed by the test's own hook."""
+    model = demo_model()
+    index = layer_names(model).index(layer)
+
+    def zero(module, inputs, output):
+        output = output.clone()
+        output[:, channel] = 0
+        return output
+
+    with torch.no_grad():
+        before = model(batch)
+        handle = model.features[index].register_forward_hook(zero)
+        after = model(batch)
+        handle.remove()
+    return before.numpy(), after.numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+def test_what_it_does_zeroes_the_channel_on_this_image_and_over_the_dataset(digits):
+    at = open_app("feature_maps.py", channel="3")
+    dataset = load_dataset(digits)
+    image = dataset.load_image(dataset.pick(128))
+    before, after = zeroed_logits(to_batch(image), "conv_1", 3)
+    _, labels, values = bars(at, "This image, channel 3 off")
+    assert labels == [str(i) for i in range(10)]
+    np.testing.assert_allclose(values, (softmax(after) - softmax(before))[0], atol=1e-6)
+    # The first convolution's kernel, the weights themselves.
+    kernel = map_view(at, "card_kernel")
+    np.testing.assert_array_equal(
+        kernel["maps"], demo_model().features[0].weight[3].detach().numpy()
+    )
+    assert kernel["low"] == -kernel["high"]  # zero in the middle of the diverging colours
+
+    at.button(key="card_ablation").click().run()
+    assert not at.exception
+    names = dataset.index["filename"].tolist()
+    truth = np.array([int(dataset.label_of(name)) for name in names])
+    before, after = zeroed_logits(to_batch([dataset.load_image(n) for n in names]), "conv_1", 3)
+    classes = sorted(set(truth))
+    change = [
+        (after.argmax(1) == truth)[truth == c].mean()
+        - (before.argmax(1) == truth)[truth == c].mean()
+        for c in classes
+    ]
+    _, labels, values = bars(at, "The dataset, channel 3 off")
+    assert labels == [str(c) for c in classes]
+    np.testing.assert_allclose(values, change, atol=1e-9)
+    again = open_app("feature_maps.py", channel="3")  # stored: shown at once
+    np.testing.assert_allclose(bars(again, "The dataset, channel 3 off")[2], change, atol=1e-9)
+
+    again.segmented_control(key="layer").set_value("conv_2").run()
+    assert not [e for e in again.get("bidi_component") if e.proto.id.endswith("-card_kernel")]
+
+
+def test_where_it_fires_shows_the_channels_strongest_images_after_one_pass(digits):
+    at = open_app("feature_maps.py", channel="4")
+    at.button(key="card_examples").click().run()
+    assert not at.exception
+    ref = reference(digits, "conv_1")
+    rows, _ = strongest(ref, 4, 6)
+    crops = [i.proto.imgs[0].caption for i in at.main.get("image")]
+    crops = [c for c in crops if c.startswith("img_") and "label" not in c]  # not the image
+    assert crops == [f"{ref['filenames'][i]} · {LABELS[i]}" for i in rows]
+    assert not [b for b in open_app("feature_maps.py").button if b.key == "card_examples"]
+
+
+def pick(at, key: str, channel: int):
+    """Run the page as if channel ``channel`` of map view ``key`` had been clicked."""
+    view = next(e for e in at.get("bidi_component") if e.proto.id.endswith(f"-{key}"))
+    states = at._tree.get_widget_states()
+    state = states.widgets.add()
+    state.id = _make_trigger_id(view.proto.id, "events")  # the component's own events
+    state.json_trigger_value = json.dumps(
+        [{"event": "picked", "value": {"channel": channel, "x": 1, "y": 2}}]
+    )
+    return at._run(states)
+
+
+def test_the_atlas_draws_every_channel_and_a_click_opens_its_card(digits, sent):
+    at = open_app("insights.py", layers="conv_1,conv_2", layer="conv_2")
+    at.segmented_control(key="insights_section").set_value("atlas").run()
+    assert at.subheader[0].value == "What each of the 32 channels of conv_2 looks for"
+    assert not [e for e in at.get("bidi_component") if e.proto.id.endswith("-atlas")]
+    at.button(key="atlas_start").click().run()
+    assert not at.exception
+    expected = expected_tiles("conv_2", list(range(32)))
+    assert not missing_channels(
+        open_model("demo"), "conv_2", range(32), store=store(digits), **SETTINGS
+    )
+    atlas = map_view(at, "atlas")
+    picture, step = atlas["picture"], 28 + atlas["gap"]
+    assert (atlas["channels"], atlas["columns"]) == (32, 8)
+    for channel in range(32):
+        row, column = divmod(channel, 8)
+        tile = picture[row * step : row * step + 28, column * step : column * step + 28]
+        assert (tile[..., 3] == 255).all()
+        for colour in range(3):
+            np.testing.assert_array_equal(tile[..., colour], expected[channel])
+    assert (picture[28:30, :, 3] == 0).all()  # the gaps are clear
+
+    pick(at, "atlas", 13)
+    assert not at.exception
+    assert any(s.value == "Channel 13 of conv_2" for s in at.subheader)
+    assert at.number_input(key="channel").value == 13
+    assert at.segmented_control(key="layer").value == "conv_2"
+    # The card paints the tile the atlas stored at once; the negative is still to be drawn.
+    shown = card_pictures(at, sent)
+    np.testing.assert_array_equal(shown["What excites it most"], expected[13])
+    assert "What it fires least for" not in shown
+    assert at.button(key="card_visualize").label == "Show what it fires least for too"

@@ -1,0 +1,409 @@
+"""Feature visualization against references computed here: the demo's digits, noise, torch."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cnnlens.feature_visualization as visualize_module
+from cnnlens.cli import main
+from cnnlens.feature_visualization import (
+    cached_visualization,
+    default_side,
+    layer_channels,
+    missing_channels,
+    to_uint8,
+    visualization_key,
+    visualize,
+)
+from cnnlens.insights import Cancelled
+from cnnlens.models import LoadedModel, demo_dataset, demo_model, open_model
+from cnnlens.store import ResultStore
+
+CHANNELS = list(range(8))  # the first 8 of conv_2's 32 channels
+CONV_2 = 2  # conv_2 is features[2] of the demo CNN
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on two cores shared with other processes, two threads wait for
+    each other at every layer, and an optimisation of many small steps takes several times
+    as long."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def demo() -> LoadedModel:
+    return open_model("demo")
+
+
+def conv_2_means(images: torch.Tensor) -> torch.Tensor:
+    """Each channel's mean of conv_2 for pixel images, from a fresh copy of the demo CNN."""
+    reference = demo_model().features[: CONV_2 + 1]
+    with torch.no_grad():
+        return reference(images).mean(dim=(2, 3))
+
+
+@pytest.fixture(scope="module")
+def digit_means(demo) -> torch.Tensor:
+    """conv_2's channel means on every one of the 4,000 training digits."""
+    dataset = demo_dataset()
+    names = dataset.rows("train")["filename"].tolist()
+    assert len(names) == 4000
+    return conv_2_means(demo.batch([dataset.load_image(name, "L") for name in names]))
+
+
+@pytest.fixture(scope="module")
+def noise_means() -> torch.Tensor:
+    """conv_2's channel means on 64 images of uniform noise."""
+    noise = torch.rand((64, 1, 28, 28), generator=torch.Generator().manual_seed(7))
+    return conv_2_means(noise)
+
+
+@pytest.fixture(scope="module")
+def positive(demo) -> torch.Tensor:
+    return visualize(demo, "conv_2", CHANNELS)
+
+
+@pytest.fixture(scope="module")
+def negative(demo) -> torch.Tensor:
+    return visualize(demo, "conv_2", CHANNELS, negative=True)
+
+
+def own_channel(means: torch.Tensor) -> torch.Tensor:
+    """Each visualization's mean of its own channel."""
+    return means[torch.arange(len(CHANNELS)), CHANNELS]
+
+
+def test_images_are_one_grey_channel_in_0_1(positive, negative):
+    for images in (positive, negative):
+        assert images.shape == (8, 1, 28, 28)
+        assert images.dtype == torch.float32 and images.device.type == "cpu"
+        assert images.min() >= 0 and images.max() <= 1
+        assert images.std() > 0.05  # an image, not the grey it starts from
+
+
+def test_each_channel_beats_every_training_digit(positive, digit_means):
+    reached = own_channel(conv_2_means(positive))
+    strongest = digit_means[:, CHANNELS].max(dim=0).values
+    assert int((reached > strongest).sum()) >= 7, (reached, strongest)
+
+
+def test_each_channel_is_far_above_noise(positive, digit_means, noise_means):
+    reached = own_channel(conv_2_means(positive))
+    strongest = digit_means[:, CHANNELS].max(dim=0).values
+    noise = noise_means[:, CHANNELS].mean(dim=0)
+    assert bool((reached >= noise + (strongest - noise) / 2).all()), (reached, noise, strongest)
+
+
+def test_negative_images_lower_the_channel_below_the_median_digit(negative, digit_means):
+    reached = own_channel(conv_2_means(negative))
+    median = digit_means[:, CHANNELS].median(dim=0).values
+    assert int((reached < median).sum()) >= 6, (reached, median)
+
+
+def test_same_seed_same_images_and_a_channel_does_not_depend_on_its_batch(demo):
+    first = visualize(demo, "conv_2", [2, 5], steps=16, seed=3)
+    again = visualize(demo, "conv_2", [2, 5], steps=16, seed=3)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, visualize(demo, "conv_2", [2, 5], steps=16, seed=4))
+    alone = visualize(demo, "conv_2", [5], steps=16, seed=3)
+    torch.testing.assert_close(alone[0], first[1], rtol=0, atol=1e-4)
+    # Groups of one channel give the same images as one group of two.
+    grouped = visualize(demo, "conv_2", [2, 5], steps=16, seed=3, batch_size=1)
+    torch.testing.assert_close(grouped, first, rtol=0, atol=1e-4)
+
+
+def test_cnnlens_visualize_is_the_function(demo):
+    import cnnlens
+    import cnnlens.feature_visualization
+
+    expected = visualize(demo, "conv_1", [4], steps=3)
+    assert torch.equal(cnnlens.visualize(demo, "conv_1", [4], steps=3), expected)
+    assert "visualize" in cnnlens.__all__ and "ablate" in cnnlens.__all__
+
+
+def hooks(model: nn.Module) -> list[tuple[str, int, int, int]]:
+    return [
+        (name, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+        for name, m in model.named_modules()
+    ]
+
+
+def test_the_callers_model_is_untouched_even_after_errors():
+    model = demo_model().train()
+    model.features[0].weight.requires_grad_(False)
+    own_hook = model.features[2].register_forward_hook(lambda *args: None)
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    before = hooks(model)
+    images = visualize(model, "conv_2", [1], size=28, steps=4)
+    with pytest.raises(Cancelled):
+        visualize(model, "conv_2", [1], size=28, steps=4, should_stop=lambda: True)
+    with pytest.raises(ValueError):
+        visualize(model, "conv_2", [99], size=28, steps=4)
+    assert images.shape == (1, 1, 28, 28)
+    assert hooks(model) == before
+    assert model.training and all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    own_hook.remove()
+
+
+def test_a_loaded_model_keeps_its_shared_copy_and_gets_no_hooks(demo):
+    on_copy = hooks(demo.private_copy.model)
+    with torch.inference_mode():  # the caller's grad mode does not matter
+        images = visualize(demo, "conv_1", [0], steps=2)
+    assert images.shape == (1, 1, 28, 28)
+    assert not demo.private_copy.closed and hooks(demo.private_copy.model) == on_copy
+    assert all(entry[1:] == (0, 0, 0) for entry in hooks(demo.model))
+    assert all(p.grad is None for p in demo.model.parameters())
+    assert torch.is_grad_enabled()
+
+
+def layer_means(model: nn.Module, path: str, pixels: torch.Tensor, spec) -> torch.Tensor:
+    """A module's channel means (units for 2-D), from an independent copy with a plain hook."""
+    reference = copy.deepcopy(model)
+    found = {}
+
+    def keep(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        found.setdefault("out", output.clone())
+
+    reference.get_submodule(path).register_forward_hook(keep)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        reference((pixels - mean) / std)
+    out = found["out"]
+    return out.mean(dim=(2, 3)) if out.dim() == 4 else out
+
+
+@pytest.fixture(scope="module")
+def resnet() -> LoadedModel:
+    return open_model("resnet18", weights="random")
+
+
+def test_the_default_side_is_the_models_input_at_most_128(demo, resnet):
+    assert default_side(demo) == 28
+    assert default_side(resnet) == 128  # not its 224: Lucid's size, a third of the time
+    with pytest.raises(ValueError, match="pass size="):
+        default_side(demo.model)
+
+
+@pytest.mark.parametrize(
+    ("path", "channels"), [("layer2", [0, 1, 2, 3]), ("layer3.0.conv1", [5, 9])]
+)
+def test_resnet18_random_channels_rise_5_std_above_noise(resnet, path, channels):
+    loaded = resnet
+    images = visualize(loaded, path, channels, size=32, steps=128)
+    assert images.shape == (len(channels), 3, 32, 32)
+    noise = torch.rand((64, 3, 32, 32), generator=torch.Generator().manual_seed(1))
+    on_noise = layer_means(loaded.model, path, noise, loaded.spec)[:, channels]
+    reached = layer_means(loaded.model, path, images, loaded.spec)
+    reached = reached[torch.arange(len(channels)), channels]
+    z = (reached - on_noise.mean(0)) / on_noise.std(0)
+    assert bool((z >= 5).all()), z
+
+
+@pytest.mark.parametrize(
+    ("layer", "channels", "size", "error", "message"),
+    [
+        ("conv_9", [0], None, ValueError, r"Unknown layer 'conv_9'\. Valid layers: conv_1, relu_1"),
+        ("conv_2", [3, 32], None, ValueError, r"conv_2 has channels 0 to 31; got 32\."),
+        ("conv_2", [-1], None, ValueError, r"conv_2 has channels 0 to 31; got -1\."),
+        ("conv_2", [], None, ValueError, r"Choose at least one channel"),
+        ("conv_2", [1.5], None, TypeError, r"Channels are whole numbers, got 1\.5"),
+        ("conv_2", [0], 4, ValueError, r"size must be a whole number of pixels, at least 8; got 4"),
+        ("conv_2", [0], (28, 20), ValueError, r"square"),
+    ],
+)
+def test_bad_choices_raise_clear_errors(demo, layer, channels, size, error, message):
+    with pytest.raises(error, match=message):
+        visualize(demo, layer, channels, size=size, steps=1)
+
+
+def test_plain_modules_need_a_size_and_qualified_names_get_close_matches():
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None)
+    with pytest.raises(ValueError, match=r"has no input size: pass size="):
+        visualize(model, "layer2", [0], steps=1)
+    with pytest.raises(ValueError, match=r"Unknown module 'layer3\.0\.conv'\. Close matches: "):
+        visualize(model, "layer3.0.conv", [0], size=32, steps=1)
+    assert layer_channels(model, "layer3.0.conv1", size=32) == list(range(256))
+    assert layer_channels(model, "fc", [999, 3], size=32) == [999, 3]
+    with pytest.raises(ValueError, match=r"fc has channels 0 to 999; got 1000\."):
+        layer_channels(model, "fc", [1000], size=32)
+
+
+def test_a_unit_of_a_linear_layer_rises_above_noise():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 5))
+    image = visualize(model, "linear_1", [3], size=16, steps=128)
+    with torch.no_grad():
+        reached = model(image)[0, 3]
+        noise = model(torch.rand((64, 3, 16, 16), generator=torch.Generator().manual_seed(0)))
+    assert reached > noise[:, 3].mean() + 5 * noise[:, 3].std()
+
+
+def test_progress_counts_every_step_of_every_group_and_a_stop_raises(demo):
+    seen: list[tuple[int, int]] = []
+    visualize(
+        demo, "conv_1", [0, 1, 2], steps=3, batch_size=2, on_progress=lambda *p: seen.append(p)
+    )
+    assert seen == [(i, 6) for i in range(1, 7)]
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    with pytest.raises(Cancelled, match="Stopped after 2 of 3 steps"):
+        visualize(demo, "conv_1", [0], steps=3, should_stop=stop)
+
+
+def test_cached_tiles_are_stored_per_channel_and_read_back_without_computing(
+    demo, tmp_path, monkeypatch
+):
+    store = ResultStore(tmp_path / "store")
+    tiles = cached_visualization(demo, "conv_1", [1, 2], store=store, steps=8)
+    assert tiles.shape == (2, 28, 28) and tiles.dtype == np.uint8
+    expected = to_uint8(visualize(demo, "conv_1", [1, 2], steps=8))
+    np.testing.assert_array_equal(tiles, expected)
+    keys = {
+        visualization_key(demo, "conv_1", c, size=28, steps=8, seed=0, negative=False)
+        for c in (1, 2)
+    }
+    assert {p.stem for p in store.folder.glob("*.npz")} == keys
+    assert missing_channels(demo, "conv_1", [2, 3, 1, 3], store=store, steps=8) == [3]
+    # Channel 3 alone is computed; 1 and 2 come from the store.
+    computed: list[list[int]] = []
+    real = visualize_module.visualize
+
+    def counting(model, layer, channels, **kwargs):
+        computed.append(list(channels))
+        return real(model, layer, channels, **kwargs)
+
+    monkeypatch.setattr(visualize_module, "visualize", counting)
+    mixed = cached_visualization(demo, "conv_1", [3, 1, 2], store=store, steps=8)
+    assert computed == [[3]]
+    np.testing.assert_array_equal(mixed[1:], tiles)
+    # A new store object on the same folder (another process, a restart) computes nothing.
+    monkeypatch.setattr(visualize_module, "visualize", None)
+    again = cached_visualization(demo, "conv_1", [2, 3], store=ResultStore(store.folder), steps=8)
+    np.testing.assert_array_equal(again, mixed[[2, 0]])
+    assert not again.flags.writeable
+
+
+def test_negative_steps_and_seed_are_keyed_apart(demo):
+    keys = {
+        visualization_key(demo, "conv_1", 1, size=28, steps=8, seed=0, negative=False),
+        visualization_key(demo, "conv_1", 1, size=28, steps=8, seed=0, negative=True),
+        visualization_key(demo, "conv_1", 1, size=28, steps=9, seed=0, negative=False),
+        visualization_key(demo, "conv_1", 1, size=28, steps=8, seed=1, negative=False),
+        visualization_key(demo, "conv_1", 1, size=32, steps=8, seed=0, negative=False),
+        visualization_key(demo, "conv_2", 1, size=28, steps=8, seed=0, negative=False),
+        visualization_key(demo, "conv_1", 2, size=28, steps=8, seed=0, negative=False),
+    }
+    assert len(keys) == 7
+
+
+def test_a_cancelled_computation_stores_nothing_but_finished_groups_stay(demo, tmp_path):
+    store = ResultStore(tmp_path / "store")
+    with pytest.raises(Cancelled):
+        cached_visualization(demo, "conv_1", [0, 1], store=store, steps=4, should_stop=lambda: True)
+    assert not store.folder.exists() or not list(store.folder.glob("*.npz"))
+    seen: list[int] = []
+
+    def stop_in_second_group() -> bool:
+        return len(seen) >= 5
+
+    with pytest.raises(Cancelled):
+        cached_visualization(
+            demo,
+            "conv_1",
+            [0, 1],
+            store=store,
+            steps=4,
+            batch_size=1,
+            on_progress=lambda done, total: seen.append(done),
+            should_stop=stop_in_second_group,
+        )
+    assert seen == [1, 2, 3, 4, 5]
+    assert missing_channels(demo, "conv_1", [0, 1], store=store, steps=4) == [1]
+
+
+def test_cli_precomputes_tiles_that_cached_visualization_reads_without_computing(
+    demo, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "atlas"
+    argv = ["visualize", "none", "--model", "demo", "--layers", "conv_1,conv_2"]
+    argv += ["--channels", "0-2,5", "--steps", "4", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert "Stored 8 images (8 computed) in " in capsys.readouterr().err
+    settings = {"size": 28, "steps": 4, "seed": 0, "negative": False}
+    keys = {
+        visualization_key(demo, layer, c, **settings)
+        for layer in ("conv_1", "conv_2")
+        for c in (0, 1, 2, 5)
+    }
+    assert {p.stem for p in out.glob("*.npz")} == keys
+    monkeypatch.setattr(visualize_module, "visualize", None)  # computing would fail
+    store = ResultStore(out)
+    tiles = cached_visualization(demo, "conv_2", [5, 0], store=store, steps=4)
+    assert tiles.shape == (2, 28, 28)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(tiles, to_uint8(visualize(demo, "conv_2", [5, 0], steps=4)))
+    # Run again: everything is stored, nothing is computed.
+    assert main(argv) == 0
+    assert "Stored 8 images (0 computed) in " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("dataset", "args", "message"),
+    [
+        ("none", ["--layers", "conv_9"], "Unknown layer 'conv_9'. Valid layers: conv_1, "),
+        (
+            "none",
+            ["--layers", "conv_1", "--channels", "0-40"],
+            "conv_1 has channels 0 to 31; got 32, ",
+        ),
+        ("none", ["--layers", "conv_1", "--channels", "a"], "--channels takes numbers and ranges"),
+        ("nowhere", ["--layers", "conv_1"], "nowhere is neither a folder nor 'none'"),
+    ],
+)
+def test_cli_user_errors_are_one_line_with_status_2(tmp_path, capsys, dataset, args, message):
+    out = tmp_path / "store"
+    argv = ["visualize", dataset, "--model", "demo", *args, "--out", str(out), "--steps", "1"]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlens visualize: error: " + message), err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_python_m_cnnlens_visualize_help():
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnlens", "visualize", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    for option in ("--model", "--layers", "--channels", "--out", "--engine", "--negative"):
+        assert option in done.stdout
+    assert "needs no data" in " ".join(done.stdout.split())
