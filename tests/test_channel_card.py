@@ -63,6 +63,15 @@ def sent(monkeypatch) -> dict[str, bytes]:
     return kept
 
 
+def open_card(**query: str):
+    """Feature maps with the channel card opened, as a click on its expander does."""
+    at = open_app("feature_maps.py", **query)
+    at.session_state[channel_card.CARD_KEY] = True
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
 def store(root: Path) -> ResultStore:
     return ResultStore(root.parent / "cache" / "insights")
 
@@ -89,8 +98,8 @@ def card_pictures(at, sent: dict[str, bytes]) -> dict[str, np.ndarray]:
 def test_the_card_draws_what_a_channel_looks_for_once_and_every_session_reuses_it(
     digits, sent, monkeypatch
 ):
-    at = open_app("feature_maps.py")
-    assert any(s.value == "Channel 0 of conv_1" for s in at.subheader)
+    at = open_card()
+    assert any(e.label.startswith("Channel 0 of conv_1:") for e in at.expander)
     assert card_pictures(at, sent) == {}  # nothing stored: nothing drawn until asked
     at.button(key="card_visualize").click().run()
     assert not at.exception
@@ -109,7 +118,7 @@ def test_the_card_draws_what_a_channel_looks_for_once_and_every_session_reuses_i
         raise AssertionError("a stored visualization was computed again")
 
     monkeypatch.setattr(visualize_module, "visualize", no_compute)
-    again = open_app("feature_maps.py")  # another session: painted at once, from the store
+    again = open_card()  # another session: painted at once, from the store
     assert not again.exception
     shown_again = card_pictures(again, sent)
     for caption, pixels in shown.items():
@@ -153,7 +162,7 @@ def test_cancel_stops_the_drawing_keeps_nothing_and_waits_to_be_asked_again(digi
         return real(*args, on_progress=progress, **kwargs)
 
     monkeypatch.setattr(cache, "visualizations", cancelled_midway)
-    at = open_app("feature_maps.py")
+    at = open_card()
     at.button(key="card_visualize").click().run()
     assert not at.exception
     assert len(updates) == 3  # stopped at the update after the click
@@ -187,7 +196,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def test_what_it_does_zeroes_the_channel_on_this_image_and_over_the_dataset(digits):
-    at = open_app("feature_maps.py", channel="3")
+    at = open_card(channel="3")
     dataset = load_dataset(digits)
     image = dataset.load_image(dataset.pick(128))
     before, after = zeroed_logits(to_batch(image), "conv_1", 3)
@@ -215,7 +224,7 @@ def test_what_it_does_zeroes_the_channel_on_this_image_and_over_the_dataset(digi
     _, labels, values = bars(at, "The dataset, channel 3 off")
     assert labels == [str(c) for c in classes]
     np.testing.assert_allclose(values, change, atol=1e-9)
-    again = open_app("feature_maps.py", channel="3")  # stored: shown at once
+    again = open_card(channel="3")  # stored: shown at once
     np.testing.assert_allclose(bars(again, "The dataset, channel 3 off")[2], change, atol=1e-9)
 
     again.segmented_control(key="layer").set_value("conv_2").run()
@@ -223,7 +232,7 @@ def test_what_it_does_zeroes_the_channel_on_this_image_and_over_the_dataset(digi
 
 
 def test_where_it_fires_shows_the_channels_strongest_images_after_one_pass(digits):
-    at = open_app("feature_maps.py", channel="4")
+    at = open_card(channel="4")
     at.button(key="card_examples").click().run()
     assert not at.exception
     ref = reference(digits, "conv_1")
@@ -231,7 +240,7 @@ def test_where_it_fires_shows_the_channels_strongest_images_after_one_pass(digit
     crops = [i.proto.imgs[0].caption for i in at.main.get("image")]
     crops = [c for c in crops if c.startswith("img_") and "label" not in c]  # not the image
     assert crops == [f"{ref['filenames'][i]} · {LABELS[i]}" for i in rows]
-    assert not [b for b in open_app("feature_maps.py").button if b.key == "card_examples"]
+    assert not [b for b in open_card().button if b.key == "card_examples"]
 
 
 def pick(at, key: str, channel: int):
@@ -270,7 +279,7 @@ def test_the_atlas_draws_every_channel_and_a_click_opens_its_card(digits, sent):
 
     pick(at, "atlas", 13)
     assert not at.exception
-    assert any(s.value == "Channel 13 of conv_2" for s in at.subheader)
+    assert any(e.label.startswith("Channel 13 of conv_2:") for e in at.expander)
     assert at.number_input(key="channel").value == 13
     assert at.segmented_control(key="layer").value == "conv_2"
     # The card paints the tile the atlas stored at once; the negative is still to be drawn.

@@ -45,6 +45,7 @@ ATLAS_BATCH = 16
 """Channels optimised together in the atlas: each finished group is stored at once."""
 ATLAS_GAP = 2
 KERNEL_HEIGHT = 150  # CSS pixels of the first layer's kernel heatmap
+CARD_KEY = "channel_card"  # the card's expander: open or closed, kept across clicks
 OPEN_CARD_KEY = "atlas_open_card"  # set by a click on the atlas; the run then switches page
 SPLIT = "train"  # the labelled split, over which the dataset ablation is judged
 
@@ -85,8 +86,17 @@ def channel_card_ui(
         channel: the channel.
         pixels: the current image (uint8), for the ablation.
     """
-    with st.container(border=True, key="channel_card"):
-        st.subheader(f"Channel {channel} of {layer}")
+    # Made only while open: the card's dozen elements would cost every click of the
+    # page (a new image painted in 0.33 s instead of 0.13 s on the demo).
+    card = st.expander(
+        f"Channel {channel} of {layer}: what it looks for, where it fires, what it does",
+        icon=":material/psychology:",
+        key=CARD_KEY,
+        on_change="rerun",
+    )
+    if not card.open:
+        return
+    with card:
         looks, does = st.columns(2, gap="large")
         with looks:
             looks_for_ui(ctx, layer, channel)
@@ -347,6 +357,7 @@ def _open_card(layer: str, point: dict[str, int]) -> None:
     st.session_state[state.LAYER_KEY] = layer
     st.session_state[state.CHANNEL_KEY] = int(point["channel"])
     st.session_state[OPEN_CARD_KEY] = True
+    st.session_state[CARD_KEY] = True
 
 
 def atlas_ui(ctx: Context, layer: str) -> None:
