@@ -161,16 +161,7 @@ def ray_source(
         todo = [i for i, name in enumerate(filenames) if name not in skip]
         if not todo:
             return
-        started = not ray.is_initialized()
-        if started:
-            ray.init(
-                address=address,
-                num_cpus=None if address else num_cpus,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
-        try:
+        with ray_session(address, num_cpus):
             items = [{"position": i, "filename": filenames[i]} for i in todo]
             data = _pipeline(ray, items, decode_args, actor_args, batch_size, device, concurrency)
             done = 0
@@ -181,9 +172,6 @@ def ray_source(
                 done += len(batch["position"])
                 if on_progress is not None:
                     on_progress(done, len(todo))
-        finally:
-            if started:
-                ray.shutdown()
 
     return batches
 
