@@ -117,7 +117,7 @@ def network_ui(ctx: Context, names: list[str]) -> None:
     """The image and scale toggle, the strip of columns, and (for other networks) the graph."""
     view = state.current_view(ctx.dataset)
     pixels, caption = input_image(view, ctx)
-    left, right = st.columns([1, 4])
+    left, right = st.columns([1.4, 4])
     with left:
         st.image(pixels, caption=caption, width=160)
         st.button(
