@@ -13,7 +13,7 @@ those times and the server's CPU use over the round (from ``/proc``), in cores.
 Only ever talks to localhost.
 
 ``--proxy N`` starts N servers sharing one results folder behind nginx (Debian's
-``nginx-light``), configured as the README says: ``hash $remote_addr consistent``,
+``nginx-light``), configured as ``docs/deploying.md`` says: ``hash $remote_addr consistent``,
 so each session, coming from its own loopback address (127.0.0.2, 127.0.0.3...),
 stays on one server, as each person's browser would.
 
