@@ -46,8 +46,10 @@ __all__ = [
     "Explanation",
     "MaxPoolExplanation",
     "OtherExplanation",
+    "PaddedInput",
     "ScoresExplanation",
     "explain_value",
+    "padded_input",
 ]
 
 CLASS_SCORES = "class scores"
@@ -770,3 +772,72 @@ def explain_value(
     finally:
         if owned:
             source.close()
+
+
+@dataclass(frozen=True)
+class PaddedInput:
+    """One input channel of a Conv2d, padded as the layer pads it.
+
+    Attributes:
+        plane: the padded channel, float32.
+        padding: True where a cell is padding, not the input.
+    """
+
+    plane: np.ndarray
+    padding: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its arrays take."""
+        return self.plane.nbytes + self.padding.nbytes
+
+
+def padded_input(
+    model: nn.Module | LoadedModel, layer: str, x: torch.Tensor, channel: int
+) -> PaddedInput:
+    """One input channel of a Conv2d as the layer sees it: padded in its own mode.
+
+    The kernel of output point ``(row, col)`` covers the cells from
+    ``(row * stride, col * stride)`` on, as :class:`ConvExplanation`'s ``top`` and
+    ``left`` plus the padding put it.
+
+    Args:
+        model: an ``nn.Module`` or what :func:`cnnlens.open_model` returns.
+        layer: a Conv2d layer's name.
+        x: one preprocessed image, a 1×C×H×W batch.
+        channel: the input channel.
+
+    Returns:
+        The padded channel and the mask of its padding cells.
+
+    Raises:
+        ValueError: for a layer that is not a Conv2d or does not run, or a channel
+            outside its input.
+    """
+    from cnnlens.models import LoadedModel
+
+    loaded = isinstance(model, LoadedModel)
+    layers = model.layers if loaded else Layers(model)
+    path = layers.path(layer)
+    conv = layers.module(layer, model.model if loaded else model)
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"{layer} is a {type(conv).__name__}, not a convolution.")
+    if not 0 <= channel < conv.in_channels:
+        raise ValueError(
+            f"Input channel {channel} is out of range: {layer} reads {conv.in_channels} "
+            f"channels (0 to {conv.in_channels - 1})."
+        )
+    source = model.private_copy if loaded else PrivateCopy(model, share_tensors=True)
+    try:
+        probe, _ = _run(source, x, path, True, ())
+    finally:
+        if not loaded:
+            source.close()
+    plane = probe.inputs[0][:, channel : channel + 1].float()
+    top, bottom, left, right = _conv_padding(conv)
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    padded = F.pad(plane, (left, right, top, bottom), mode=mode)[0, 0]
+    height, width = plane.shape[2:]
+    mask = np.ones(tuple(padded.shape), dtype=bool)
+    mask[top : top + height, left : left + width] = False
+    return PaddedInput(_numpy(padded), mask)

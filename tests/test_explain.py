@@ -17,7 +17,7 @@ from torchvision import models
 from torchvision.models.vgg import cfgs, make_layers
 
 from cnnlens import explain_value
-from cnnlens.explain import CLASS_SCORES, ConvExplanation, Explanation
+from cnnlens.explain import CLASS_SCORES, ConvExplanation, Explanation, padded_input
 from cnnlens.layers import Layers
 from cnnlens.models import LoadedModel, open_model
 
@@ -235,6 +235,32 @@ def test_generated_conv_every_point(case: str) -> None:
                 assert (e.padding.reshape(per_group, -1) == outside).all()
                 assert e.top == row * conv.stride[0] - top
                 assert e.left == col * conv.stride[1] - left
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("case", list(GENERATED))
+def test_padded_input_is_the_channel_padded_as_the_layer_pads_it(case: str) -> None:
+    """The animation's input: torch's own padding of one channel, the window of every
+    point at its stride, holding that point's patch."""
+    kwargs, (height, width), (top, bottom, left, right) = GENERATED[case]
+    torch.manual_seed(5)
+    conv = nn.Conv2d(**kwargs).eval()
+    model = nn.Sequential(conv)
+    x = torch.randn(1, kwargs["in_channels"], height, width)
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    channel = kwargs["in_channels"] - 1
+    found = padded_input(model, "conv_1", x, channel)
+    expected = F.pad(x[:, channel : channel + 1], (left, right, top, bottom), mode=mode)[0, 0]
+    np.testing.assert_array_equal(found.plane, expected.numpy())
+    inside = F.pad(torch.ones(1, 1, height, width), (left, right, top, bottom))[0, 0]
+    np.testing.assert_array_equal(found.padding, (inside == 0).numpy())
+    e = explain_value(model, "conv_1", x, conv.out_channels - 1, 1, 1)
+    (dy, dx), (sy, sx) = conv.dilation, conv.stride
+    kh, kw = conv.kernel_size
+    window = found.plane[sy : sy + dy * (kh - 1) + 1 : dy, sx : sx + dx * (kw - 1) + 1 : dx]
+    np.testing.assert_array_equal(window, e.patches[list(e.input_channels).index(channel)])
+    with pytest.raises(ValueError, match="out of range"):
+        padded_input(model, "conv_1", x, kwargs["in_channels"])
 
 
 def test_batchnorm_against_torch() -> None:

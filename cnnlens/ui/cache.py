@@ -531,6 +531,7 @@ def get_grad_cam(
 
 if TYPE_CHECKING:
     from cnnlens.explain import Explanation as ValueExplanation
+    from cnnlens.explain import PaddedInput
     from cnnlens.network import Column
 
 
@@ -760,20 +761,21 @@ def get_kernel(choice: ModelChoice, layer: str, channel: int) -> np.ndarray | No
 
 
 @_in_memory(16)
-def get_conv_input_plane(
+def get_padded_input(
     choice: ModelChoice, pixels: np.ndarray, layer: str, channel: int
-) -> np.ndarray:
-    """One channel of a layer's input for one image (H×W float32), for the conv animation.
+) -> PaddedInput:
+    """One input channel of a conv layer for one image, padded as the layer pads it
+    (:func:`cnnlens.explain.padded_input`), for the conv animation.
 
     Raises:
-        ValueError: if the layer does not run in the forward.
+        ValueError: if the layer is not a convolution or does not run in the forward.
     """
     from PIL import Image
 
-    from cnnlens.ui.value_explainer import conv_input_plane
+    from cnnlens.explain import padded_input
 
     loaded = get_model(choice)
-    return conv_input_plane(loaded, loaded.batch(Image.fromarray(pixels)), layer, channel)
+    return padded_input(loaded, layer, loaded.batch(Image.fromarray(pixels)), channel)
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,13 @@ from cnnlens.ui.conv_animation import animation_data, conv_animation_ui
 from cnnlens.ui.explanations import EXPLANATIONS
 
 if TYPE_CHECKING:
-    import torch
 
     from cnnlens.explain import Explanation
-    from cnnlens.models import LoadedModel
     from cnnlens.ui.context import Context
 
 __all__ = [
     "PICK_KEY",
     "VIEW_KEY",
-    "conv_input_plane",
     "grid_html",
     "pick_class",
     "pick_value",
@@ -331,13 +328,11 @@ def _conv_ui(found: Any, ctx: Context, pixels: np.ndarray, map_shape: tuple[int,
 def animation_ui(found: Any, ctx: Context, pixels: np.ndarray, map_shape: tuple[int, int]) -> None:
     """The play button: the stencil slides over the first input channel."""
     first = int(found.input_channels[0])
-    plane = cache.get_conv_input_plane(ctx.choice, pixels, found.layer, first)
-    module = ctx.loaded.layers.module(found.layer)
-    padded, mask = _padded(plane, found, module, map_shape)
+    padded = cache.get_padded_input(ctx.choice, pixels, found.layer, first)
     single = len(found.per_input) == 1
     data = animation_data(
-        padded,
-        mask,
+        padded.plane,
+        padded.padding,
         found.kernel[0],
         found.stride,
         found.dilation,
@@ -354,63 +349,6 @@ def animation_ui(found: Any, ctx: Context, pixels: np.ndarray, map_shape: tuple[
         )
     )
     conv_animation_ui(data, key="conv_animation")
-
-
-def _padded(
-    plane: np.ndarray, found: Any, module: Any, output: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The input channel padded as the layer pads it, and which cells are padding."""
-    import torch
-    import torch.nn.functional as F
-
-    kh, kw = found.kernel.shape[1:]
-    top = found.row * found.stride[0] - found.top
-    left = found.col * found.stride[1] - found.left
-    height, width = plane.shape
-    need_h = (output[0] - 1) * found.stride[0] + (kh - 1) * found.dilation[0] + 1
-    need_w = (output[1] - 1) * found.stride[1] + (kw - 1) * found.dilation[1] + 1
-    bottom, right = max(need_h - top - height, 0), max(need_w - left - width, 0)
-    mode = getattr(module, "padding_mode", "zeros")
-    mode = "constant" if mode == "zeros" else mode
-    tensor = torch.from_numpy(np.array(plane, dtype=np.float32))[None, None]
-    padded = F.pad(tensor, (left, right, top, bottom), mode=mode)[0, 0].numpy()
-    mask = np.ones(padded.shape, dtype=bool)
-    mask[top : top + height, left : left + width] = False
-    return padded, mask
-
-
-class _InputOf:
-    """The call that keeps one input channel of a module's input, then stops the forward."""
-
-    def __init__(self, path: str, channel: int) -> None:
-        self.path, self.channel = path, channel
-        self.plane: torch.Tensor | None = None
-
-    def on_output(self, path: str, inputs: tuple[Any, ...], output: Any) -> None:
-        from cnnlens.private_copy import Stop
-
-        if path == self.path:
-            self.plane = inputs[0][0, self.channel].float().cpu().clone()
-            raise Stop
-
-
-def conv_input_plane(
-    loaded: LoadedModel, batch: torch.Tensor, layer: str, channel: int
-) -> np.ndarray:
-    """One channel of a layer's input for one image (H×W float32), from the shared copy.
-
-    Raises:
-        ValueError: if the layer did not run in the forward.
-    """
-    import torch
-
-    call = _InputOf(loaded.layers.path(layer), channel)
-    source = loaded.private_copy
-    with torch.inference_mode():
-        source.run(source.prepare(batch), call)
-    if call.plane is None:
-        raise ValueError(f"{layer} did not run in the forward pass, so it has no input to show.")
-    return call.plane.numpy()
 
 
 def _batchnorm_ui(found: Any, ctx: Context, pixels: np.ndarray, _shape: tuple) -> None:
