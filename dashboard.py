@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 import cnnlens.ui
-from cnnlens.ui import cache, context, navigation, state, streamlit_internals
+from cnnlens.ui import context, navigation, resources, state, streamlit_internals
 from cnnlens.ui.sidebar import controls_ui, sidebar_ui
 
 # Before the first element, which would walk the stack to look for a Python REPL.
@@ -43,4 +43,4 @@ finally:
     # or fails still gets them.
     with controls, st.expander("Data and model", expanded=True, icon=":material/tune:"):
         controls_ui()
-cache.warm_up_in_background()
+resources.warm_up_in_background()

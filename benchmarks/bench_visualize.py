@@ -10,7 +10,7 @@
   steps. Goal: at most 30 s on CPU.
 - gpu: on CUDA only, 64 channels of layer3 in one batch against one channel.
   Goal: at most 3× the time.
-- cached: one tile read back by ``cached_visualization``, from the store's memory
+- cached: one tile read back by the results store (``ChannelImagesSpec``), from the store's memory
   and from disk (a new store object on the same folder, as after a restart).
 
 Each section runs in a fresh process, as the command line runs it
@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnlens.feature_visualization import cached_visualization, visualize
+from cnnlens.feature_visualization import ChannelImagesSpec, visualize
 from cnnlens.malloc import keep_freed_memory
 from cnnlens.models import open_model
 from cnnlens.store import ResultStore
@@ -119,19 +119,21 @@ def bench_gpu(repeats: int) -> None:
 
 def bench_cached(repeats: int) -> None:
     loaded = open_model("demo", device="cpu")
+    atlas_spec = ChannelImagesSpec(loaded, "conv_2", tuple(range(32)))
+    tile = ChannelImagesSpec(loaded, "conv_2", (7,))
     with tempfile.TemporaryDirectory() as folder:
-        cached_visualization(loaded, "conv_2", list(range(32)), store=ResultStore(Path(folder)))
+        ResultStore(Path(folder)).run(atlas_spec)
         store = ResultStore(Path(folder))
         memory, disk = [], []
         for _ in range(max(repeats, 20)):
             start = time.perf_counter()
-            cached_visualization(loaded, "conv_2", [7], store=ResultStore(Path(folder)))
+            ResultStore(Path(folder)).run(tile)
             disk.append(time.perf_counter() - start)
             start = time.perf_counter()
-            cached_visualization(loaded, "conv_2", [7], store=store)
+            store.run(tile)
             memory.append(time.perf_counter() - start)
         start = time.perf_counter()
-        cached_visualization(loaded, "conv_2", list(range(32)), store=ResultStore(Path(folder)))
+        ResultStore(Path(folder)).run(atlas_spec)
         atlas = time.perf_counter() - start
     print(
         f"cached tile: from memory {statistics.median(memory) * 1e3:.2f} ms, from disk "

@@ -28,14 +28,12 @@ _EXPORTS = {
     "module_names": "cnnlens.layers",
     "FeatureExtractor": "cnnlens.extractor",
     "build_extractor": "cnnlens.extractor",
-    "extractor_for": "cnnlens.extractor",
     "DemoCNN": "cnnlens.models",
     "LoadedModel": "cnnlens.models",
     "demo_dataset": "cnnlens.models",
     "demo_model": "cnnlens.models",
     "download_weights": "cnnlens.weights",
     "explain_value": "cnnlens.explain",
-    "load_model": "cnnlens.models",
     "load_weights": "cnnlens.weights",
     "open_model": "cnnlens.models",
     "pick_device": "cnnlens.models",
@@ -72,10 +70,8 @@ __all__ = [
     "demo_model",
     "download_weights",
     "explain_value",
-    "extractor_for",
     "layer_names",
     "load_dataset",
-    "load_model",
     "load_weights",
     "model_groups",
     "model_info",
@@ -93,11 +89,7 @@ if TYPE_CHECKING:
     from cnnlens.ablation import ablate
     from cnnlens.data import LAYOUTS, Dataset, Problem, load_dataset
     from cnnlens.explain import explain_value
-    from cnnlens.extractor import (
-        FeatureExtractor,
-        build_extractor,
-        extractor_for,
-    )
+    from cnnlens.extractor import FeatureExtractor, build_extractor
     from cnnlens.feature_visualization import visualize
     from cnnlens.images import MAX_DECODED_SIDE, MAX_IMAGE_PIXELS, open_image, to_mode
     from cnnlens.layers import Layers, layer_names, module_names
@@ -107,7 +99,6 @@ if TYPE_CHECKING:
         LoadedModel,
         demo_dataset,
         demo_model,
-        load_model,
         open_model,
         pick_device,
     )

@@ -5,7 +5,7 @@ is and once with one channel of one layer's output set to zero, and returns
 both logits. The zeroed output is a copy: nothing the model or another thread
 holds is written into. :func:`ablation_by_class` does it over a dataset split
 and counts, per class, how often the model is right before and after;
-:func:`cached_ablation_by_class` keeps that in the results store.
+:class:`ClassAblationSpec` is that as a result the results store keeps.
 
 A module the forward calls more than once (ResNet's shared ``relu``) is
 ablated at its first call, the call whose output the rest of cnnlens shows.
@@ -13,60 +13,41 @@ ablated at its first call, the call whose output the rest of cnnlens shows.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from cnnlens.feature_visualization import borrowed_copy, layer_channels
-from cnnlens.insights import Cancelled
+from cnnlens.borrow import borrowed_copy, layer_channels
 from cnnlens.private_copy import PrivateCopy
+from cnnlens.results import Cancelled, DatasetSpec, Run
 
 if TYPE_CHECKING:
     from cnnlens.data import Dataset
     from cnnlens.models import LoadedModel
-    from cnnlens.store import ResultStore
 
-__all__ = [
-    "ClassAblation",
-    "ablate",
-    "ablation_by_class",
-    "ablation_key",
-    "cached_ablation_by_class",
-]
+__all__ = ["ClassAblation", "ClassAblationSpec", "ablate", "ablation_by_class"]
 
 
-class _ZeroChannel:
-    """A forward that goes on from a copy of one module's output with one channel zeroed."""
-
-    def __init__(self, path: str, layer: str, channel: int, zero: bool) -> None:
-        self.path = path
-        self.layer = layer
-        self.channel = channel
-        self.zero = zero
-        self.seen = False
-
-    def on_output(self, path: str, inputs: tuple[Any, ...], output: Any) -> torch.Tensor | None:
-        if path != self.path or self.seen:
-            return None  # another module, or a later call of a shared one
-        self.seen = True
-        if not isinstance(output, torch.Tensor) or output.dim() < 2:
-            raise ValueError(
-                f"{self.layer} returns no N×C… tensor, so it has no channels to set to zero; "
-                "choose a convolutional or linear layer."
-            )
-        channels = output.shape[1]
-        if not 0 <= self.channel < channels:
-            raise ValueError(f"{self.layer} has channels 0 to {channels - 1}; got {self.channel}.")
-        if not self.zero:
-            return None
-        ablated = output.clone()
-        ablated[:, self.channel] = 0
-        return ablated
+def _zeroed(layer: str, channel: int, zero: bool, output: torch.Tensor) -> torch.Tensor | None:
+    """A copy of a layer's output with one channel set to zero (``None``: left as it is)."""
+    if output.dim() < 2:
+        raise ValueError(
+            f"{layer} returns no N×C… tensor, so it has no channels to set to zero; "
+            "choose a convolutional or linear layer."
+        )
+    channels = output.shape[1]
+    if not 0 <= channel < channels:
+        raise ValueError(f"{layer} has channels 0 to {channels - 1}; got {channel}.")
+    if not zero:
+        return None
+    ablated = output.clone()
+    ablated[:, channel] = 0
+    return ablated
 
 
 def _check_channel(channel: int) -> int:
@@ -81,10 +62,7 @@ def _both(
     """The model's outputs for a prepared batch, as it is and with the channel zeroed."""
     outputs = []
     for zero in (False, True):
-        call = _ZeroChannel(path, layer, channel, zero)
-        out = copy.run(x, call)
-        if not call.seen:
-            raise ValueError(f"{layer} did not run in the forward pass (in eval mode).")
+        out = copy.run_to(x, path, replace=partial(_zeroed, layer, channel, zero)).result
         if not isinstance(out, torch.Tensor):
             raise ValueError(f"The model returns a {type(out).__name__}, not a tensor of logits.")
         outputs.append(out.float().cpu())
@@ -157,48 +135,10 @@ class ClassAblation:
         """``accuracy_after - accuracy_before`` per class: negative where the channel helps."""
         return self.accuracy_after - self.accuracy_before
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays for :class:`cnnlens.store.ResultStore` (no pickles)."""
-        meta = {
-            "layer": self.layer,
-            "channel": self.channel,
-            "classes": list(self.classes),
-            "overall": [self.overall_before, self.overall_after],
-            "unmatched": self.unmatched,
-        }
-        return {
-            "meta": np.array(json.dumps(meta)),
-            "counts": self.counts,
-            "accuracy_before": self.accuracy_before,
-            "accuracy_after": self.accuracy_after,
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ClassAblation:
-        """The inverse of :meth:`to_arrays`.
-
-        Raises:
-            KeyError: if an array is missing.
-            ValueError: if the arrays do not fit together.
-        """
-        meta = json.loads(str(arrays["meta"]))
-        result = cls(
-            layer=meta["layer"],
-            channel=int(meta["channel"]),
-            classes=tuple(meta["classes"]),
-            counts=arrays["counts"],
-            accuracy_before=arrays["accuracy_before"],
-            accuracy_after=arrays["accuracy_after"],
-            overall_before=float(meta["overall"][0]),
-            overall_after=float(meta["overall"][1]),
-            unmatched=int(meta["unmatched"]),
-        )
-        blocks = (result.counts, result.accuracy_before, result.accuracy_after)
-        if any(block.shape != (len(result.classes),) for block in blocks):
-            raise ValueError(f"The stored ablation of {result.layer} does not fit together.")
-        for block in blocks:
-            block.setflags(write=False)  # one decoded result serves every session
-        return result
+    def __post_init__(self) -> None:
+        blocks = (self.counts, self.accuracy_before, self.accuracy_after)
+        if any(block.shape != (len(self.classes),) for block in blocks):
+            raise ValueError(f"The ablation of {self.layer} does not fit together.")
 
 
 def _matched_rows(
@@ -307,60 +247,43 @@ def ablation_by_class(
     )
 
 
-def ablation_key(
-    loaded: LoadedModel, dataset: Dataset, layer: str, channel: int, split: str = "train"
-) -> str:
-    """The store key of :func:`ablation_by_class`'s result, for a peek without computing.
+@dataclass(frozen=True, eq=False)
+class ClassAblationSpec(DatasetSpec[ClassAblation]):
+    """Each class's accuracy over a split with one channel set to zero
+    (:func:`ablation_by_class`), as a result the store keeps.
 
-    It changes with the model, its weights and dtype, the dataset folder and its
-    content, the split, the layer and the channel (:func:`cnnlens.store.dataset_key`).
-
-    Raises:
-        ValueError: for a dataset indexed without its images checked (no fingerprint).
-    """
-    from cnnlens.store import dataset_key
-
-    return dataset_key(
-        loaded, dataset, split, kind="ablation_by_class", layer=layer, channel=int(channel)
-    )
-
-
-def cached_ablation_by_class(
-    loaded: LoadedModel,
-    dataset: Dataset,
-    layer: str,
-    channel: int,
-    *,
-    split: str = "train",
-    store: ResultStore | None = None,
-    **options: Any,
-) -> ClassAblation:
-    """:func:`ablation_by_class`, read from the store when it was computed before
-    (under :func:`ablation_key`).
-
-    Args:
-        loaded: the model.
-        dataset: the dataset (indexed with its images checked, so it has a fingerprint).
+    Attributes:
         layer: the layer.
         channel: the channel to set to zero.
-        split: ``"train"`` or ``"test"``.
-        store: the store; default a :class:`~cnnlens.store.ResultStore` in
-            :func:`~cnnlens.sources.cache_dir`.
-        **options: passed to :func:`ablation_by_class` (``batch_size``,
-            ``on_progress``, ``should_stop``); they do not change the result.
-
-    Raises:
-        Cancelled: if ``should_stop`` asked to stop; nothing is stored.
-        ValueError: as :func:`ablation_by_class`, or for a dataset without a fingerprint.
     """
-    from cnnlens.store import ResultStore
 
-    channel = _check_channel(channel)
-    store = store if store is not None else ResultStore()
-    return store.get_or_compute(
-        ablation_key(loaded, dataset, layer, channel, split),
-        lambda: ablation_by_class(
-            loaded, dataset, layer, channel, split=split, **options
-        ).to_arrays(),
-        ClassAblation.from_arrays,
-    )
+    layer: str
+    channel: int
+    kind = "ablation_by_class"
+    result_type = ClassAblation
+
+    def parts(self) -> dict[str, object]:
+        return {
+            **super().parts(),
+            "layer": self.layer_path(self.layer),
+            "channel": _check_channel(self.channel),
+        }
+
+    @property
+    def title(self) -> str:
+        return f"testing every labelled image with and without channel {self.channel}"
+
+    def progress_text(self, done: int, total: int) -> str:
+        return f"Testing with and without channel {self.channel}: {done:,} of {total:,} images"
+
+    def compute(self, run: Run) -> ClassAblation:
+        return ablation_by_class(
+            self.loaded,
+            self.dataset,
+            self.layer,
+            self.channel,
+            split=self.split,
+            batch_size=self.batch_size,
+            on_progress=run.report,
+            should_stop=run.should_stop,
+        )

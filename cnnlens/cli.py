@@ -20,8 +20,8 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from cnnlens.data import Problem
 
@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     import torch
 
     from cnnlens.data import Dataset
+    from cnnlens.feature_visualization import ChannelImagesSpec
     from cnnlens.models import LoadedModel
     from cnnlens.parquet import ExtractResult
     from cnnlens.pipeline import FeatureSource
+    from cnnlens.store import ResultStore
 
 _PROG = "cnnlens"
 _SHOWN_PROBLEMS = 5
@@ -68,6 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_flags(command: argparse.ArgumentParser, example: str) -> None:
+    """``--model`` and ``--weights``, as both commands take them."""
+    command.add_argument(
+        "--model", required=True, help=f"'demo' or a torchvision architecture such as {example}"
+    )
+    command.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="a state_dict file (.safetensors, .pt, .pth), or 'random' (default: the model's own)",
+    )
+
+
+def _add_ray_flags(command: argparse.ArgumentParser, engine_help: str) -> None:
+    """``--engine`` and ``--address``, as both commands take them."""
+    command.add_argument("--engine", choices=("local", "ray"), default="local", help=engine_help)
+    command.add_argument(
+        "--address",
+        metavar="RAY_ADDRESS",
+        help="a Ray cluster ('auto', ray://host:10001); default: a local Ray",
+    )
+
+
 def _add_extract_command(commands: argparse._SubParsersAction) -> None:
     """The ``extract`` command and its flags."""
     extract = commands.add_parser(
@@ -80,14 +104,7 @@ def _add_extract_command(commands: argparse._SubParsersAction) -> None:
         ),
     )
     extract.add_argument("dataset", metavar="DATASET", help="the dataset folder")
-    extract.add_argument(
-        "--model", required=True, help="'demo' or a torchvision architecture such as vgg16"
-    )
-    extract.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="a state_dict file (.safetensors, .pt, .pth), or 'random' (default: the model's own)",
-    )
+    _add_model_flags(extract, "vgg16")
     extract.add_argument(
         "--layers",
         metavar="A,B",
@@ -100,6 +117,17 @@ def _add_extract_command(commands: argparse._SubParsersAction) -> None:
         help="one value per channel (mean or max over positions) or whole maps (none)",
     )
     extract.add_argument("--out", required=True, metavar="FILE.parquet", help="the output file")
+    extract.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="the images of train.csv (default) or of the test CSV (no labels)",
+    )
+    _add_extract_run_flags(extract)
+
+
+def _add_extract_run_flags(extract: argparse.ArgumentParser) -> None:
+    """How ``extract`` runs: batches, device, number type, workers, Ray, restart."""
     extract.add_argument("--batch-size", type=int, default=64, metavar="N", help="default 64")
     extract.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     extract.add_argument(
@@ -117,23 +145,7 @@ def _add_extract_command(commands: argparse._SubParsersAction) -> None:
         "network on one intra-op thread; with a GPU all cores but one, up to 32, as "
         "processes that decode); 0: all in the main thread",
     )
-    extract.add_argument(
-        "--split",
-        choices=("train", "test"),
-        default="train",
-        help="the images of train.csv (default) or of the test CSV (no labels)",
-    )
-    extract.add_argument(
-        "--engine",
-        choices=("local", "ray"),
-        default="local",
-        help="this process (local, default) or Ray Data actors",
-    )
-    extract.add_argument(
-        "--address",
-        metavar="RAY_ADDRESS",
-        help="a Ray cluster ('auto', ray://host:10001); default: a local Ray",
-    )
+    _add_ray_flags(extract, "this process (local, default) or Ray Data actors")
     extract.add_argument(
         "--concurrency",
         type=int,
@@ -145,6 +157,45 @@ def _add_extract_command(commands: argparse._SubParsersAction) -> None:
         "--restart", action="store_true", help="discard an unfinished run instead of resuming it"
     )
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+class _StopOnTerminate:
+    """While entered, SIGTERM asks the run to stop between steps instead of killing it.
+
+    Call it (``should_stop``) to ask whether a stop was requested.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: object = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _on_terminate(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def __enter__(self) -> _StopOnTerminate:
+        self._previous = signal.signal(signal.SIGTERM, self._on_terminate)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _progress_bar(args: argparse.Namespace, **options: object) -> tuple[Any, Callable]:
+    """A progress bar on stderr (none with ``--quiet`` or off a terminal) and its callback."""
+    from tqdm import tqdm
+
+    bar = tqdm(
+        file=sys.stderr, disable=args.quiet or not sys.stderr.isatty(), leave=False, **options
+    )
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, on_progress
 
 
 def _summary(problems: list[Problem]) -> str:
@@ -200,7 +251,6 @@ def _report(result: ExtractResult, parts: str) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from cnnlens.data import load_dataset
     from cnnlens.malloc import keep_freed_memory
@@ -217,39 +267,25 @@ def _extract(args: argparse.Namespace) -> int:
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
     loaded = open_model(args.model, weights=args.weights, device=device, dtype=dtype)
     source = _ray_source(args, loaded, dataset, layers) if args.engine == "ray" else None
-
-    stop_requested = False
-
-    def on_terminate(signum: int, frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True  # stop between batches; the finished ones stay
-
-    previous = signal.signal(signal.SIGTERM, on_terminate)
-    bar = tqdm(
-        unit="img", file=sys.stderr, disable=args.quiet or not sys.stderr.isatty(), leave=False
-    )
-
-    def on_progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
+    bar, on_progress = _progress_bar(args, unit="img")
     parts = f"{args.out}.parts"
     try:
-        result = extract_to_parquet(
-            loaded,
-            dataset,
-            args.out,
-            layers,
-            split=args.split,
-            pool=args.pool,
-            batch_size=args.batch_size,
-            workers=_default_workers(device) if args.workers is None else args.workers,
-            network_in_workers=True,  # on a CPU; a GPU runs it here whatever this says
-            restart=args.restart,
-            source=source,
-            should_stop=lambda: stop_requested,
-            on_progress=on_progress,
-        )
+        with _StopOnTerminate() as stop:  # between batches; the finished ones stay
+            result = extract_to_parquet(
+                loaded,
+                dataset,
+                args.out,
+                layers,
+                split=args.split,
+                pool=args.pool,
+                batch_size=args.batch_size,
+                workers=_default_workers(device) if args.workers is None else args.workers,
+                network_in_workers=True,  # on a CPU; a GPU runs it here whatever this says
+                restart=args.restart,
+                source=source,
+                should_stop=stop,
+                on_progress=on_progress,
+            )
     except KeyboardInterrupt:
         print(
             f"Interrupted: the finished batches are kept in {parts}; run the same command "
@@ -259,7 +295,6 @@ def _extract(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.close()
-        signal.signal(signal.SIGTERM, previous)
     return _report(result, parts)
 
 
@@ -281,14 +316,7 @@ def _add_visualize_command(commands: argparse._SubParsersAction) -> None:
         help="'none', or a dataset folder (accepted as extract takes it; feature "
         "visualization needs no data: the images are synthesised)",
     )
-    command.add_argument(
-        "--model", required=True, help="'demo' or a torchvision architecture such as resnet18"
-    )
-    command.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="a state_dict file (.safetensors, .pt, .pth), or 'random' (default: the model's own)",
-    )
+    _add_model_flags(command, "resnet18")
     command.add_argument(
         "--layers", required=True, metavar="A,B", help="comma-separated layer names"
     )
@@ -304,6 +332,11 @@ def _add_visualize_command(commands: argparse._SubParsersAction) -> None:
         "~/.cache/cnnlens/insights without it); a dashboard reads DIR when "
         "CNNLENS_CACHE_DIR is its parent and DIR is named insights",
     )
+    _add_visualize_recipe_flags(command)
+
+
+def _add_visualize_recipe_flags(command: argparse.ArgumentParser) -> None:
+    """How ``visualize`` paints (steps, size, seed, negative) and runs (batch, device, Ray)."""
     command.add_argument("--steps", type=int, default=256, metavar="N", help="default 256")
     command.add_argument(
         "--size",
@@ -322,16 +355,8 @@ def _add_visualize_command(commands: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, default=64, metavar="N", help="channels optimised together"
     )
     command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    command.add_argument(
-        "--engine",
-        choices=("local", "ray"),
-        default="local",
-        help="this process (local, default) or Ray tasks, one group of channels each",
-    )
-    command.add_argument(
-        "--address",
-        metavar="RAY_ADDRESS",
-        help="a Ray cluster ('auto', ray://host:10001); default: a local Ray",
+    _add_ray_flags(
+        command, "this process (local, default) or Ray tasks, one group of channels each"
     )
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -364,30 +389,64 @@ def _check_visualize_args(args: argparse.Namespace) -> None:
         raise ValueError("--address is for --engine ray.")
 
 
-def _visualize_jobs(
-    args: argparse.Namespace, loaded: LoadedModel
-) -> list[tuple[str, list[int], bool]]:
-    """``(layer, channels, negative)`` to compute, every layer and channel checked first."""
-    from cnnlens.feature_visualization import layer_channels
+def _visualize_jobs(args: argparse.Namespace, loaded: LoadedModel) -> list[ChannelImagesSpec]:
+    """The channel atlases to compute, every layer and channel checked first."""
+    from cnnlens.borrow import layer_channels
+    from cnnlens.feature_visualization import ChannelImagesSpec
 
     chosen = _channel_ranges(args.channels) if args.channels else None
     layers = loaded.layers.check([name.strip() for name in args.layers.split(",")])
     return [
-        (layer, layer_channels(loaded, layer, chosen, size=args.size), negative)
+        ChannelImagesSpec(
+            loaded,
+            layer,
+            tuple(layer_channels(loaded, layer, chosen, size=args.size)),
+            args.size,
+            args.steps,
+            args.seed,
+            (False, True) if args.negative else (False,),
+            batch_size=args.batch_size,
+        )
         for layer in layers
-        for negative in ((False, True) if args.negative else (False,))
     ]
+
+
+def _paint(
+    args: argparse.Namespace,
+    jobs: list[ChannelImagesSpec],
+    store: ResultStore,
+    stop: _StopOnTerminate,
+    bar: Any,
+    on_progress: Callable[[int, int], None],
+) -> int:
+    """Compute each atlas's missing images, here or on Ray; return how many were computed."""
+    computed = 0
+    with contextlib.ExitStack() as stack:
+        if args.engine == "ray":
+            from cnnlens.ray_engine import ray_session, ray_visualization
+
+            stack.enter_context(ray_session(args.address))  # one Ray for every layer
+        for spec in jobs:
+            missing = spec.missing(store)
+            bar.reset()
+            bar.set_description(spec.layer)
+            if args.engine == "ray":
+                options = {"weights": args.weights, "device": args.device}
+                ray_visualization(
+                    spec, store=store, should_stop=stop, on_progress=on_progress, **options
+                )
+            elif missing:
+                store.run(spec, on_progress=on_progress, should_stop=stop)
+            computed += len(missing)
+    return computed
 
 
 def _visualize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from cnnlens.feature_visualization import cached_visualization, missing_channels
-    from cnnlens.insights import Cancelled
     from cnnlens.malloc import keep_freed_memory
     from cnnlens.models import open_model, pick_device
+    from cnnlens.results import Cancelled
     from cnnlens.store import ResultStore
 
     _check_visualize_args(args)
@@ -397,64 +456,20 @@ def _visualize(args: argparse.Namespace) -> int:
     loaded = open_model(args.model, weights=args.weights, device=device)
     jobs = _visualize_jobs(args, loaded)
     store = ResultStore(Path(args.out)) if args.out else ResultStore()
-    settings = {"size": args.size, "steps": args.steps, "seed": args.seed}
-    stop_requested = False
-
-    def on_terminate(signum: int, frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True  # stop between steps; the finished groups stay stored
-
-    previous = signal.signal(signal.SIGTERM, on_terminate)
-    bar = tqdm(file=sys.stderr, disable=args.quiet or not sys.stderr.isatty(), leave=False)
-
-    def on_progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    options = {
-        "store": store,
-        "batch_size": args.batch_size,
-        "on_progress": on_progress,
-        "should_stop": lambda: stop_requested,
-        **settings,
-    }
-    computed = 0
+    bar, on_progress = _progress_bar(args)
     try:
-        with contextlib.ExitStack() as stack:
-            if args.engine == "ray":
-                from cnnlens.ray_engine import ray_session, ray_visualization
-
-                stack.enter_context(ray_session(args.address))  # one Ray for every layer
-            for layer, channels, negative in jobs:
-                missing = missing_channels(
-                    loaded, layer, channels, store=store, negative=negative, **settings
-                )
-                bar.reset()
-                bar.set_description(f"{layer}{' (negative)' if negative else ''}")
-                if args.engine == "ray":
-                    ray_visualization(
-                        loaded,
-                        layer,
-                        missing,
-                        weights=args.weights,
-                        device=args.device,
-                        negative=negative,
-                        **options,
-                    )
-                elif missing:
-                    cached_visualization(loaded, layer, missing, negative=negative, **options)
-                computed += len(missing)
+        with _StopOnTerminate() as stop:  # between steps; the finished groups stay stored
+            computed = _paint(args, jobs, store, stop, bar, on_progress)
     except (KeyboardInterrupt, Cancelled):
         print(
             f"Stopped: the finished groups are kept in {store.folder}; run the same command "
             "again to finish.",
             file=sys.stderr,
         )
-        return 143 if stop_requested else 130
+        return 143 if stop.requested else 130
     finally:
         bar.close()
-        signal.signal(signal.SIGTERM, previous)
-    images = sum(len(channels) for _, channels, _ in jobs)
+    images = sum(len(spec.tiles) for spec in jobs)
     print(f"Stored {images} images ({computed} computed) in {store.folder}.", file=sys.stderr)
     return 0
 

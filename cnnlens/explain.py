@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.layers import Layers
-from cnnlens.private_copy import PrivateCopy, Stop
+from cnnlens.borrow import borrowed_copy
+from cnnlens.private_copy import ModuleNotRun, PrivateCopy, Stop, tensor_output
 
 if TYPE_CHECKING:
     from cnnlens.models import LoadedModel
@@ -43,11 +43,11 @@ __all__ = [
     "AvgPoolExplanation",
     "BatchNormExplanation",
     "ConvExplanation",
-    "Explanation",
     "MaxPoolExplanation",
     "OtherExplanation",
     "PaddedInput",
     "ScoresExplanation",
+    "ValueExplanation",
     "explain_value",
     "padded_input",
 ]
@@ -57,7 +57,7 @@ CLASS_SCORES = "class scores"
 
 
 @dataclass(frozen=True, eq=False)
-class Explanation:
+class ValueExplanation:
     """One value of a layer and how it is computed; each layer kind adds its own fields.
 
     Attributes:
@@ -79,7 +79,7 @@ class Explanation:
 
 
 @dataclass(frozen=True, eq=False)
-class ConvExplanation(Explanation):
+class ConvExplanation(ValueExplanation):
     """A convolution: ``products.sum() + bias == value``, within float rounding.
 
     Arrays are indexed by the output channel's input channels (its group's only,
@@ -114,7 +114,7 @@ class ConvExplanation(Explanation):
 
 
 @dataclass(frozen=True, eq=False)
-class BatchNormExplanation(Explanation):
+class BatchNormExplanation(ValueExplanation):
     """Batch norm: ``(x - mean) / sqrt(var + eps) * weight + bias``.
 
     Attributes:
@@ -138,7 +138,7 @@ class BatchNormExplanation(Explanation):
 
 
 @dataclass(frozen=True, eq=False)
-class ActivationExplanation(Explanation):
+class ActivationExplanation(ValueExplanation):
     """ReLU, ReLU6 or LeakyReLU: the input and what the function keeps of it.
 
     Attributes:
@@ -158,7 +158,7 @@ class ActivationExplanation(Explanation):
 
 
 @dataclass(frozen=True, eq=False)
-class MaxPoolExplanation(Explanation):
+class MaxPoolExplanation(ValueExplanation):
     """Max pooling: the window and its largest value.
 
     Attributes:
@@ -177,7 +177,7 @@ class MaxPoolExplanation(Explanation):
 
 
 @dataclass(frozen=True, eq=False)
-class AvgPoolExplanation(Explanation):
+class AvgPoolExplanation(ValueExplanation):
     """Average pooling (fixed or adaptive): the window and its mean.
 
     Attributes:
@@ -201,7 +201,7 @@ class AvgPoolExplanation(Explanation):
 
 
 @dataclass(frozen=True, eq=False)
-class ScoresExplanation(Explanation):
+class ScoresExplanation(ValueExplanation):
     """The class scores: softmax turns the logits into probabilities.
 
     The exponentials are taken of ``logits - shift`` (the largest logit), which
@@ -226,7 +226,7 @@ class ScoresExplanation(Explanation):
 
 
 @dataclass(frozen=True, eq=False)
-class OtherExplanation(Explanation):
+class OtherExplanation(ValueExplanation):
     """A layer this explanation does not cover: its value and why there is no more.
 
     Attributes:
@@ -311,10 +311,7 @@ def _run(
         probe.keep(x)
         result = source.run(x, probe)
     if path is not None and not probe.found:
-        raise ValueError(
-            f"Module {path!r} did not run in the forward pass (in eval mode), so it has no "
-            "value to explain; choose a layer the forward calls."
-        )
+        raise ModuleNotRun([path])
     return probe, result
 
 
@@ -642,17 +639,12 @@ def _explain_module(
     path: str,
     layer: str,
     point: tuple[int, int, int],
-) -> Explanation:
+) -> ValueExplanation:
     module = source.model.get_submodule(path)
     final_linear = isinstance(module, nn.Linear)
     # Stopped at the layer, unless a Linear must show it gives the model's output.
     probe, result = _run(source, x, path, not final_linear, (0, *point))
-    output = probe.output
-    if not isinstance(output, torch.Tensor):
-        raise ValueError(
-            f"{layer} returns a {type(output).__name__}, not a tensor, so it has no value to "
-            "explain; choose one of its submodules or the module that uses its output."
-        )
+    output = tensor_output(path, probe.output)
     at = _point(output.shape, layer, *point)
     value = float(output[at])
     if final_linear and result is output:
@@ -683,7 +675,7 @@ def _explain_activation_input(
     at: tuple[int, ...],
     layer: str,
     value: float,
-) -> Explanation:
+) -> ValueExplanation:
     """An activation, with its input read before an in-place write overwrote it."""
     if inp.shape != output.shape:
         return _other(layer, module, at, value)
@@ -712,7 +704,7 @@ def explain_value(
     channel: int,
     row: int = 0,
     col: int = 0,
-) -> Explanation:
+) -> ValueExplanation:
     """Explain how one value of a layer's output is computed, with the real numbers.
 
     One forward of the model's private copy runs up to the layer and stops there
@@ -722,15 +714,15 @@ def explain_value(
         model: an ``nn.Module``, or what :func:`cnnlens.open_model` returns (its
             shared private copy is used; a plain module gets a temporary copy that
             shares its tensors and is left exactly as it was).
-        layer: a layer name as the rest of cnnlens uses it (``"conv_2"`` for a
-            sequential CNN, ``"layer1.0.conv1"`` otherwise), or :data:`CLASS_SCORES`
+        layer: a qualified module name (``"features.1.block.0.0"``), a renamed
+            layer (``"conv_2"``) where the model has them, or :data:`CLASS_SCORES`
             for the model's output.
         x: one preprocessed image, a 1×C×H×W batch (``loaded.batch(image)``).
         channel: the output channel (for the class scores, the class index).
         row, col: the point of the channel's map (0, 0 for the class scores).
 
     Returns:
-        An :class:`Explanation` of the layer's kind: :class:`ConvExplanation`,
+        A :class:`ValueExplanation` of the layer's kind: :class:`ConvExplanation`,
         :class:`BatchNormExplanation`, :class:`ActivationExplanation`,
         :class:`MaxPoolExplanation`, :class:`AvgPoolExplanation`,
         :class:`ScoresExplanation` (the class scores, or a Linear layer whose output
@@ -744,34 +736,20 @@ def explain_value(
             does not fit the network, or a channel or point outside the layer's output
             (the message gives the valid range).
     """
-    from cnnlens.models import LoadedModel
-
-    if isinstance(model, LoadedModel):
-        source, layers, owned = model.private_copy, model.layers, False
-    elif isinstance(model, nn.Module):
-        layers, owned = Layers(model), True
-    else:
-        raise TypeError(f"Expected an nn.Module or an open_model result, got {type(model)}.")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor batch, got {type(x).__name__}.")
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(
             f"Explain one image at a time: pass a 1×C×H×W batch, not shape {tuple(x.shape)}."
         )
-    path = None if layer == CLASS_SCORES else layers.path(layer)
-    if owned:
-        source = PrivateCopy(model, channels_last=False, share_tensors=True)
-    try:
-        if path is None:
-            _, logits = _run(source, x, None, False, ())
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
-                raise ValueError(f"This model outputs {shape}, not class scores (1×classes).")
-            return _explain_scores(logits, _point(logits.shape, layer, channel, row, col), layer)
-        return _explain_module(source, x, path, layer, (channel, row, col))
-    finally:
-        if owned:
-            source.close()
+    with borrowed_copy(model, share_tensors=True) as (source, layers, _):
+        if layer != CLASS_SCORES:
+            return _explain_module(source, x, layers.path(layer), layer, (channel, row, col))
+        _, logits = _run(source, x, None, False, ())
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+            raise ValueError(f"This model outputs {shape}, not class scores (1×classes).")
+        return _explain_scores(logits, _point(logits.shape, layer, channel, row, col), layer)
 
 
 @dataclass(frozen=True)
@@ -814,25 +792,17 @@ def padded_input(
         ValueError: for a layer that is not a Conv2d or does not run, or a channel
             outside its input.
     """
-    from cnnlens.models import LoadedModel
-
-    loaded = isinstance(model, LoadedModel)
-    layers = model.layers if loaded else Layers(model)
-    path = layers.path(layer)
-    conv = layers.module(layer, model.model if loaded else model)
-    if not isinstance(conv, nn.Conv2d):
-        raise ValueError(f"{layer} is a {type(conv).__name__}, not a convolution.")
-    if not 0 <= channel < conv.in_channels:
-        raise ValueError(
-            f"Input channel {channel} is out of range: {layer} reads {conv.in_channels} "
-            f"channels (0 to {conv.in_channels - 1})."
-        )
-    source = model.private_copy if loaded else PrivateCopy(model, share_tensors=True)
-    try:
+    with borrowed_copy(model, share_tensors=True) as (source, layers, _):
+        path = layers.path(layer)
+        conv = source.model.get_submodule(path)
+        if not isinstance(conv, nn.Conv2d):
+            raise ValueError(f"{layer} is a {type(conv).__name__}, not a convolution.")
+        if not 0 <= channel < conv.in_channels:
+            raise ValueError(
+                f"Input channel {channel} is out of range: {layer} reads {conv.in_channels} "
+                f"channels (0 to {conv.in_channels - 1})."
+            )
         probe, _ = _run(source, x, path, True, ())
-    finally:
-        if not loaded:
-            source.close()
     plane = probe.inputs[0][:, channel : channel + 1].float()
     top, bottom, left, right = _conv_padding(conv)
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode

@@ -6,28 +6,31 @@ Pure numpy, Pillow and pyarrow; never imports streamlit.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnnlens import figures
+from cnnlens.results import Cancelled, DatasetSpec, Run
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from cnnlens.data import Dataset
     from cnnlens.models import LoadedModel
+    from cnnlens.store import ResultStore
 
 __all__ = [
     "EXPORTS_MAX_MB",
+    "ParquetSpec",
     "Recipe",
     "features_parquet",
-    "features_parquet_path",
     "grid_png",
     "maps_npz",
 ]
@@ -83,40 +86,71 @@ EXPORTS_MAX_MB = 2048.0
 _one_export = threading.Lock()
 
 
-def features_parquet_path(
-    loaded: LoadedModel,
-    dataset: Dataset,
-    layers: Sequence[str],
-    *,
-    split: str = "train",
-    pool: str = "mean",
-    folder: str | Path | None = None,
-) -> Path:
-    """Where :func:`features_parquet` writes the file of these settings.
+@dataclass(frozen=True, eq=False)
+class ParquetSpec(DatasetSpec[Path]):
+    """A split's pooled features as a Parquet file (:func:`features_parquet`), as a result
+    the store runs: found when its file exists, resumed from its parts when stopped.
 
-    The name is a hash of everything the file's values depend on (model,
-    weights, dtype, dataset folder and fingerprint, split, pool, layers), so a
+    The file's name is the spec's key: a hash of everything its values depend on
+    (model, weights, dtype, dataset folder and fingerprint, split, pool, layers), so a
     changed dataset or weights file gives a new file.
 
-    Args:
-        loaded: the model.
-        dataset: the dataset.
+    Attributes:
         layers: the layers, one column each.
-        split: ``"train"`` or ``"test"``.
         pool: ``"mean"``, ``"max"`` or ``"none"``.
-        folder: the exports folder; default ``cache_dir() / "exports"``.
-
-    Raises:
-        ValueError: for a dataset indexed with ``check_images=False``, which has no
-            fingerprint.
+        folder: the exports folder; default ``cache_dir() / "exports"`` (not part of the key).
     """
-    from cnnlens.sources import cache_dir
-    from cnnlens.store import dataset_key
 
-    key = dataset_key(
-        loaded, dataset, split, kind="features_parquet", pool=pool, layers=list(layers)
-    )
-    return (Path(folder) if folder is not None else cache_dir() / "exports") / f"{key}.parquet"
+    layers: tuple[str, ...]
+    pool: str = "mean"
+    folder: Path | None = field(default=None, kw_only=True)
+    kind = "features_parquet"
+    resumable = True
+
+    def parts(self) -> dict[str, object]:
+        return {**super().parts(), "pool": self.pool, "layers": list(self.layers)}
+
+    @property
+    def path(self) -> Path:
+        """Where the finished file is."""
+        from cnnlens.sources import cache_dir
+
+        folder = Path(self.folder) if self.folder is not None else cache_dir() / "exports"
+        return folder / f"{self.key}.parquet"
+
+    @property
+    def title(self) -> str:
+        return "extracting the dataset's features"
+
+    def progress_text(self, done: int, total: int) -> str:
+        return f"Extracting features: {done:,} of {total:,} images"
+
+    def find(self, store: ResultStore) -> Path | None:
+        path = self.path
+        if not path.exists():
+            return None
+        with contextlib.suppress(OSError):
+            path.touch()  # recently used: eviction spares it
+        return path
+
+    def save(self, store: ResultStore, result: Path) -> Path:
+        return result  # the computation wrote the file
+
+    def compute(self, run: Run) -> Path:
+        out = features_parquet(
+            self.loaded,
+            self.dataset,
+            list(self.layers),
+            out=self.path,
+            split=self.split,
+            pool=self.pool,
+            should_stop=run.should_stop,
+            on_progress=run.report,
+            **self.pass_options,
+        )
+        if out is None:
+            raise Cancelled("The export stopped; its finished parts wait for the next run.")
+        return out
 
 
 def features_parquet(
@@ -124,9 +158,9 @@ def features_parquet(
     dataset: Dataset,
     layers: Sequence[str],
     *,
+    out: Path,
     split: str = "train",
     pool: str = "mean",
-    folder: str | Path | None = None,
     batch_size: int = 256,
     workers: int = 0,
     should_stop: Callable[[], bool] | None = None,
@@ -140,33 +174,31 @@ def features_parquet(
     streamed to part files as they come, so memory holds none of the file. A
     file exported before is returned at once; a stopped export continues where
     it stopped. The folder keeps at most :data:`EXPORTS_MAX_MB`, least recently
-    used files removed first.
+    used files removed first. :class:`ParquetSpec` names the file and runs this
+    through the results store.
 
     Args:
         loaded: the model.
         dataset: the dataset.
         layers: the layers, one column each.
+        out: the file to write.
         split: ``"train"`` or ``"test"``.
         pool: ``"mean"`` or ``"max"`` per channel, or ``"none"`` for whole maps.
-        folder: the exports folder; default ``cache_dir() / "exports"``.
         batch_size: images per forward pass.
         workers: processes decoding images while the network runs.
         should_stop: asked between batches; True stops the export.
         on_progress: called with ``(done, total)`` images, earlier stopped runs included.
 
     Returns:
-        The finished file (:func:`features_parquet_path`), or ``None`` when
-        ``should_stop`` stopped it: then no file is at that path, and the parts
-        written so far wait beside it for the next call.
+        The finished file, or ``None`` when ``should_stop`` stopped it: then no file
+        is at that path, and the parts written so far wait beside it for the next call.
 
     Raises:
-        ValueError: for an unknown layer, split or pool, or a dataset without a
-            fingerprint.
+        ValueError: for an unknown layer, split or pool.
     """
     from cnnlens.malloc import give_back_freed_memory
     from cnnlens.parquet import extract_to_parquet
 
-    out = features_parquet_path(loaded, dataset, layers, split=split, pool=pool, folder=folder)
     # One export at a time in this process: two of one file would write the same parts,
     # and a second one waiting here finds the first one's file.
     with _one_export:

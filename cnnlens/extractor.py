@@ -1,31 +1,33 @@
-"""Feature maps of any ``nn.Module``, addressed by the names ``named_modules()`` gives.
+"""Feature maps of any ``nn.Module``, addressed by its layer names.
 
-:mod:`cnnlens.lens` runs the renamed layers of sequential CNNs. Every other
-network (ResNet, MobileNet, EfficientNet, DenseNet, ConvNeXt, RegNet, GoogLeNet,
-Inception, ShuffleNet, MNASNet, even a vision transformer) is read here, with
-the same guarantees: the extractor works on a private copy of the model, stops
-the forward once every target has its value, keeps no per-call state on
+A target is a qualified module name as ``named_modules()`` gives it
+(``layer1.0.conv1``), in any network (ResNet, MobileNet, EfficientNet, DenseNet,
+ConvNeXt, RegNet, GoogLeNet, Inception, ShuffleNet, MNASNet, even a vision
+transformer), or a renamed layer (``conv_1``) where the model has them (see
+:mod:`cnnlens.layers`). The extractor works on a private copy of the model,
+stops the forward once every target has its value, keeps no per-call state on
 modules, and returns exact values even where an in-place op (a ``ReLU(inplace=
 True)``, a residual ``out += identity``) later writes into a target's output.
+:class:`cnnlens.lens.Lens` is the same extraction, seen as the original recipe's
+renamed sequential net.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from types import TracebackType
 
 import torch
 from torch import nn
 
 from cnnlens.layers import Layers
-from cnnlens.lens import Lens, build_lens
 from cnnlens.private_copy import PrivateCopy
 
-__all__ = ["FeatureExtractor", "build_extractor", "extractor_for"]
+__all__ = ["FeatureExtractor", "build_extractor"]
 
 
 class FeatureExtractor:
-    """The outputs of some target modules of a model, read from a private copy.
+    """The outputs of some target layers of a model, read from a private copy.
 
     Build it with :func:`build_extractor`, or ``LoadedModel.extractor`` for a
     loaded model (whose extractors all share one copy). Calling it runs the copy
@@ -34,21 +36,27 @@ class FeatureExtractor:
     captures is local to that call, never kept on modules.
 
     A module called more than once in a forward (a shared module, such as the one
-    ReLU of a torchvision Bottleneck) gives the output of its first call. Outputs
-    that an in-place op later overwrites are caught by their version counter: the
-    call is run again with a copy of that target, and later calls copy it
-    directly. Writes that bypass the version counter (through ``tensor.data``)
-    are not seen. A target whose output is not a tensor (the tuple of an
+    ReLU of a torchvision Bottleneck) gives the output of its first call. An
+    in-place module after a target (``ReLU(inplace=True)``) runs out of place for
+    the call; any other write into a target's output (a residual ``+=``) is caught
+    by its version counter: the call is run again with a copy of that target, and
+    later calls copy it directly. Writes that bypass the version counter (through
+    ``tensor.data``) are not seen. A target whose output is not a tensor (the tuple of an
     attention layer) raises a ``ValueError`` that names it.
 
     Args:
         source: the private copy to read.
-        targets: qualified module names of the copy (see :func:`cnnlens.module_names`).
+        targets: layer names of the copy: qualified module names (see
+            :func:`cnnlens.module_names`) or renamed layers where it has them.
         owns_source: close the copy (remove its hooks) when this extractor closes.
+
+    Raises:
+        TypeError: if targets are not strings.
+        ValueError: if a target is not a layer of the model.
 
     Attributes:
         model: the private copy of the model, with the hooks.
-        targets: the target modules, in ``named_modules()`` order.
+        targets: the target layers as given, in network order.
         device: where the copy lives; inputs are moved there.
         dtype: the copy's floating-point type; inputs are cast to it.
     """
@@ -56,13 +64,16 @@ class FeatureExtractor:
     def __init__(
         self, source: PrivateCopy, targets: str | Iterable[str], *, owns_source: bool = False
     ) -> None:
-        self.targets = Layers(source.model, renamed=False).check(targets)
+        layers = Layers(source.model)
+        self.targets = layers.check(targets)
         self.model = source.model
         self.device = source.device
         self.dtype = source.dtype
         self._source = source
         self._owns_source = owns_source
         self._closed = False
+        self._paths = tuple(layers.path(name) for name in self.targets)
+        self._unique = tuple(dict.fromkeys(self._paths))
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extract the target outputs for a batch.
@@ -81,8 +92,9 @@ class FeatureExtractor:
             RuntimeError: if the extractor was closed.
         """
         if self._closed:
-            raise RuntimeError("This FeatureExtractor is closed; build a new one.")
-        return self._source.capture(x, self.targets)
+            raise RuntimeError(f"This {type(self).__name__} is closed; build a new one.")
+        maps = self._source.capture(x, self._unique)
+        return {name: maps[path] for name, path in zip(self.targets, self._paths, strict=True)}
 
     def close(self) -> None:
         """Stop this extractor; one built by :func:`build_extractor` also removes its
@@ -103,7 +115,7 @@ class FeatureExtractor:
         self.close()
 
     def __repr__(self) -> str:
-        return f"FeatureExtractor(targets={list(self.targets)}, device={self.device})"
+        return f"{type(self).__name__}(targets={list(self.targets)}, device={self.device})"
 
 
 def build_extractor(
@@ -120,8 +132,9 @@ def build_extractor(
 
     Args:
         model: any ``nn.Module``, such as ``torchvision.models.resnet18()``.
-        targets: one qualified module name (``"layer1.0.bn1"``) or several (see
-            :func:`cnnlens.module_names`); duplicates are dropped.
+        targets: one layer name or several: qualified module names
+            (``"layer1.0.bn1"``, see :func:`cnnlens.module_names`), or renamed layers
+            (``"conv_1"``) where the model has them; duplicates are dropped.
         channels_last: run the copy in channels-last memory format, which is
             0.5-0.8× the time of the default format on CPUs.
 
@@ -133,35 +146,6 @@ def build_extractor(
         TypeError: if ``model`` is not an ``nn.Module`` or targets are not strings.
         ValueError: if no target is given or a target is not a module of the model.
     """
-    Layers(model, renamed=False).check(targets)  # before paying for the copy
+    Layers(model).check(targets)  # before paying for the copy
     source = PrivateCopy(model, channels_last=channels_last)
     return FeatureExtractor(source, targets, owns_source=True)
-
-
-def extractor_for(model: nn.Module, targets: Sequence[str]) -> Lens | FeatureExtractor:
-    """Pick the extractor for some targets: a lens for renamed layers, hooks otherwise.
-
-    Args:
-        model: any ``nn.Module``.
-        targets: renamed layers of a sequential CNN (``"conv_1"``, see
-            :func:`cnnlens.layer_names`) or qualified module names (see
-            :func:`cnnlens.module_names`).
-
-    Returns:
-        :func:`cnnlens.build_lens` when the targets are renamed layers of the
-        model, :func:`build_extractor` when they are module names.
-
-    Raises:
-        TypeError: if ``model`` is not an ``nn.Module`` or targets are not strings.
-        ValueError: if no target is given, a target names no layer, or renamed layers
-            and module names are mixed.
-    """
-    wanted = [targets] if isinstance(targets, str) else targets
-    layers = Layers(model)
-    if (
-        layers.renamed
-        and isinstance(wanted, Sequence)
-        and any(isinstance(name, str) and name in layers for name in wanted)
-    ):
-        return build_lens(model, wanted)  # its error for a mix lists the renamed layers
-    return build_extractor(model, wanted)

@@ -19,25 +19,33 @@ by ``(seed, channel)``, so a channel's image does not depend on which other
 channels shared its batch (beyond floating-point rounding), and the same seed
 gives the same image.
 
-:func:`cached_visualization` keeps each channel's image in the results store
+:class:`ChannelImageSpec` is one channel's image as a result the store keeps
 (:mod:`cnnlens.store`), so a channel atlas and a channel card share tiles, and
-everyone and every restart reuses them.
+everyone and every restart reuses them; :class:`ChannelImagesSpec` is an atlas of
+them, stored group by group as it is painted.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.insights import Cancelled
-from cnnlens.layers import Layers
-from cnnlens.private_copy import PrivateCopy, Stop
+from cnnlens.borrow import (
+    LARGEST_DEFAULT_SIDE,
+    KnownInput,
+    borrowed_copy,
+    channel_list,
+    check_channels,
+    count_channels,
+)
+from cnnlens.private_copy import PrivateCopy
+from cnnlens.results import Cancelled, ModelSpec, Run
 
 if TYPE_CHECKING:
     from cnnlens.models import LoadedModel
@@ -46,22 +54,15 @@ if TYPE_CHECKING:
 __all__ = [
     "LARGEST_DEFAULT_SIDE",
     "RECIPE_VERSION",
-    "cached_visualization",
+    "ChannelImageSpec",
+    "ChannelImagesSpec",
     "default_side",
-    "layer_channels",
-    "missing_channels",
-    "store_visualization",
     "to_uint8",
-    "visualization_key",
     "visualize",
 ]
 
 RECIPE_VERSION = 1
 """Bump when :func:`visualize` changes its images: stored tiles of older recipes are never read."""
-
-LARGEST_DEFAULT_SIDE = 128
-"""The largest side an image gets without ``size``: Lucid's 128 px. ResNet-18's 224 px
-would cost three times as long on a CPU."""
 
 # Lucid's ImageNet colour correlation (the square root of its SVD), scaled so that its
 # largest column has norm 1: independent noise per row becomes natural-looking colour.
@@ -79,42 +80,6 @@ _PAD, _JITTER, _FINE_JITTER = 12, 8, 4
 _SCALES = (0.9, 1.1)
 _DEGREES = 10.0
 _DRAWS = 6  # per step: jitter x, y; scale; angle; fine jitter x, y
-
-
-def layer_channels(
-    model: nn.Module | LoadedModel,
-    layer: str,
-    channels: int | Sequence[int] | None = None,
-    *,
-    size: int | tuple[int, int] | None = None,
-) -> list[int]:
-    """A layer's channels (units, for a 2-D output): all of them, or the given ones, checked.
-
-    One forward of one grey image, up to the layer, tells how many there are.
-
-    Args:
-        model: an ``nn.Module`` or a :class:`~cnnlens.models.LoadedModel`.
-        layer: a layer name (renamed layers for a sequential stack, qualified
-            module names otherwise).
-        channels: the channels to check; ``None`` for every channel of the layer.
-        size: the input side; default :func:`default_side`. Needed for a plain module.
-
-    Returns:
-        ``channels`` as a list, or ``[0, 1, ..., C - 1]``.
-
-    Raises:
-        ValueError: for an unknown layer, a channel out of range (the message
-            names the valid range), a layer that does not run or returns no 2-D or
-            4-D tensor, or an input size that does not fit.
-        TypeError: for a model that is neither, or channels that are not whole numbers.
-    """
-    with borrowed_copy(model) as (copy, layers, spec):
-        count = _probe(copy, layer, layers.path(layer), spec.channels, _side(size, spec))
-    if channels is None:
-        return list(range(count))
-    chosen = _channel_list(channels)
-    _check_channels(layer, chosen, count)
-    return chosen
 
 
 def visualize(
@@ -161,15 +126,14 @@ def visualize(
         TypeError: for a model that is neither, or channels that are not integers.
         Cancelled: if ``should_stop()`` returned True.
     """
-    chosen = _channel_list(channels)
+    chosen = channel_list(channels)
     _check_counts(steps=steps, batch_size=batch_size)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a whole number 0 or more, got {seed!r}.")
     with borrowed_copy(model) as (copy, layers, spec):
-        side = _side(size, spec)
+        side = spec.side(size)
         path = layers.path(layer)
-        count = _probe(copy, layer, path, spec.channels, side)
-        _check_channels(layer, chosen, count)
+        check_channels(layer, chosen, count_channels(copy, layer, path, spec, side))
         groups = [chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size)]
         progress = _Progress(steps * len(groups), on_progress, should_stop)
         # Whatever the caller's grad mode: the image's gradient is what is optimised.
@@ -181,57 +145,6 @@ def visualize(
     return torch.cat(images)
 
 
-class _Spec:
-    """What the image parameterisation needs to know about the model's input.
-
-    ``channels`` is ``None`` for a plain module without a ``Conv2d`` to tell it.
-    """
-
-    def __init__(
-        self,
-        channels: int | None,
-        size: tuple[int, int] | None,
-        mean: Sequence[float] | None,
-        std: Sequence[float] | None,
-    ) -> None:
-        self.channels = channels
-        self.size = size
-        self.mean = mean
-        self.std = std
-
-
-@contextlib.contextmanager
-def borrowed_copy(
-    model: nn.Module | LoadedModel,
-) -> Iterator[tuple[PrivateCopy, Layers, _Spec]]:
-    """The private copy a call runs on, the model's layers, and its input.
-
-    A LoadedModel's shared :attr:`~cnnlens.models.LoadedModel.private_copy` is
-    used as it is (never closed: every session shares it). A plain module gets a
-    temporary copy, closed on exit, even after an exception: the caller's model,
-    its flags and its hooks are never touched.
-
-    Raises:
-        TypeError: if ``model`` is neither an ``nn.Module`` nor a LoadedModel.
-    """
-    from cnnlens.models import LoadedModel
-
-    if isinstance(model, LoadedModel):
-        yield model.private_copy, model.layers, _loaded_spec(model)
-        return
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"Expected a torch nn.Module or a model from open_model, got {type(model).__name__}."
-        )
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    layers = Layers(model)
-    copy = PrivateCopy(model)
-    try:
-        yield copy, layers, _Spec(first.in_channels if first else None, None, None, None)
-    finally:
-        copy.close()
-
-
 def default_side(model: nn.Module | LoadedModel) -> int:
     """The side of an image when no ``size`` is given: the model's input side, at most
     :data:`LARGEST_DEFAULT_SIDE` (28 for the demo, 128 for ImageNet models).
@@ -239,93 +152,13 @@ def default_side(model: nn.Module | LoadedModel) -> int:
     Raises:
         ValueError: for a plain ``nn.Module``, which has no input size.
     """
-    from cnnlens.models import LoadedModel
-
-    spec = _loaded_spec(model) if isinstance(model, LoadedModel) else _Spec(None, None, None, None)
-    return _side(None, spec)
-
-
-def _side(size: int | tuple[int, int] | None, spec: _Spec) -> int:
-    if size is None:
-        if spec.size is None:
-            raise ValueError("A plain nn.Module has no input size: pass size=, such as size=128.")
-        size = min(*spec.size, LARGEST_DEFAULT_SIDE)
-    if isinstance(size, tuple):
-        if len(size) != 2 or size[0] != size[1]:
-            raise ValueError(f"Feature visualizations are square: give one side, got {size}.")
-        size = size[0]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"size must be a whole number of pixels, at least 8; got {size!r}.")
-    return size
-
-
-def _channel_list(channels: int | Sequence[int]) -> list[int]:
-    chosen = [channels] if isinstance(channels, int | np.integer) else list(channels)
-    if not chosen:
-        raise ValueError("Choose at least one channel.")
-    for channel in chosen:
-        if isinstance(channel, bool) or not isinstance(channel, int | np.integer):
-            raise TypeError(f"Channels are whole numbers, got {channel!r}.")
-    return [int(channel) for channel in chosen]
+    return KnownInput.of(model).side()
 
 
 def _check_counts(**counts: int) -> None:
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number, at least 1; got {value!r}.")
-
-
-def _check_channels(layer: str, chosen: Sequence[int], count: int) -> None:
-    bad = [channel for channel in chosen if not 0 <= channel < count]
-    if bad:
-        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise ValueError(f"{layer} has channels 0 to {count - 1}; got {shown}.")
-
-
-class _StopAt:
-    """A forward that ends at one module: its (first) output is kept, graph and all."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.output: torch.Tensor | None = None
-
-    def on_output(self, path: str, inputs: tuple[Any, ...], output: Any) -> None:
-        if path != self.path:
-            return
-        if not isinstance(output, torch.Tensor):
-            raise ValueError(
-                f"Module {path!r} returns a {type(output).__name__}, not a tensor; choose "
-                "one of its submodules."
-            )
-        self.output = output
-        raise Stop
-
-
-def _forward_to(copy: PrivateCopy, path: str, x: torch.Tensor) -> torch.Tensor:
-    """The target's output for an input batch (with the caller's grad mode)."""
-    call = _StopAt(path)
-    copy.run(x, call)
-    if call.output is None:
-        raise ValueError(f"Module {path!r} did not run in the forward pass (in eval mode).")
-    return call.output
-
-
-def _probe(copy: PrivateCopy, layer: str, path: str, channels: int | None, side: int) -> int:
-    """The layer's channel count, from one grey image; checks that the size fits."""
-    if channels is None:
-        raise ValueError(
-            "This model has no Conv2d, so its input channels are unknown; open it with "
-            "cnnlens.open_model or give a convolutional network."
-        )
-    with torch.inference_mode(False), torch.no_grad():
-        grey = torch.full((1, channels, side, side), 0.5, device=copy.device, dtype=copy.dtype)
-        output = _forward_to(copy, path, grey)
-    if output.dim() not in (2, 4):
-        raise ValueError(
-            f"{layer} gives {output.dim()}-D outputs, not channels (N×C×H×W) or units (N×K): "
-            "choose a convolutional or linear layer."
-        )
-    return output.shape[1]
 
 
 class _Progress:
@@ -427,7 +260,7 @@ def _start(
     return torch.stack(spectra), torch.stack(draws)
 
 
-def _model_input(copy: PrivateCopy, spec: _Spec) -> Callable[[torch.Tensor], torch.Tensor]:
+def _model_input(copy: PrivateCopy, spec: KnownInput) -> Callable[[torch.Tensor], torch.Tensor]:
     """Pixels in [0, 1] -> the copy's input: normalised as the spec says, its dtype and format."""
     mean = std = None
     if spec.mean is not None and spec.std is not None:
@@ -448,7 +281,7 @@ def _model_input(copy: PrivateCopy, spec: _Spec) -> Callable[[torch.Tensor], tor
 def _optimise(
     copy: PrivateCopy,
     path: str,
-    spec: _Spec,
+    spec: KnownInput,
     channels: list[int],
     side: int,
     steps: int,
@@ -460,7 +293,7 @@ def _optimise(
 
     Runs with gradients enabled, outside inference mode.
     """
-    assert spec.channels is not None  # checked by _probe
+    assert spec.channels is not None  # checked by count_channels
     device = copy.device
     start, draws = _start(channels, spec.channels, side, steps, seed)
     spectrum = start.to(device).requires_grad_(True)
@@ -473,7 +306,7 @@ def _optimise(
     optimizer = torch.optim.Adam([spectrum], lr=_LEARNING_RATE)
     for step in range(steps):
         progress.check()
-        output = _forward_to(copy, path, to_input(views(_image(spectrum, scale, side), step)))
+        output = copy.run_to(to_input(views(_image(spectrum, scale, side), step)), path).output
         picked = output[items, wanted].float()
         score = picked.flatten(1).mean(1) if picked.dim() > 1 else picked
         # Each item's loss involves its own image only, so the sum's gradient is each
@@ -499,210 +332,205 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
 
 
-def visualization_key(
-    loaded: LoadedModel,
-    layer: str,
-    channel: int,
-    *,
-    size: int,
-    steps: int,
-    seed: int,
-    negative: bool,
-) -> str:
-    """The store key of one channel's image: model, weights, dtype, layer, channel, settings.
+@dataclass(frozen=True, eq=False)
+class ChannelImageSpec(ModelSpec[np.ndarray]):
+    """One channel's feature visualization as uint8 pixels (:func:`to_uint8` of
+    :func:`visualize`), stored so an atlas and a channel card share it.
 
-    :data:`RECIPE_VERSION` is part of it, so images of an older recipe are never read.
-    """
-    from cnnlens.store import result_key
+    Its key holds the model's name, weights and dtype, the layer, the channel, the
+    settings and :data:`RECIPE_VERSION`, so images of an older recipe are never read.
 
-    return result_key(
-        kind="feature_visualization",
-        recipe=RECIPE_VERSION,
-        model=loaded.name,
-        weights=loaded.weights_id,
-        dtype=str(loaded.dtype),
-        layer=layer,
-        channel=int(channel),
-        size=int(size),
-        steps=int(steps),
-        seed=int(seed),
-        negative=bool(negative),
-    )
-
-
-def _decode_tile(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    tile = arrays["tile"]
-    if tile.dtype != np.uint8 or tile.ndim not in (2, 3):
-        raise ValueError("A stored feature visualization is not an image.")
-    tile.setflags(write=False)  # one decoded tile serves every session
-    return tile
-
-
-def _store_or_default(store: ResultStore | None) -> ResultStore:
-    from cnnlens.store import ResultStore
-
-    return store if store is not None else ResultStore()
-
-
-def _stored(
-    loaded: LoadedModel, layer: str, channels: list[int], store: ResultStore, **settings: Any
-) -> dict[int, np.ndarray]:
-    """The tiles of ``channels`` already in the store, by channel."""
-    found = {}
-    for channel in dict.fromkeys(channels):
-        key = visualization_key(loaded, layer, channel, **settings)
-        tile = store.peek(key, _decode_tile)
-        if tile is not None:
-            found[channel] = tile
-    return found
-
-
-def missing_channels(
-    loaded: LoadedModel,
-    layer: str,
-    channels: int | Sequence[int],
-    *,
-    store: ResultStore | None = None,
-    size: int | None = None,
-    steps: int = 256,
-    seed: int = 0,
-    negative: bool = False,
-) -> list[int]:
-    """The channels whose image is not in the store yet, in order, each once; computes nothing.
-
-    Args are those of :func:`cached_visualization`.
-    """
-    chosen = list(dict.fromkeys(_channel_list(channels)))
-    side = _side(size, _loaded_spec(loaded))
-    settings = {"size": side, "steps": steps, "seed": seed, "negative": negative}
-    found = _stored(loaded, layer, chosen, _store_or_default(store), **settings)
-    return [channel for channel in chosen if channel not in found]
-
-
-def store_visualization(
-    loaded: LoadedModel,
-    layer: str,
-    channels: Sequence[int],
-    tiles: np.ndarray,
-    *,
-    store: ResultStore | None = None,
-    size: int | None = None,
-    steps: int = 256,
-    seed: int = 0,
-    negative: bool = False,
-) -> list[np.ndarray]:
-    """Keep computed tiles (:func:`to_uint8` of :func:`visualize`), one store entry per channel.
-
-    Args are those of :func:`cached_visualization`, and ``tiles``, one per channel.
-
-    Returns:
-        The tiles as stored: a tile another process stored meanwhile is kept, and returned.
-
-    Raises:
-        ValueError: if the tiles do not match the channels.
-    """
-    store = _store_or_default(store)
-    if len(tiles) != len(channels):
-        raise ValueError(f"{len(tiles)} tiles were given for {len(channels)} channels.")
-    side = _side(size, _loaded_spec(loaded))
-    settings = {"size": side, "steps": steps, "seed": seed, "negative": negative}
-    return [
-        store.get_or_compute(
-            visualization_key(loaded, layer, channel, **settings),
-            lambda tile=tile: {"tile": np.ascontiguousarray(tile)},
-            _decode_tile,
-        )
-        for channel, tile in zip(channels, tiles, strict=True)
-    ]
-
-
-def cached_visualization(
-    loaded: LoadedModel,
-    layer: str,
-    channels: int | Sequence[int],
-    *,
-    store: ResultStore | None = None,
-    size: int | None = None,
-    steps: int = 256,
-    seed: int = 0,
-    negative: bool = False,
-    **options: Any,
-) -> np.ndarray:
-    """:func:`visualize`'s images as pixels, read from the store where computed before.
-
-    Each channel is stored on its own (:func:`visualization_key`: the model's
-    name, weights and dtype, the layer, the channel, ``size``, ``steps``,
-    ``seed``, ``negative`` and :data:`RECIPE_VERSION`), so an atlas and a channel
-    card share tiles. The missing channels are computed together, in groups of
-    ``batch_size``; each group is stored as soon as it is finished, so a
-    cancelled atlas keeps its finished groups, never part of one.
-
-    Args:
-        loaded: the model (:func:`cnnlens.models.open_model`).
+    Attributes:
         layer: the layer.
-        channels: one channel or several.
-        store: the store; default a :class:`~cnnlens.store.ResultStore` in
-            :func:`~cnnlens.sources.cache_dir`, the dashboard's.
-        size: the image side; default :func:`default_side`.
+        channel: the channel.
+        size: the image side; ``None`` for :func:`default_side`.
         steps: optimisation steps.
         seed: the random seed.
-        negative: the images that lower each channel most.
-        **options: passed to :func:`visualize` (``batch_size``, ``on_progress``,
-            ``should_stop``); they do not change the images. Progress counts the
-            steps of the missing channels only.
-
-    Returns:
-        uint8 pixels in the order of ``channels``: N×H×W for a grayscale model,
-        N×H×W×3 for an RGB one; read-only (stored tiles serve every session).
-
-    Raises:
-        ValueError: as :func:`visualize`.
-        Cancelled: if ``should_stop`` asked to stop; the unfinished group is not stored.
+        negative: the image that lowers the channel most.
     """
-    store = _store_or_default(store)
-    chosen = _channel_list(channels)
-    settings = {
-        "size": _side(size, _loaded_spec(loaded)),
-        "steps": steps,
-        "seed": seed,
-        "negative": negative,
-    }
-    found = _stored(loaded, layer, chosen, store, **settings)
-    missing = [channel for channel in dict.fromkeys(chosen) if channel not in found]
-    batch_size = options.pop("batch_size", 64)
-    _check_counts(batch_size=batch_size)
-    on_progress = options.pop("on_progress", None)
-    groups = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
-    for index, group in enumerate(groups):
+
+    layer: str
+    channel: int
+    size: int | None = None
+    steps: int = 256
+    seed: int = 0
+    negative: bool = False
+    kind = "feature_visualization"
+    version = RECIPE_VERSION
+
+    @property
+    def side(self) -> int:
+        """The image side in pixels."""
+        return KnownInput.of(self.loaded).side(self.size)
+
+    def parts(self) -> dict[str, object]:
+        return {
+            **super().parts(),
+            "layer": self.layer_path(self.layer),
+            "channel": int(self.channel),
+            "size": self.side,
+            "steps": int(self.steps),
+            "seed": int(self.seed),
+            "negative": bool(self.negative),
+        }
+
+    @property
+    def title(self) -> str:
+        return f"painting what channel {self.channel} of {self.layer} looks for"
+
+    def progress_text(self, done: int, total: int) -> str:
+        return f"Painting channel {self.channel} of {self.layer}: step {done} of {total}"
+
+    def compute(self, run: Run) -> np.ndarray:
         images = visualize(
-            loaded,
-            layer,
-            group,
-            batch_size=batch_size,
-            on_progress=_offset(on_progress, index * steps, len(groups) * steps),
-            **settings,
-            **options,
+            self.loaded,
+            self.layer,
+            [self.channel],
+            size=self.side,
+            steps=self.steps,
+            seed=self.seed,
+            negative=self.negative,
+            on_progress=run.report,
+            should_stop=run.should_stop,
         )
-        tiles = store_visualization(loaded, layer, group, to_uint8(images), store=store, **settings)
-        found.update(zip(group, tiles, strict=True))
-    pixels = np.stack([found[channel] for channel in chosen])
-    pixels.setflags(write=False)
-    return pixels
+        return to_uint8(images)[0]
+
+    def decode(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        tile = super().decode(arrays)
+        if tile.dtype != np.uint8 or tile.ndim not in (2, 3):
+            raise ValueError("A stored feature visualization is not an image.")
+        return tile
+
+
+Tile = tuple[int, bool]
+"""One image of a :class:`ChannelImagesSpec`: a channel, and whether it is the negative one."""
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelImagesSpec(ModelSpec[np.ndarray]):
+    """Several channels' feature visualizations (a channel atlas, or a channel card's
+    pair), each stored on its own as a :class:`ChannelImageSpec`.
+
+    The missing images are computed together in groups of ``batch_size`` (one
+    objective per group), and each group is stored as soon as it is finished: a
+    stopped atlas keeps its finished groups, never part of one, and the next run
+    goes on from them.
+
+    Attributes:
+        layer: the layer.
+        channels: the channels.
+        size, steps, seed: as :class:`ChannelImageSpec`.
+        negatives: which images of each channel: ``(False,)`` what excites it most,
+            ``(True,)`` what it is most against, ``(False, True)`` both.
+        batch_size: channels optimised together (not part of the key).
+    """
+
+    layer: str
+    channels: tuple[int, ...]
+    size: int | None = None
+    steps: int = 256
+    seed: int = 0
+    negatives: tuple[bool, ...] = (False,)
+    batch_size: int = field(default=64, kw_only=True)
+    kind = "channel_images"
+    version = RECIPE_VERSION
+    resumable = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(channel_list(self.channels)))
+        _check_counts(batch_size=self.batch_size)
+
+    @property
+    def tiles(self) -> list[Tile]:
+        """Every image, in the order the result stacks them: by objective, then channel."""
+        return list(
+            dict.fromkeys(
+                (channel, negative) for negative in self.negatives for channel in self.channels
+            )
+        )
+
+    def tile(self, channel: int, negative: bool = False) -> ChannelImageSpec:
+        """One channel's image."""
+        return ChannelImageSpec(
+            self.loaded, self.layer, channel, self.size, self.steps, self.seed, negative
+        )
+
+    def parts(self) -> dict[str, object]:
+        return {"tiles": [self.tile(*tile).key for tile in self.tiles]}
+
+    @property
+    def title(self) -> str:
+        count = len(self.tiles)
+        return f"painting {count} image{'s' if count > 1 else ''} of {self.layer}"
+
+    def progress_text(self, done: int, total: int) -> str:
+        return f"Painting {len(self.tiles)} images of {self.layer}: step {done:,} of {total:,}"
+
+    def found(self, store: ResultStore) -> dict[Tile, np.ndarray]:
+        """The images already stored, by tile; computes nothing."""
+        images = {}
+        for tile in self.tiles:
+            image = store.peek(self.tile(*tile))
+            if image is not None:
+                images[tile] = image
+        return images
+
+    def missing(self, store: ResultStore) -> list[Tile]:
+        """The images not stored yet, in order."""
+        found = self.found(store)
+        return [tile for tile in self.tiles if tile not in found]
+
+    def groups(self, missing: Sequence[Tile], at_least: int = 1) -> list[list[Tile]]:
+        """The missing images in groups of one objective each, at most ``batch_size``
+        images a group and at least ``at_least`` groups per objective (one per worker)."""
+        groups = []
+        for negative in self.negatives:
+            todo = [tile for tile in missing if tile[1] == negative]
+            if todo:
+                count = max(-(-len(todo) // self.batch_size), min(at_least, len(todo)))
+                parts = np.array_split(np.arange(len(todo)), count)
+                groups.extend([todo[i] for i in part] for part in parts)
+        return groups
+
+    def find(self, store: ResultStore) -> np.ndarray | None:
+        images = self.found(store)
+        return self._stack(images) if len(images) == len(self.tiles) else None
+
+    def save(self, store: ResultStore, result: np.ndarray) -> np.ndarray:
+        return result  # each image was stored as it was finished
+
+    def compute(self, run: Run) -> np.ndarray:
+        images = self.found(run.store)
+        groups = self.groups([tile for tile in self.tiles if tile not in images])
+        for index, group in enumerate(groups):
+            painted = visualize(
+                self.loaded,
+                self.layer,
+                [channel for channel, _ in group],
+                size=self.tile(*group[0]).side,
+                steps=self.steps,
+                seed=self.seed,
+                negative=group[0][1],
+                batch_size=self.batch_size,
+                on_progress=_offset(run.report, index * self.steps, len(groups) * self.steps),
+                should_stop=run.should_stop,
+            )
+            for tile, image in zip(group, to_uint8(painted), strict=True):
+                images[tile] = run.keep(self.tile(*tile), np.ascontiguousarray(image))
+        return self._stack(images)
+
+    def _stack(self, images: dict[Tile, np.ndarray]) -> np.ndarray:
+        pixels = np.stack([images[tile] for tile in self.tiles])
+        pixels.setflags(write=False)  # stored images serve every session
+        return pixels
 
 
 def _offset(
-    on_progress: Callable[[int, int], None] | None, before: int, total: int
-) -> Callable[[int, int], None] | None:
+    on_progress: Callable[[int, int], None], before: int, total: int
+) -> Callable[[int, int], None]:
     """Progress of one group reported as progress over all groups."""
-    if on_progress is None:
-        return None
 
     def report(done: int, _: int) -> None:
         on_progress(before + done, total)
 
     return report
-
-
-def _loaded_spec(loaded: LoadedModel) -> _Spec:
-    spec = loaded.spec
-    return _Spec(spec.shape[0], spec.size, spec.mean, spec.std)

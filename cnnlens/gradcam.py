@@ -45,7 +45,7 @@ def grad_cam(
     Args:
         loaded: the model; it must output class scores.
         batch: one preprocessed image, 1×C×H×W (``loaded.batch(image)``).
-        layer: a layer name of ``loaded.layer_names()``.
+        layer: a layer name of ``loaded.layer_names()``, or any module's qualified name.
         class_index: the class to explain; default the predicted class.
 
     Returns:

@@ -15,13 +15,14 @@ and torch; no streamlit.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from cnnlens.results import Cancelled, DatasetSpec, Derived, Run, Spec
 
 if TYPE_CHECKING:
     from cnnlens.data import Dataset
@@ -29,44 +30,28 @@ if TYPE_CHECKING:
     from cnnlens.pipeline import FeatureBatch
 
 __all__ = [
-    "Cancelled",
+    "ClassMatrixSpec",
+    "EmbeddingSpec",
     "LayerStats",
+    "LayerStatsSpec",
     "Predictions",
+    "PredictionsSpec",
+    "TopImagesSpec",
+    "channel_maps",
     "class_channel_matrix",
     "difference",
     "embedding",
     "fire_box",
+    "labels_name_classes",
     "layer_stats",
     "layer_stats_and_predictions",
     "predict_split",
+    "summarise",
     "top_images",
 ]
 
 _SCORES = ("mean", "max")
 _METHODS = ("pca", "tsne", "umap")
-
-
-class Cancelled(Exception):
-    """A dataset pass stopped because ``should_stop()`` asked it to; nothing was kept."""
-
-
-def _meta_array(meta: dict) -> np.ndarray:
-    return np.array(json.dumps(meta))
-
-
-def _rows(filenames: list[str], labels: list[object | None]) -> dict[str, np.ndarray]:
-    return {
-        "filenames": np.array(filenames, dtype=str),
-        "labels": _meta_array({"labels": [_plain(label) for label in labels]}),
-    }
-
-
-def _read_rows(arrays: Mapping[str, np.ndarray]) -> tuple[list[str], list[object | None]]:
-    filenames = arrays["filenames"].tolist()  # Python strings, 48,000 in a few ms
-    labels = json.loads(str(arrays["labels"]))["labels"]
-    if len(labels) != len(filenames):
-        raise ValueError("The stored labels do not match the stored filenames.")
-    return filenames, labels
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,44 +81,11 @@ class LayerStats:
     def __len__(self) -> int:
         return len(self.filenames)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays for :class:`cnnlens.store.ResultStore` (no pickles)."""
-        return {
-            "meta": _meta_array({"layer": self.layer, "map_shape": list(self.map_shape)}),
-            **_rows(self.filenames, self.labels),
-            "mean": self.mean,
-            "max": self.max,
-            "peak_y": self.peak_y,
-            "peak_x": self.peak_x,
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> LayerStats:
-        """The inverse of :meth:`to_arrays`.
-
-        Raises:
-            KeyError: if an array is missing.
-            ValueError: if the arrays do not fit together.
-        """
-        meta = json.loads(str(arrays["meta"]))
-        filenames, labels = _read_rows(arrays)
-        stats = cls(
-            layer=meta["layer"],
-            map_shape=tuple(meta["map_shape"]),
-            filenames=filenames,
-            labels=labels,
-            mean=arrays["mean"],
-            max=arrays["max"],
-            peak_y=arrays["peak_y"],
-            peak_x=arrays["peak_x"],
-        )
-        shape = (len(filenames), stats.map_shape[0])
-        blocks = (stats.mean, stats.max, stats.peak_y, stats.peak_x)
-        if any(block.shape != shape for block in blocks):
-            raise ValueError(f"The stored statistics of {stats.layer} do not fit together.")
-        for block in blocks:
-            block.setflags(write=False)  # one decoded result serves every session
-        return stats
+    def __post_init__(self) -> None:
+        shape = (len(self.filenames), self.map_shape[0])
+        blocks = (self.mean, self.max, self.peak_y, self.peak_x)
+        if len(self.labels) != len(self.filenames) or any(b.shape != shape for b in blocks):
+            raise ValueError(f"The statistics of {self.layer} do not fit together.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,31 +129,14 @@ class Predictions:
             dtype=bool,
         )
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays for :class:`cnnlens.store.ResultStore` (no pickles)."""
-        return {
-            "meta": _meta_array({"classes": list(self.classes)}),
-            **_rows(self.filenames, self.labels),
-            "predicted": self.predicted,
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Predictions:
-        """The inverse of :meth:`to_arrays`.
-
-        Raises:
-            KeyError: if an array is missing.
-            ValueError: if the arrays do not fit together.
-        """
-        filenames, labels = _read_rows(arrays)
-        classes = tuple(json.loads(str(arrays["meta"]))["classes"])
-        predicted = arrays["predicted"]
-        if predicted.shape != (len(filenames),) or (
-            len(predicted) and not 0 <= predicted.min() <= predicted.max() < len(classes)
+    def __post_init__(self) -> None:
+        predicted = self.predicted
+        if (
+            len(self.labels) != len(self.filenames)
+            or predicted.shape != (len(self.filenames),)
+            or (len(predicted) and not 0 <= predicted.min() <= predicted.max() < len(self.classes))
         ):
-            raise ValueError("The stored predictions do not fit together.")
-        predicted.setflags(write=False)  # one decoded result serves every session
-        return cls(filenames, labels, predicted, classes)
+            raise ValueError("The predictions do not fit together.")
 
 
 def _plain(label: object) -> object:
@@ -212,7 +147,7 @@ def _plain(label: object) -> object:
 def _pass(
     loaded: LoadedModel,
     dataset: Dataset,
-    target: str,
+    targets: Sequence[str],
     split: str,
     options: dict,
     should_stop: Callable[[], bool] | None,
@@ -221,11 +156,16 @@ def _pass(
     """The batches of one pass over a split, raising :class:`Cancelled` when asked to stop."""
     from cnnlens.pipeline import iter_features
 
+    stopped = False
+
     def stop() -> bool:
-        return should_stop is not None and bool(should_stop())
+        # Remembered: a stop asked once ends the pass even if asked no more.
+        nonlocal stopped
+        stopped = stopped or (should_stop is not None and bool(should_stop()))
+        return stopped
 
     batches = iter_features(
-        loaded, dataset, [target], split=split, should_stop=stop, **options, **features
+        loaded, dataset, list(targets), split=split, should_stop=stop, **options, **features
     )
     done = 0
     with contextlib.closing(batches):
@@ -234,26 +174,21 @@ def _pass(
             done += len(batch.filenames)
             if stop():
                 break
-    if stop():
+    if stopped:
         raise Cancelled(f"Stopped after {done} images; nothing was kept.")
 
 
-class _Summary:
-    """The statistics of one layer and, when asked, the model's answers, batch by batch."""
+class _Reduced:
+    """One layer's maps reduced batch by batch to each channel's mean, maximum and its place."""
 
-    def __init__(self, layer: str, classes: Sequence[str] | None) -> None:
+    def __init__(self, layer: str) -> None:
         self.layer = layer
-        self.classes = classes
         self.map_shape: tuple[int, int, int] | None = None
-        self.filenames: list[str] = []
-        self.labels: list[object | None] = []
         self.blocks: dict[str, list[np.ndarray]] = {
-            name: [] for name in ("mean", "max", "peak_y", "peak_x", "predicted")
+            name: [] for name in ("mean", "max", "peak_y", "peak_x")
         }
 
-    def add(self, batch: FeatureBatch) -> None:
-        """Reduce one batch's maps to each channel's mean, maximum and its position."""
-        maps = batch.features[self.layer]
+    def add(self, maps: np.ndarray) -> None:
         if maps.ndim != 4:
             raise ValueError(
                 f"{self.layer} gives {maps.ndim - 1}-D outputs, not feature maps; choose a "
@@ -268,57 +203,90 @@ class _Summary:
         self.blocks["max"].append(np.take_along_axis(flat, peak[..., None], axis=2)[..., 0])
         self.blocks["peak_y"].append(y.astype(np.int32))
         self.blocks["peak_x"].append(x.astype(np.int32))
-        if self.classes is not None:
-            self.blocks["predicted"].append(np.asarray(batch.predictions).argmax(axis=1))
-        self.filenames.extend(batch.filenames)
-        self.labels.extend(_plain(label) for label in batch.labels)
 
-    def stats(self, split: str) -> LayerStats:
-        """The layer's statistics over the images added so far."""
-        if self.map_shape is None:
-            raise ValueError(f"The {split} split has no readable images to summarise.")
+    def stats(self, filenames: list[str], labels: list[object | None]) -> LayerStats:
+        assert self.map_shape is not None
         return LayerStats(
             self.layer,
             self.map_shape,
-            self.filenames,
-            self.labels,
+            filenames,
+            labels,
             *(np.concatenate(self.blocks[name]) for name in ("mean", "max", "peak_y", "peak_x")),
         )
 
-    def predictions(self) -> Predictions:
-        """The model's answers for those images (a pass made with predictions)."""
-        return Predictions(
-            filenames=self.filenames,
-            labels=self.labels,
-            predicted=np.concatenate(self.blocks["predicted"]).astype(np.int64),
-            classes=tuple(self.classes or ()),
-        )
 
-
-def _summarise(
+def summarise(
     loaded: LoadedModel,
     dataset: Dataset,
-    layer: str,
-    split: str,
-    options: dict,
-    should_stop: Callable[[], bool] | None,
-    with_predictions: bool,
-) -> _Summary:
-    """One pass over a split, each batch reduced as it comes."""
-    classes = loaded.classes if with_predictions else None
-    summary = _Summary(layer, classes)
+    layers: Sequence[str],
+    *,
+    split: str = "train",
+    with_predictions: bool = False,
+    batch_size: int = 256,
+    workers: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, LayerStats], Predictions | None]:
+    """Several layers' statistics, and the model's answers if asked, from ONE pass over a split.
+
+    Each image is read and decoded once; the network runs to the deepest layer (to
+    its classes with ``with_predictions``). Each batch's maps are reduced right away
+    to each channel's mean, maximum and the maximum's position, so memory holds one
+    batch of maps at a time. Equal to :func:`layer_stats` per layer and
+    :func:`predict_split`, at the cost of one pass.
+
+    Args:
+        loaded: the model (:func:`cnnlens.models.open_model`).
+        dataset: the dataset.
+        layers: layer names (renamed layers or module paths), at least one.
+        split: ``"train"`` or ``"test"``.
+        with_predictions: also the model's answer for every image.
+        batch_size: images per forward pass.
+        workers: processes decoding images while the network runs (0: this thread).
+        should_stop: called between batches; returning True (even once) stops the pass.
+        on_progress: called with ``(images done, images in total)`` after each batch.
+
+    Returns:
+        ``{layer: LayerStats}`` in the order given, and the :class:`Predictions` (or
+        ``None``); images that cannot be read are left out.
+
+    Raises:
+        Cancelled: if ``should_stop()`` returned True; the partial pass is dropped.
+        ValueError: for an unknown layer or split, a layer whose output is not a map,
+            a split without readable images, or predictions of a model without classes.
+    """
+    if with_predictions and loaded.classes is None:
+        raise ValueError("This model has no classes, so it predicts none; choose a classifier.")
+    options = {"batch_size": batch_size, "workers": workers, "on_progress": on_progress}
+    reduced = {layer: _Reduced(layer) for layer in layers}
+    filenames: list[str] = []
+    labels: list[object | None] = []
+    predicted: list[np.ndarray] = []
     for batch in _pass(
         loaded,
         dataset,
-        layer,
+        list(reduced),
         split,
         options,
         should_stop,
         pool="none",
         with_predictions=with_predictions,
     ):
-        summary.add(batch)
-    return summary
+        for layer, summary in reduced.items():
+            summary.add(batch.features[layer])
+        if with_predictions:
+            predicted.append(np.asarray(batch.predictions).argmax(axis=1))
+        filenames.extend(batch.filenames)
+        labels.extend(_plain(label) for label in batch.labels)
+    if not filenames:
+        raise ValueError(f"The {split} split has no readable images to summarise.")
+    stats = {layer: summary.stats(filenames, labels) for layer, summary in reduced.items()}
+    answers = None
+    if with_predictions:
+        answers = Predictions(
+            filenames, labels, np.concatenate(predicted).astype(np.int64), tuple(loaded.classes)
+        )
+    return stats, answers
 
 
 def layer_stats(
@@ -332,16 +300,20 @@ def layer_stats(
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> LayerStats:
-    """Summarise one layer over a whole split of a dataset, in one pass.
+    """Summarise one layer over a whole split of a dataset, in one pass (:func:`summarise`).
 
-    Each batch's maps are reduced right away to each channel's mean, maximum and
-    the maximum's position, so memory holds one batch of maps at a time. The
-    network runs only up to the layer.
+    The network runs only up to the layer.
+
+    Example:
+        >>> from cnnlens import demo_dataset, layer_stats, open_model, top_images
+        >>> stats = layer_stats(open_model("demo"), demo_dataset(), "conv_2")
+        >>> top_images(stats, channel=5, k=3)["filename"].tolist()  # doctest: +SKIP
+        ['1931.png', '3667.png', '3579.png']
 
     Args:
         loaded: the model (:func:`cnnlens.models.open_model`).
         dataset: the dataset.
-        layer: a layer name of ``loaded.layer_names()``.
+        layer: a layer name of ``loaded.layer_names()``, or a module path.
         split: ``"train"`` or ``"test"``.
         batch_size: images per forward pass.
         workers: processes decoding images while the network runs (0: this thread).
@@ -355,8 +327,17 @@ def layer_stats(
         Cancelled: if ``should_stop()`` returned True; the partial pass is dropped.
         ValueError: for an unknown layer or split, or a layer whose output is not a map.
     """
-    options = {"batch_size": batch_size, "workers": workers, "on_progress": on_progress}
-    return _summarise(loaded, dataset, layer, split, options, should_stop, False).stats(split)
+    options = {"batch_size": batch_size, "workers": workers}
+    found, _ = summarise(
+        loaded,
+        dataset,
+        [layer],
+        split=split,
+        should_stop=should_stop,
+        on_progress=on_progress,
+        **options,
+    )
+    return found[layer]
 
 
 def layer_stats_and_predictions(
@@ -370,22 +351,27 @@ def layer_stats_and_predictions(
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[LayerStats, Predictions]:
-    """A layer's statistics and the model's answers, from one pass over a split.
-
-    Each image is read and decoded once for both; the network runs to the layer
-    and through to its classes. Equal to :func:`layer_stats` and
-    :func:`predict_split` called apart, at the cost of one pass instead of two.
+    """A layer's statistics and the model's answers, from one pass over a split
+    (:func:`summarise`).
 
     Args and Raises are those of :func:`layer_stats`, and:
 
     Raises:
         ValueError: if the model has no classes.
     """
-    if loaded.classes is None:
-        raise ValueError("This model has no classes, so it predicts none; choose a classifier.")
-    options = {"batch_size": batch_size, "workers": workers, "on_progress": on_progress}
-    summary = _summarise(loaded, dataset, layer, split, options, should_stop, True)
-    return summary.stats(split), summary.predictions()
+    options = {"batch_size": batch_size, "workers": workers}
+    found, answers = summarise(
+        loaded,
+        dataset,
+        [layer],
+        split=split,
+        with_predictions=True,
+        should_stop=should_stop,
+        on_progress=on_progress,
+        **options,
+    )
+    assert answers is not None
+    return found[layer], answers
 
 
 def predict_split(
@@ -417,7 +403,7 @@ def predict_split(
     # The first layer is the cheapest target: the pass is for the predictions.
     first = loaded.layer_names()[0]
     for batch in _pass(
-        loaded, dataset, first, split, options, should_stop, pool="mean", with_predictions=True
+        loaded, dataset, [first], split, options, should_stop, pool="mean", with_predictions=True
     ):
         predicted.append(np.asarray(batch.predictions).argmax(axis=1))
         filenames.extend(batch.filenames)
@@ -430,6 +416,17 @@ def predict_split(
         predicted=np.concatenate(predicted).astype(np.int64),
         classes=tuple(loaded.classes),
     )
+
+
+def labels_name_classes(
+    dataset: Dataset, classes: Sequence[str] | None, split: str = "train"
+) -> bool:
+    """Whether some label of the split is one of the model's class names: only then can the
+    network's answers be judged right or wrong (ImageNet's classes never name a digit)."""
+    if not classes:
+        return False
+    labels = dataset.rows(split)["label"].dropna().unique()
+    return not set(map(str, labels)).isdisjoint(classes)
 
 
 def _check_aligned(stats: LayerStats, predictions: Predictions) -> None:
@@ -499,6 +496,31 @@ def top_images(
             "x": stats.peak_x[order, channel],
         }
     )
+
+
+def channel_maps(
+    loaded: LoadedModel,
+    dataset: Dataset,
+    filenames: Sequence[str],
+    layer: str,
+    channel: int,
+    split: str = "train",
+) -> np.ndarray:
+    """One channel's maps for a few dataset images (such as a channel's top images), in one
+    forward pass.
+
+    Returns:
+        k×H×W float32, in the order of ``filenames``.
+
+    Raises:
+        ValueError: for an unknown layer or image, or a channel the layer does not have.
+    """
+    images = [dataset.load_image(name, loaded.spec.mode, split) for name in filenames]
+    maps = loaded.extractor(layer)(loaded.batch(images))[layer]
+    channels = maps.shape[1]
+    if not 0 <= channel < channels:
+        raise ValueError(f"{layer} has channels 0 to {channels - 1}; got {channel}.")
+    return maps[:, channel].float().cpu().numpy()
 
 
 def fire_box(
@@ -771,3 +793,235 @@ def difference(map_a: np.ndarray, map_b: np.ndarray) -> np.ndarray:
     if a.shape != b.shape:
         raise ValueError(f"Maps of shapes {a.shape} and {b.shape} cannot be compared.")
     return a.astype(np.float32) - b.astype(np.float32)
+
+
+# --- the results of a dataset pass, as specs the results store runs ------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class PredictionsSpec(DatasetSpec[Predictions]):
+    """The model's answer for every image of a split (:func:`predict_split`)."""
+
+    kind = "predictions"
+    result_type = Predictions
+
+    @property
+    def title(self) -> str:
+        return "classifying every image"
+
+    def progress_text(self, done: int, total: int) -> str:
+        return f"Classifying every image: {done:,} of {total:,}"
+
+    def compute(self, run: Run) -> Predictions:
+        return predict_split(
+            self.loaded,
+            self.dataset,
+            split=self.split,
+            should_stop=run.should_stop,
+            on_progress=run.report,
+            **self.pass_options,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class LayerStatsSpec(DatasetSpec[LayerStats]):
+    """One layer's statistics over a split (:func:`layer_stats`).
+
+    The pass that makes them can make more at no extra decoding: the statistics of
+    other layers (``along``) and the model's answers (``with_predictions``), each
+    kept as its own result when it is not stored yet. Neither is part of the key.
+
+    Attributes:
+        layer: the layer (a renamed layer or a module path: both give one key).
+        along: other layers to summarise in the same pass (those without maps are skipped).
+        with_predictions: classify every image in the same pass (:class:`PredictionsSpec`).
+    """
+
+    layer: str
+    along: tuple[str, ...] = field(default=(), kw_only=True)
+    with_predictions: bool = field(default=False, kw_only=True)
+    kind = "layer_stats"
+    result_type = LayerStats
+
+    def parts(self) -> dict[str, object]:
+        return {**super().parts(), "layer": self.layer_path(self.layer)}
+
+    @property
+    def title(self) -> str:
+        more = " with the other chosen layers" if self.along else ""
+        answers = " and classifying every image" if self.with_predictions else ""
+        return f"summarising {self.layer}{more}{answers}"
+
+    def progress_text(self, done: int, total: int) -> str:
+        return f"{self.title[:1].upper()}{self.title[1:]}: {done:,} of {total:,} images"
+
+    def of(self, layer: str) -> LayerStatsSpec:
+        """Another layer's statistics over the same split."""
+        return LayerStatsSpec(
+            self.loaded, self.dataset, layer, split=self.split, **self.pass_options
+        )
+
+    @property
+    def predictions(self) -> PredictionsSpec:
+        """The model's answers over the same split."""
+        return PredictionsSpec(self.loaded, self.dataset, split=self.split, **self.pass_options)
+
+    def _riders(self, run: Run) -> list[LayerStatsSpec]:
+        """The other layers still to summarise, those with maps only."""
+        from cnnlens.pipeline import map_shapes
+
+        others = [self.of(layer) for layer in dict.fromkeys(self.along) if layer != self.layer]
+        missing = [spec for spec in others if spec.key != self.key and run.find(spec) is None]
+        if not missing:
+            return []
+        shapes = map_shapes(self.loaded, [spec.layer for spec in missing])
+        return [spec for spec in missing if len(shapes[spec.layer]) == 3]
+
+    def compute(self, run: Run) -> LayerStats:
+        riders = self._riders(run)
+        classify = (
+            self.with_predictions
+            and self.loaded.classes is not None
+            and run.find(self.predictions) is None
+        )
+        stats, answers = summarise(
+            self.loaded,
+            self.dataset,
+            [self.layer, *(spec.layer for spec in riders)],
+            split=self.split,
+            with_predictions=classify,
+            should_stop=run.should_stop,
+            on_progress=run.report,
+            **self.pass_options,
+        )
+        for spec in riders:
+            run.keep(spec, stats[spec.layer])
+        if answers is not None:
+            run.keep(self.predictions, answers)
+        return stats[self.layer]
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddingSpec(Spec[np.ndarray]):
+    """Every image of a split on a 2-D map of a layer's channel means (:func:`embedding`).
+
+    Attributes:
+        stats: the layer's statistics the map is made of (computed first when missing).
+        method: ``"pca"``, ``"tsne"`` or ``"umap"``.
+        seed: the random seed of t-SNE and UMAP.
+    """
+
+    stats: LayerStatsSpec
+    method: str = "pca"
+    seed: int = 0
+    kind = "embedding"
+
+    def parts(self) -> dict[str, object]:
+        return {"stats": self.stats.key, "method": self.method, "seed": self.seed}
+
+    def requires(self) -> tuple[LayerStatsSpec]:
+        return (self.stats,)
+
+    @property
+    def title(self) -> str:
+        return "making the " + {"tsne": "t-SNE", "umap": "UMAP"}.get(self.method, "PCA") + " map"
+
+    def progress_text(self, done: int, total: int) -> str:
+        if self.method != "tsne":
+            return f"Making the {self.method.upper()} map…"
+        if done < TSNE_NEIGHBOUR_STEPS:
+            return "t-SNE: finding each image's neighbours…"
+        steps = total - TSNE_NEIGHBOUR_STEPS
+        return f"t-SNE: arranging the map, step {done - TSNE_NEIGHBOUR_STEPS} of {steps}"
+
+    def compute(self, run: Run) -> np.ndarray:
+        stats = run.get(self.stats)
+        return embedding(
+            stats,
+            method=self.method,
+            seed=self.seed,
+            on_progress=run.report,
+            should_stop=run.should_stop,
+        )
+
+
+def _group_names(stats: LayerStats, predictions: Predictions | None) -> np.ndarray:
+    """Each image's class: its label, or the predicted class."""
+    if predictions is None:
+        return np.array([str(label) for label in stats.labels])
+    _check_aligned(stats, predictions)
+    return np.array(predictions.names)
+
+
+@dataclass(frozen=True, eq=False)
+class TopImagesSpec(Derived[pd.DataFrame]):
+    """The images that excite one channel most (:func:`top_images`), from a layer's
+    statistics, optionally among the images of one class.
+
+    Attributes:
+        stats: the layer's statistics.
+        channel: the channel.
+        k: how many images.
+        by: ``"max"`` or ``"mean"``.
+        of_class: only the images of this class (by label, or by ``predictions``).
+        predictions: group the images by the model's answer instead of their label.
+    """
+
+    stats: LayerStatsSpec
+    channel: int
+    k: int = 9
+    by: str = "max"
+    of_class: str | None = None
+    predictions: PredictionsSpec | None = None
+    kind = "top_images"
+
+    def parts(self) -> dict[str, object]:
+        return {
+            "stats": self.stats.key,
+            "channel": int(self.channel),
+            "k": self.k,
+            "by": self.by,
+            "of_class": self.of_class,
+            "predictions": None if self.predictions is None else self.predictions.key,
+        }
+
+    def requires(self) -> tuple[DatasetSpec, ...]:
+        return (self.stats,) if self.predictions is None else (self.stats, self.predictions)
+
+    def derive(self, stats: LayerStats, predictions: Predictions | None = None) -> pd.DataFrame:
+        among = None
+        if self.of_class is not None:
+            among = _group_names(stats, predictions) == self.of_class
+        return top_images(stats, self.channel, k=self.k, by=self.by, among=among)
+
+
+@dataclass(frozen=True, eq=False)
+class ClassMatrixSpec(Derived[pd.DataFrame]):
+    """Each channel's average activation per class (:func:`class_channel_matrix`).
+
+    Attributes:
+        stats: the layer's statistics.
+        by: average each image's channel ``"mean"`` or ``"max"``.
+        predictions: group the images by the model's answer instead of their label.
+        relative: standard scores across the classes.
+    """
+
+    stats: LayerStatsSpec
+    by: str = "mean"
+    predictions: PredictionsSpec | None = None
+    relative: bool = False
+    kind = "class_matrix"
+
+    def parts(self) -> dict[str, object]:
+        return {
+            "stats": self.stats.key,
+            "by": self.by,
+            "predictions": None if self.predictions is None else self.predictions.key,
+            "relative": self.relative,
+        }
+
+    def requires(self) -> tuple[DatasetSpec, ...]:
+        return (self.stats,) if self.predictions is None else (self.stats, self.predictions)
+
+    def derive(self, stats: LayerStats, predictions: Predictions | None = None) -> pd.DataFrame:
+        return class_channel_matrix(stats, self.by, predictions, self.relative)

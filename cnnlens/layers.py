@@ -1,16 +1,22 @@
 """What a model's layers are called: one object answers it for every kind of network.
 
-A sequential CNN (an ``nn.Sequential``, or a model whose ``.features`` is one,
-such as VGG or the demo CNN) has *renamed* layers, as in the original recipe:
-each layer is named by its kind and the conv block it belongs to (``conv_1``,
-``relu_1``, ``pool_1``, ``conv_2``, ...). Unlike the original recipe, no layer is
-dropped and the ReLU after ``conv_1`` is ``relu_1``. Any other network keeps the
-qualified names ``named_modules()`` gives (``layer1.0.conv1``).
+Every submodule of every model answers to its qualified name, the one
+``named_modules()`` gives (``layer1.0.conv1``, ``features.1.block.0.0``). A
+stack made of the original recipe's kinds of layers (convolutions, activations,
+pools, normalisation, dropout, and the flatten and linear layers of a small
+classifier) also has *renamed* layers, as in the original recipe: each layer is
+named by its kind and the conv block it belongs to (``conv_1``, ``relu_1``,
+``pool_1``, ``conv_2``, ...). That stack is an ``nn.Sequential`` model, or a
+model's ``.features`` (VGG, AlexNet, the demo CNN). Unlike the original recipe,
+no layer is dropped and the ReLU after ``conv_1`` is ``relu_1``. A stack of
+blocks (MobileNet's inverted residuals, SqueezeNet's Fire modules) has no
+renamed layers: a block is not a layer of that recipe.
 
-:class:`Layers` is the one place that tells the two apart. It lists the names,
-checks a choice of targets (with close matches for a typo), finds the module a
-name stands for, and describes every layer in a table with output shapes,
-parameters, receptive fields and map memory.
+:class:`Layers` is the one place that knows this rule. It lists the names
+(renamed layers where the model has them, else qualified names), accepts both
+kinds wherever a layer is asked for, checks a choice of targets (with close
+matches for a typo), finds the module a name stands for, and describes every
+layer in a table with output shapes, parameters, receptive fields and map memory.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn.modules import activation
 
-__all__ = ["TABLE_COLUMNS", "Layers", "layer_names", "module_names"]
+__all__ = ["TABLE_COLUMNS", "Layers", "layer_names", "meta_copy", "module_names"]
 
 TABLE_COLUMNS = [
     "layer",
@@ -39,7 +46,7 @@ TABLE_COLUMNS = [
 ]
 """The columns of :meth:`Layers.table`, in order."""
 
-# Short names for the layer kinds of the original recipe; any other layer keeps its class name.
+# Short names for some layer kinds; any other layer keeps its class name.
 _KIND_NAMES: dict[type[nn.Module], str] = {
     nn.Conv2d: "conv",
     nn.BatchNorm2d: "bn",
@@ -47,14 +54,47 @@ _KIND_NAMES: dict[type[nn.Module], str] = {
     nn.MaxPool2d: "pool",
 }
 
+# The original recipe's kinds of layers. Every activation of torch.nn counts (ReLU,
+# GELU, Softmax...); attention is not one. Flatten and Linear count so that a small
+# CNN written as one nn.Sequential, its classifier included, keeps renamed layers.
+_RECIPE_KINDS: tuple[type[nn.Module], ...] = (
+    nn.Conv2d,
+    *(getattr(activation, kind) for kind in activation.__all__ if kind != "MultiheadAttention"),
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.LPPool2d,
+    nn.BatchNorm2d,
+    nn.GroupNorm,
+    nn.InstanceNorm2d,
+    nn.LocalResponseNorm,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.Identity,
+    nn.Flatten,
+    nn.Linear,
+)
+
 
 def _stack_of(model: nn.Module) -> tuple[nn.Sequential, str] | None:
-    """The sequential stack of a model and its qualified prefix, or ``None``."""
-    if isinstance(model, nn.Sequential):
-        return model, ""
+    """The stack of recipe layers that gets renamed layers, and its qualified prefix.
+
+    The model itself when it is an ``nn.Sequential`` of recipe layers, else its
+    ``.features`` when that is one; ``None`` for any other model.
+    """
     features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential):
-        return features, "features."
+    for stack, prefix in ((model, ""), (features, "features.")):
+        if (
+            isinstance(stack, nn.Sequential)
+            and len(stack) > 0
+            and all(isinstance(layer, _RECIPE_KINDS) for layer in stack)
+        ):
+            return stack, prefix
     return None
 
 
@@ -101,7 +141,7 @@ def _receptive_fields(stack: nn.Sequential, names: list[str]) -> dict[str, int |
     return fields
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
+def meta_copy(model: nn.Module) -> nn.Module:
     """A copy of the model with every parameter and buffer on the meta device.
 
     Copying the real tensors first would briefly double the model's memory.
@@ -122,7 +162,7 @@ def _output_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[
     A module the forward does not call, or whose output is not a tensor, is left
     out; a module called twice keeps its first call's shape.
     """
-    probe = _meta_copy(model).eval()
+    probe = meta_copy(model).eval()
     shapes: dict[str, torch.Size] = {}
 
     def record(name: str, module: nn.Module, args: Any, output: Any) -> None:
@@ -142,46 +182,58 @@ def _output_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[
     return shapes
 
 
+_NOT_RENAMED = (
+    "{} has no renamed layers: they need a stack of plain layers (convolutions, "
+    "activations, pools, normalisation, dropout), an nn.Sequential such as torchvision's "
+    "vgg16().features, or a model whose .features is one (vgg, alexnet, the demo CNN). "
+    "Its modules' qualified names (cnnlens.module_names) work everywhere."
+)
+
+
 class Layers:
     """The layers of one model: their names, the modules they stand for, and a table.
 
+    Every submodule answers to its qualified name. A model with a stack of the
+    original recipe's kinds of layers (see the module's docstring) also has
+    renamed layers (``conv_1``); both name the same module (``features.0``).
+
     Args:
         model: any ``nn.Module``.
-        renamed: name the layers of a sequential stack by kind and block
-            (``conv_1``); ``False`` for qualified module names (``layer1.0.conv1``).
-            By default, renamed when the model is an ``nn.Sequential`` or has one as
-            ``.features``.
 
     Raises:
-        TypeError: if ``model`` is not an ``nn.Module``, or ``renamed=True`` for a
-            model without a sequential stack.
+        TypeError: if ``model`` is not an ``nn.Module``.
 
     Attributes:
-        renamed: whether the names are renamed layers rather than module names.
-        names: every layer name, in network order (renamed) or ``named_modules()``
-            order (qualified); the root module itself is left out.
+        renamed: whether the model has renamed layers.
+        names: the layers to list: every renamed layer in network order where the
+            model has them, else every qualified name in ``named_modules()`` order
+            (the root module itself left out).
+        module_names: every qualified name, in ``named_modules()`` order.
     """
 
-    def __init__(self, model: nn.Module, renamed: bool | None = None) -> None:
+    def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Expected a torch nn.Module, got {type(model).__name__}.")
-        stack = _stack_of(model)
-        if renamed and stack is None:
-            raise TypeError(
-                f"{type(model).__name__} is not a sequential CNN. Renamed layers need an "
-                "nn.Sequential (such as torchvision's vgg16().features) or a model whose "
-                ".features is one (vgg, alexnet, squeezenet, the demo CNN)."
-            )
         self.model = model
-        self.renamed = stack is not None if renamed is None else renamed
-        if self.renamed:
-            assert stack is not None
-            self._stack, prefix = stack
+        self.module_names = [name for name, _ in model.named_modules() if name]
+        order = {name: i for i, name in enumerate(self.module_names)}
+        stack = _stack_of(model)
+        self.renamed = stack is not None
+        self._paths: dict[str, str] = {}
+        if stack is not None:
+            self._stack, self._prefix = stack
+            self._keys = [key for key, _ in self._stack.named_children()]
             self.names = _renamed(list(self._stack))
-            self._paths = {name: f"{prefix}{i}" for i, name in enumerate(self.names)}
+            self._paths = {
+                name: self._prefix + key for name, key in zip(self.names, self._keys, strict=True)
+            }
         else:
-            self.names = [name for name, _ in model.named_modules() if name]
-            self._paths = {name: name for name in self.names}
+            self.names = list(self.module_names)
+        # Network order: by module; a renamed name before the path it stands for.
+        self._order = {name: (order[path], 0) for name, path in self._paths.items()}
+        for name in self.module_names:
+            self._paths.setdefault(name, name)
+            self._order.setdefault(name, (order[name], 1))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
@@ -198,28 +250,40 @@ class Layers:
 
     @property
     def stack(self) -> list[nn.Module]:
-        """The layers of the sequential stack, in order (renamed layers only).
+        """The layers of the renamed stack, in order.
 
         Raises:
-            TypeError: for qualified module names.
+            TypeError: for a model without renamed layers.
         """
         if not self.renamed:
-            raise TypeError("Only renamed layers come from a sequential stack.")
+            raise TypeError(_NOT_RENAMED.format(type(self.model).__name__))
         return list(self._stack)
 
+    @property
+    def stack_prefix(self) -> str:
+        """The qualified prefix of the renamed stack's layers: ``""`` or ``"features."``.
+
+        Raises:
+            TypeError: for a model without renamed layers.
+        """
+        if not self.renamed:
+            raise TypeError(_NOT_RENAMED.format(type(self.model).__name__))
+        return self._prefix
+
     def check(self, targets: str | Iterable[str]) -> tuple[str, ...]:
-        """Validate a choice of layers and put it in the order of :attr:`names`.
+        """Validate a choice of layers and put it in network order.
 
         Args:
-            targets: one layer name or several; duplicates are dropped.
+            targets: one layer name or several, renamed layers or qualified module
+                names; duplicates are dropped.
 
         Returns:
-            The chosen names, in network order.
+            The chosen names as given, in network order.
 
         Raises:
             TypeError: if targets are not strings.
             ValueError: if none is given or one is not a layer of the model; the
-                message lists close matches (qualified names) or every layer (renamed).
+                message lists the renamed layers or close matches.
         """
         if isinstance(targets, str):
             targets = [targets]
@@ -237,20 +301,22 @@ class Layers:
         unknown = [name for name in wanted if name not in self._paths]
         if unknown:
             raise ValueError(self._unknown_message(unknown))
-        chosen = set(wanted)
-        return tuple(name for name in self.names if name in chosen)
+        return tuple(sorted(dict.fromkeys(wanted), key=self._order.__getitem__))
 
     def _valid_hint(self) -> str:
         if self.renamed:
-            return f"Valid layers: {', '.join(self.names)}."
+            return (
+                f"Valid layers: {', '.join(self.names)}; or a module path such as "
+                f"{self._paths[self.names[0]]!r} (cnnlens.module_names lists them)."
+            )
         return "cnnlens.module_names(model) lists every valid name."
 
     def _unknown_message(self, unknown: list[str]) -> str:
-        if self.renamed:
-            return f"Unknown layer {', '.join(map(repr, unknown))}. {self._valid_hint()}"
         name = unknown[0]
-        close = difflib.get_close_matches(name, self.names, n=5)
+        close = difflib.get_close_matches(name, list(self._paths), n=5)
         hint = f" Close matches: {', '.join(map(repr, close))}." if close else ""
+        if self.renamed:
+            return f"Unknown layer {', '.join(map(repr, unknown))}. {self._valid_hint()}{hint}"
         return f"Unknown module {name!r}.{hint} {self._valid_hint()}"
 
     def path(self, name: str) -> str:
@@ -272,13 +338,17 @@ class Layers:
     def receptive_field(self, name: str) -> int | None:
         """Input pixels per side that one value of a layer sees, where it can be derived.
 
-        Known for renamed layers (from kernel sizes, strides and dilations alone),
-        ``None`` for qualified module names and after nested blocks.
+        Known for the layers of a renamed stack, by either name (from kernel sizes,
+        strides and dilations alone); ``None`` for other modules and after nested blocks.
+
+        Raises:
+            ValueError: for a name that is not a layer of the model.
         """
-        name = self.check(name)[0]
+        path = self.path(name)
         if not self.renamed:
             return None
-        return _receptive_fields(self._stack, self.names)[name]
+        fields = _receptive_fields(self._stack, self.names)
+        return next((fields[n] for n in self.names if self._paths[n] == path), None)
 
     def table(self, input_shape: tuple[int, int, int]) -> pd.DataFrame:
         """Describe each layer for one input.
@@ -304,7 +374,7 @@ class Layers:
         if self.renamed:  # the stack alone: a classifier may want another input size
             shapes = _output_shapes(self._stack, input_shape)
             fields = _receptive_fields(self._stack, self.names)
-            keys = {name: str(i) for i, name in enumerate(self.names)}
+            keys = dict(zip(self.names, self._keys, strict=True))
         else:
             shapes = _output_shapes(self.model, input_shape)
             fields, keys = {}, self._paths
@@ -327,18 +397,22 @@ class Layers:
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """List the renamed layers of a sequential CNN, in network order.
+    """List the renamed layers of a model with a stack of plain layers, in network order.
 
     Args:
-        model: an ``nn.Sequential`` or a model whose ``.features`` is one.
+        model: an ``nn.Sequential`` of plain layers, or a model whose ``.features`` is
+            one (see :mod:`cnnlens.layers`).
 
     Returns:
         Names such as ``["conv_1", "bn_1", "relu_1", "pool_1", "conv_2", ...]``.
 
     Raises:
-        TypeError: if the model is not sequential.
+        TypeError: if the model has no renamed layers.
     """
-    return Layers(model, renamed=True).names
+    layers = Layers(model)
+    if not layers.renamed:
+        raise TypeError(_NOT_RENAMED.format(type(model).__name__))
+    return layers.names
 
 
 def module_names(model: nn.Module) -> list[str]:
@@ -354,4 +428,4 @@ def module_names(model: nn.Module) -> list[str]:
     Raises:
         TypeError: if ``model`` is not an ``nn.Module``.
     """
-    return Layers(model, renamed=False).names
+    return Layers(model).module_names

@@ -33,9 +33,10 @@ from cnnlens.registry import (
     DEMO_WEIGHTS,
     InputSpec,
     ModelInfo,
+    default_weights,
     model_info,
 )
-from cnnlens.weights import _default_weights, _head_key, _with_weights, load_weights
+from cnnlens.weights import fit_weights, load_weights
 
 if TYPE_CHECKING:
     from cnnlens.extractor import FeatureExtractor
@@ -47,7 +48,6 @@ __all__ = [
     "LoadedModel",
     "demo_dataset",
     "demo_model",
-    "load_model",
     "open_model",
     "pick_device",
 ]
@@ -102,8 +102,9 @@ class LoadedModel:
         weights_id: a stable id of the weights for disk caches: the first 16 hex
             digits of the weights file's sha256, the pretrained weights' name, or
             ``"random-seed0"``.
-        sequential: whether the layers are the lens's renamed layers (``conv_1``...)
-            rather than qualified module names (``layer1.0.conv1``).
+        sequential: whether the model has renamed layers (``conv_1``...) besides its
+            qualified module names (``layer1.0.conv1``), by the rule of
+            :mod:`cnnlens.layers` (VGG, AlexNet and the demo have them).
         notes: banners for people: random weights, tensors that did not fit.
     """
 
@@ -128,8 +129,9 @@ class LoadedModel:
 
     @functools.cached_property
     def layers(self) -> Layers:
-        """The model's layers: renamed layers (``conv_1``...) or qualified module names."""
-        return Layers(self.model, renamed=self.sequential)
+        """The model's layers: qualified module names, and renamed layers (``conv_1``...)
+        where the model has them."""
+        return Layers(self.model)
 
     @functools.cached_property
     def private_copy(self) -> PrivateCopy:
@@ -138,14 +140,15 @@ class LoadedModel:
         return PrivateCopy(self.model, share_tensors=True)
 
     def layer_names(self) -> list[str]:
-        """The layers a lens or extractor can read: renamed layers or qualified module names."""
+        """The layers to list: renamed layers where the model has them, else qualified module
+        names. Every qualified module name is a valid layer too."""
         return list(self.layers.names)
 
     def default_layers(self) -> list[str]:
         """The layers to show first.
 
-        For a sequential CNN, its conv layers. For any other network (and a
-        sequential one with fewer than two convs, such as SqueezeNet), the last
+        For a model with renamed layers, its conv layers. For any other network
+        (and a renamed one with fewer than two convs), the last
         module of each spatial-resolution stage of its trunk (ResNet's ``layer1``
         to ``layer4``, say), at most five, found from the output shapes of one
         forward on the meta device.
@@ -164,10 +167,13 @@ class LoadedModel:
         )
 
     def extractor(self, targets: str | Sequence[str]) -> Lens | FeatureExtractor:
-        """A lens (renamed layers) or an extractor (module names) for some target layers.
+        """An extractor for some target layers: renamed layers or qualified module names.
 
-        Every extractor of this model runs on :attr:`private_copy`: it costs no copy
-        of its own, and dropping it frees nothing but itself.
+        A model with renamed layers gets a :class:`~cnnlens.lens.Lens` (the same
+        extraction, with the renamed net to show), any other a
+        :class:`~cnnlens.extractor.FeatureExtractor`. Every extractor of this model
+        runs on :attr:`private_copy`: it costs no copy of its own, and dropping it
+        frees nothing but itself.
 
         Raises:
             TypeError: if targets are not strings.
@@ -281,7 +287,7 @@ def _build(name: str, num_classes: int | None = None, *, skeleton: bool = False)
     else:
         from torchvision.models import get_model_builder
 
-        meta = _default_weights(name).meta
+        meta = default_weights(name).meta
         kwargs = {
             **_BUILD_KWARGS.get(name, {}),
             "num_classes": num_classes or len(meta["categories"]),
@@ -334,17 +340,15 @@ def open_model(
             does not fit the architecture, or class names of the wrong count.
     """
     info = model_info(name)
-    fitted, described, weights_id, notes = _with_weights(
-        name, weights, allow_download, progress, _build
-    )
-    notes.extend(fitted.notes)
+    fitted = fit_weights(name, weights, _build, allow_download=allow_download, progress=progress)
+    notes = list(fitted.notes)
     spec = _spec_for(info, fitted.channels)
-    outputs = _head_outputs(fitted.model)
     if classes is not None:
         classes = tuple(map(str, classes))
-        if len(classes) != outputs:
+        if len(classes) != fitted.outputs:
             raise ValueError(
-                f"{len(classes)} class names were given, but the classifier has {outputs} outputs."
+                f"{len(classes)} class names were given, but the classifier has "
+                f"{fitted.outputs} outputs."
             )
     elif fitted.num_classes is not None:
         classes = tuple(str(i) for i in range(fitted.num_classes))
@@ -354,7 +358,7 @@ def open_model(
     elif info.classes is not None:
         classes = info.classes
     else:
-        classes = tuple(_default_weights(name).meta["categories"])
+        classes = tuple(default_weights(name).meta["categories"])
 
     # The model is this LoadedModel's own, and its private copy shares its tensors:
     # channels-last makes convolutions about twice as fast on CPU, and no gradient of a
@@ -368,9 +372,9 @@ def open_model(
         model=model,
         spec=spec,
         classes=classes,
-        weights=described,
-        weights_id=weights_id,
-        sequential=info.sequential,
+        weights=fitted.description,
+        weights_id=fitted.weights_id,
+        sequential=Layers(model).renamed,
         notes=tuple(notes),
     )
 
@@ -386,19 +390,6 @@ def _spec_for(info: ModelInfo, channels: int | None) -> InputSpec:
         mean = (sum(mean) / len(mean),) * channels
         std = (sum(std) / len(std),) * channels
     return InputSpec(mode, spec.size, mean, std, spec.resize, spec.interpolation)
-
-
-def _head_outputs(model: nn.Module) -> int:
-    return model.state_dict()[_head_key(model.state_dict())].shape[0]
-
-
-def load_model(name: str, device: str | torch.device = "cpu") -> nn.Module:
-    """Build a registered model with its default weights, in eval mode.
-
-    Raises:
-        ValueError: for an unknown name.
-    """
-    return open_model(name, device=device).model
 
 
 def exact_float32() -> None:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from cnnlens.explain import CLASS_SCORES
-from cnnlens.layers import Layers, _meta_copy
+from cnnlens.layers import Layers, meta_copy
 
 if TYPE_CHECKING:
     from cnnlens.models import LoadedModel
@@ -295,7 +295,7 @@ def _trace(
     model: nn.Module, units: dict[str, nn.Module], input_shape: tuple[int, int, int]
 ) -> tuple[_Flow, str]:
     """One forward of a meta copy that records the drawn modules' calls and the data flow."""
-    probe = _meta_copy(model).eval()  # hooked here only, and dropped after this forward
+    probe = meta_copy(model).eval()  # hooked here only, and dropped after this forward
     flow = _Flow(units)
     for path, module in probe.named_modules():
         if path in units:

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from cnnlens.data import Dataset, Problem
 from cnnlens.models import LoadedModel
-from cnnlens.preprocess import decode_network_view, scale_uint8_batch, to_uint8_batch
+from cnnlens.preprocess import decode_as_input, scale_uint8_batch, to_uint8_batch
 from cnnlens.registry import InputSpec
 
 __all__ = [
@@ -87,17 +87,14 @@ def pool_maps(maps: torch.Tensor, pool: str) -> torch.Tensor:
 
 
 def _check_targets(loaded: LoadedModel, targets: Sequence[str]) -> list[str]:
-    """The targets as a list, each a layer of the model, or a ValueError listing the valid ones."""
+    """The targets as a list in the order given, each a layer name or module path of the model,
+    or a ValueError listing the valid ones."""
     chosen = [targets] if isinstance(targets, str) else list(targets)
     if not chosen:
         raise ValueError("Choose at least one layer.")
-    valid = loaded.layer_names()
-    unknown = [name for name in chosen if name not in valid]
+    unknown = [name for name in chosen if name not in loaded.layers]
     if unknown:
-        raise ValueError(
-            f"Unknown layer {', '.join(map(repr, unknown))} for {loaded.name}. "
-            f"Valid layers: {', '.join(valid)}."
-        )
+        loaded.layers.check(unknown)  # raises the one message: valid layers, close matches
     return chosen
 
 
@@ -123,7 +120,7 @@ def load_pixels(dataset: Dataset, filename: str, split: str, spec: InputSpec) ->
         ValueError: if the image cannot be read or decoded, with the reason.
     """
     data = dataset.read_bytes(filename, split)
-    return to_uint8_batch([decode_network_view(data, spec, filename)], spec)[0]
+    return to_uint8_batch([decode_as_input(data, spec, filename)], spec)[0]
 
 
 def load_batch(
@@ -140,7 +137,7 @@ def load_batch(
     failed: list[tuple[int, str]] = []
     for position, name in enumerate(filenames):
         try:
-            images.append(decode_network_view(dataset.read_bytes(name, split), spec, name))
+            images.append(decode_as_input(dataset.read_bytes(name, split), spec, name))
             read.append(position)
         except ValueError as error:
             failed.append((position, str(error)))

@@ -23,8 +23,8 @@ from cnnlens.images import open_image, open_plain_png, to_mode
 from cnnlens.registry import DEMO_INPUT, InputSpec
 
 __all__ = [
-    "decode_network_view",
-    "network_view",
+    "as_input",
+    "decode_as_input",
     "scale_uint8_batch",
     "to_batch",
     "to_uint8_batch",
@@ -51,15 +51,15 @@ def _resized(image: Image.Image, spec: InputSpec) -> Image.Image:
     return image.crop((left, top, left + width, top + height))
 
 
-def network_view(image: Image.Image, spec: InputSpec = DEMO_INPUT) -> Image.Image:
+def as_input(image: Image.Image, spec: InputSpec = DEMO_INPUT) -> Image.Image:
     """The image as the network sees it, before scaling: in the model's mode, resized
     and centre-cropped as :func:`to_batch` does. A map lies over this, not over the
     uncropped image."""
     return _resized(to_mode(image, spec.mode), spec)
 
 
-def decode_network_view(data: bytes, spec: InputSpec, name: str = "the image") -> Image.Image:
-    """Decode image bytes straight to :func:`network_view`.
+def decode_as_input(data: bytes, spec: InputSpec, name: str = "the image") -> Image.Image:
+    """Decode image bytes straight to :func:`as_input`.
 
     A plain PNG already at the model's size (MNIST-style data) skips Pillow's
     file parser, with the same values for half the time.
@@ -69,7 +69,7 @@ def decode_network_view(data: bytes, spec: InputSpec, name: str = "the image") -
     """
     image = _plain_png(data, spec)
     if image is None:
-        return network_view(open_image(data, name=name), spec)
+        return as_input(open_image(data, name=name), spec)
     return image if image.mode == spec.mode else to_mode(image, spec.mode)
 
 
@@ -80,19 +80,25 @@ def _plain_png(data: bytes, spec: InputSpec) -> Image.Image | None:
     return open_plain_png(data, spec.size)
 
 
-def to_batch(images: list[Image.Image] | Image.Image, spec: InputSpec = DEMO_INPUT) -> torch.Tensor:
-    """Turn Pillow images into an N×C×H×W float batch for a model.
+Pictures = Image.Image | np.ndarray | list[Image.Image] | list[np.ndarray]
+"""Images a batch is made of: Pillow images, or uint8 pixels (H×W or H×W×3), one or a list."""
 
-    Each image is converted to the model's mode, resized (with ``spec.resize``,
-    its shorter side to that and the centre cropped to ``spec.size``, as
-    torchvision's transforms do; else straight to ``spec.size``) and scaled to
-    [0, 1], then normalised when the spec has a mean and std.
+
+def to_batch(images: Pictures, spec: InputSpec = DEMO_INPUT) -> torch.Tensor:
+    """Turn images into an N×C×H×W float batch for a model.
+
+    Each image (Pillow, or uint8 pixels H×W or H×W×3) is converted to the model's
+    mode, resized (with ``spec.resize``, its shorter side to that and the centre
+    cropped to ``spec.size``, as torchvision's transforms do; else straight to
+    ``spec.size``) and scaled to [0, 1], then normalised when the spec has a mean and std.
     """
-    if isinstance(images, Image.Image):
+    if isinstance(images, Image.Image | np.ndarray):
         images = [images]
     arrays = []
     for image in images:
-        image = network_view(image, spec)
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        image = as_input(image, spec)
         array = np.asarray(image, dtype=np.float32) / 255.0
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     batch = torch.from_numpy(np.stack(arrays))
@@ -152,7 +158,7 @@ def _constants(
 def to_uint8_image(batch: torch.Tensor, spec: InputSpec) -> np.ndarray:
     """The first image of a network batch back as uint8 pixels, for display.
 
-    Undoes the spec's normalisation, so the pixels are :func:`network_view`'s
+    Undoes the spec's normalisation, so the pixels are :func:`as_input`'s
     and crops of them line up with the maps.
 
     Returns:

@@ -8,16 +8,24 @@ its thread, so calls with different targets can run in many threads at once
 and nothing is kept on a module between calls.
 
 Values stay exact although the copy keeps its in-place ops (a
-``ReLU(inplace=True)``, a residual ``out += identity``): a captured output's
-version counter tells whether a later op wrote into it, and such a target is
-copied when captured from then on.
+``ReLU(inplace=True)``, a residual ``out += identity``). An in-place module
+whose input is an output a call keeps (VGG's ReLU after a target conv) runs out
+of place for that call, which costs less than copying the output first. Any
+other write (a residual ``+=``) shows in the kept output's version counter: the
+call runs again with that target copied when captured, and so do later calls.
+
+:meth:`PrivateCopy.run_to` is the one way to run a forward to a module (stopped
+there, or going on from a replacement of its output); :class:`ModuleNotRun` is
+the one error for a module the forward did not call.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from itertools import chain
 from typing import Any, Protocol
@@ -26,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["Call", "PrivateCopy", "Stop"]
+__all__ = ["Call", "ModuleNotRun", "PrivateCopy", "Reached", "Stop", "tensor_output"]
 
 
 class Stop(Exception):
@@ -38,10 +46,74 @@ class Call(Protocol):
 
     ``on_output`` gets the submodule's qualified name, its positional inputs and its
     output; it returns ``None`` to leave the output as it is, or a tensor that
-    replaces it, and raises :class:`Stop` to end the forward early.
+    replaces it, and raises :class:`Stop` to end the forward early. A call may also
+    have ``keeps(tensor) -> bool``: an in-place module runs out of place on a
+    tensor it keeps.
     """
 
     def on_output(self, path: str, inputs: tuple[Any, ...], output: Any) -> Any: ...
+
+
+class ModuleNotRun(ValueError):
+    """Target modules that the forward did not call (in eval mode), so they have no output.
+
+    Attributes:
+        paths: the qualified names of those modules.
+    """
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.paths = tuple(paths)
+        super().__init__(
+            f"Module {', '.join(map(repr, self.paths))} did not run in the forward pass "
+            "(in eval mode), so it has no output; choose modules the forward calls."
+        )
+
+
+def tensor_output(path: str, output: Any) -> torch.Tensor:
+    """A module's output, checked to be a tensor (a feature map has to be one).
+
+    Raises:
+        ValueError: naming the module, when its output is not a tensor.
+    """
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(
+            f"Module {path!r} returns a {type(output).__name__}, not a tensor, so it has no "
+            "feature map; choose one of its submodules or the module that uses its output."
+        )
+    return output
+
+
+@dataclass(frozen=True, eq=False)
+class Reached:
+    """What :meth:`PrivateCopy.run_to` found.
+
+    Attributes:
+        output: the module's output at its first call, as the module returned it.
+        inputs: the module's positional inputs at that call.
+        result: the model's output, or ``None`` when the forward stopped at the module.
+    """
+
+    output: torch.Tensor
+    inputs: tuple[Any, ...]
+    result: Any
+
+
+class _At:
+    """:meth:`PrivateCopy.run_to`'s call: the target's first call, then a stop or a replacement."""
+
+    def __init__(self, path: str, replace: Callable[[torch.Tensor], Any] | None) -> None:
+        self.path = path
+        self.replace = replace
+        self.inputs: tuple[Any, ...] = ()
+        self.output: torch.Tensor | None = None
+
+    def on_output(self, path: str, inputs: tuple[Any, ...], output: Any) -> Any:
+        if path != self.path or self.output is not None:
+            return None  # another module, or a later call of a shared one
+        self.inputs, self.output = inputs, tensor_output(path, output)
+        if self.replace is None:
+            raise Stop
+        return self.replace(self.output)
 
 
 class _Capture:
@@ -51,24 +123,30 @@ class _Capture:
         self.wanted = frozenset(paths)
         self.copied = copied
         self.features: dict[str, torch.Tensor] = {}
-        # The version counter of each output kept by reference, to notice later writes.
+        # The version counter of each output kept by reference, to notice later writes,
+        # and where its data lives, for an in-place module to leave it alone.
         self.versions: dict[str, int] = {}
+        self.storages: set[int] = set()
 
     def on_output(self, path: str, inputs: tuple[Any, ...], output: Any) -> None:
         if path not in self.wanted or path in self.features:
             return  # not a target, or a later call of a shared module
-        if not isinstance(output, torch.Tensor):
-            raise ValueError(
-                f"Module {path!r} returns a {type(output).__name__}, not a tensor, so it has "
-                "no feature map; choose one of its submodules or the module that uses its output."
-            )
+        output = tensor_output(path, output)
         if path in self.copied:
             output = output.clone()
         else:
             self.versions[path] = output._version
+            self.storages.add(output.untyped_storage().data_ptr())
         self.features[path] = output
         if len(self.features) == len(self.wanted):
             raise Stop
+
+    def keeps(self, tensor: Any) -> bool:
+        """Whether a tensor shares its data with an output kept by reference."""
+        return (
+            isinstance(tensor, torch.Tensor)
+            and tensor.untyped_storage().data_ptr() in self.storages
+        )
 
     def overwritten(self) -> set[str]:
         """The targets a later in-place op wrote into after they were captured."""
@@ -79,27 +157,47 @@ class _Capture:
         }
 
 
-class _GradientTap:
-    """Grad-CAM's call: the target's output goes on as a copy of a leaf that keeps its gradient."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.leaf: torch.Tensor | None = None
-
-    def on_output(self, path: str, inputs: tuple[Any, ...], output: Any) -> torch.Tensor | None:
-        if path != self.path or self.leaf is not None:
-            return None
-        if not isinstance(output, torch.Tensor):
-            raise ValueError(f"Module {path!r} returns no tensor, so it has no feature map.")
-        self.leaf = output.detach().clone().requires_grad_(True)
-        # Returned, so the forward goes on from it; later in-place ops write into this
-        # copy, never into the leaf whose gradient is taken.
-        return self.leaf.clone()
-
-
 def _on_output(local: threading.local, path: str, module: nn.Module, args: Any, output: Any) -> Any:
     call = getattr(local, "call", None)
     return None if call is None else call.on_output(path, args, output)
+
+
+def _in_place_unless_kept(
+    local: threading.local,
+    forward: Callable[..., Any],
+    module: weakref.ref[nn.Module],
+    twin: nn.Module,
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    """An in-place module's forward, run by its out-of-place twin on a kept output.
+
+    A VGG conv followed by ``ReLU(inplace=True)`` then keeps its values without a
+    copy: the ReLU writes a new tensor, which is cheaper than copying the conv's
+    output first. The module's own flag never changes, so other threads' calls
+    are not affected.
+    """
+    call = getattr(local, "call", None)
+    keeps = getattr(call, "keeps", None)
+    if keeps is not None and args and keeps(args[0]):
+        return forward(twin, *args, **kwargs)
+    return forward(module(), *args, **kwargs)
+
+
+def _out_of_place_twins(model: nn.Module, local: threading.local) -> None:
+    """Give every in-place module of a copy a forward that a call can run out of place."""
+    for module in model.modules():
+        if (
+            getattr(module, "inplace", None) is True
+            and next(module.children(), None) is None
+            and "forward" not in vars(module)  # a forward of the owner's own stays as it is
+        ):
+            twin = copy.copy(module)
+            twin.inplace = False
+            # A weak reference: a module that held itself would need the collector to go.
+            module.forward = partial(  # type: ignore[method-assign]
+                _in_place_unless_kept, local, type(module).forward, weakref.ref(module), twin
+            )
 
 
 class PrivateCopy:
@@ -143,6 +241,7 @@ class PrivateCopy:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._copied: frozenset[str] = frozenset()
+        _out_of_place_twins(own, self._local)
         # The hooks reach the thread-local state, not this object: dropping the last
         # reference to it frees the copy at once, with no cycle for the collector.
         self._handles: list[RemovableHandle] = [
@@ -227,11 +326,7 @@ class PrivateCopy:
                 self.run(x, call)
                 missing = [path for path in paths if path not in call.features]
                 if missing:
-                    raise ValueError(
-                        f"Module {', '.join(map(repr, missing))} did not run in the forward "
-                        "pass (in eval mode), so it has no output; choose modules the forward "
-                        "calls."
-                    )
+                    raise ModuleNotRun(missing)
                 overwritten = call.overwritten()
                 if not overwritten:
                     return {path: call.features[path] for path in paths}
@@ -242,6 +337,40 @@ class PrivateCopy:
                         "The model writes into its input in place, so the overwritten maps of "
                         f"{', '.join(map(repr, sorted(overwritten)))} cannot be computed again."
                     )
+
+    def run_to(
+        self,
+        x: torch.Tensor,
+        path: str,
+        *,
+        replace: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
+    ) -> Reached:
+        """Run a batch to one module and stop there, or go on from a replacement of its output.
+
+        The grad mode is the caller's; so are ``x``'s device, dtype and format (see
+        :meth:`prepare`; a differentiable input may be converted by hand). A module
+        the forward calls more than once counts at its first call.
+
+        Args:
+            x: a batch ready for the copy.
+            path: the qualified name of the module.
+            replace: without it, the forward stops at the module. With it, the forward
+                goes on to the model's output from what ``replace`` returns for the
+                module's output (``None``: the output itself).
+
+        Returns:
+            The module's output and inputs, and the model's output (``None`` when stopped).
+
+        Raises:
+            ModuleNotRun: if the forward does not call the module.
+            ValueError: if the input does not fit, or the module returns no tensor.
+            RuntimeError: if the copy was closed.
+        """
+        call = _At(path, replace)
+        result = self.run(x, call)
+        if call.output is None:
+            raise ModuleNotRun([path])
+        return Reached(call.output, call.inputs, result)
 
     def gradient(
         self, x: torch.Tensor, path: str, score: Callable[[torch.Tensor], torch.Tensor]
@@ -264,14 +393,18 @@ class PrivateCopy:
             ValueError: if the input does not fit, or the module does not run or
                 returns no tensor.
         """
+        leaves: list[torch.Tensor] = []
+
+        def tap(output: torch.Tensor) -> torch.Tensor:
+            leaves.append(output.detach().clone().requires_grad_(True))
+            # The forward goes on from a copy: later in-place ops write into it, never
+            # into the leaf whose gradient is taken.
+            return leaves[0].clone()
+
         with torch.inference_mode(False), torch.enable_grad():
-            x = self.prepare(x).clone()
-            tap = _GradientTap(path)
-            out = self.run(x, tap)
-            if tap.leaf is None:
-                raise ValueError(f"Module {path!r} did not run in the forward pass (in eval mode).")
-            (gradient,) = torch.autograd.grad(score(out), tap.leaf)
-        return tap.leaf.detach(), gradient.detach()
+            reached = self.run_to(self.prepare(x).clone(), path, replace=tap)
+            (gradient,) = torch.autograd.grad(score(reached.result), leaves[0])
+        return leaves[0].detach(), gradient.detach()
 
     def __repr__(self) -> str:
         return f"PrivateCopy({type(self.model).__name__}, device={self.device})"

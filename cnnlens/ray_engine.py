@@ -28,6 +28,7 @@ from cnnlens.preprocess import scale_uint8_batch
 from cnnlens.registry import InputSpec
 
 if TYPE_CHECKING:
+    from cnnlens.feature_visualization import ChannelImagesSpec
     from cnnlens.store import ResultStore
 
 __all__ = ["ray_session", "ray_source", "ray_visualization"]
@@ -293,62 +294,46 @@ def _visualize_group(
 
 
 def ray_visualization(
-    loaded: LoadedModel,
-    layer: str,
-    channels: Sequence[int],
+    spec: ChannelImagesSpec,
     *,
-    store: ResultStore | None = None,
+    store: ResultStore,
     weights: str | Path | None = None,
-    size: int | None = None,
-    steps: int = 256,
-    seed: int = 0,
-    negative: bool = False,
-    batch_size: int = 64,
     device: str = "cpu",
     address: str | None = None,
     num_cpus: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> int:
-    """The missing tiles of :func:`~cnnlens.feature_visualization.cached_visualization`, on Ray.
+    """The missing images of a channel atlas, computed on Ray.
 
-    The channels not yet in the store are split into groups, at most
-    ``batch_size`` each and at least one per CPU (or GPU) of the cluster; each
-    group is one Ray task that opens the model and optimises the group's images
-    together. Each finished group is stored at once, under the keys
-    :func:`~cnnlens.feature_visualization.cached_visualization` reads. Ray is the running
-    one, or one started for this call (:func:`ray_session`): for many layers, run
-    the calls inside one ``ray_session``.
+    The channels not yet in the store are split into groups, at most the spec's
+    ``batch_size`` each and at least one per CPU (or GPU) of the cluster; each group
+    is one Ray task that opens the model and optimises the group's images together.
+    Each finished group is stored at once, as the spec's own tiles. Ray is the
+    running one, or one started for this call (:func:`ray_session`): for many
+    layers, run the calls inside one ``ray_session``.
 
     Args:
-        loaded: the model on this process; every task opens the same one.
-        layer: the layer.
-        channels: the channels (check them first with
-            :func:`~cnnlens.feature_visualization.layer_channels`).
-        store: the store; default the dashboard's.
-        weights: the weights file ``loaded`` was opened with, or ``None`` for the default.
-        size, steps, seed, negative: as :func:`~cnnlens.feature_visualization.visualize`.
-        batch_size: the most channels one task optimises together.
+        spec: the images (a :class:`~cnnlens.feature_visualization.ChannelImagesSpec`);
+            ``spec.loaded`` is the model on this process, and every task opens the same one.
+        store: the results store.
+        weights: the weights file the model was opened with, or ``None`` for the default.
         device: where tasks run: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         address: the Ray cluster; a local Ray when ``None``.
         num_cpus: CPUs of a local Ray; all when ``None``.
         should_stop: asked while waiting; ``True`` cancels the unfinished tasks.
-        on_progress: called with ``(channels done, channels to compute)``.
+        on_progress: called with ``(images done, images to compute)``.
 
     Returns:
-        How many channels were computed (those already stored are not).
+        How many images were computed (those already stored are not).
 
     Raises:
         ValueError: if Ray is not installed, CUDA is asked for on a cluster
             without GPUs, or a task fails with a ValueError (such as other weights).
         Cancelled: if ``should_stop()`` returned True; finished groups stay stored.
     """
-    from cnnlens.feature_visualization import missing_channels, store_visualization
-    from cnnlens.insights import Cancelled
-
     _ray()
-    settings = {"size": size, "steps": steps, "seed": seed, "negative": negative}
-    missing = missing_channels(loaded, layer, channels, store=store, **settings)
+    missing = spec.missing(store)
     if not missing:
         return 0
     with ray_session(address, num_cpus) as ray:
@@ -357,26 +342,48 @@ def ray_visualization(
         if on_gpu and gpus == 0:
             raise ValueError("CUDA was asked for, but the Ray cluster has no GPU.")
         slots = gpus if on_gpu else int(ray.cluster_resources().get("CPU", 1))
-        count = max(-(-len(missing) // batch_size), min(slots, len(missing)))
-        groups = [list(group) for group in np.array_split(np.array(missing), count)]
         task = ray.remote(_visualize_group).options(num_cpus=1, num_gpus=1 if on_gpu else 0)
+        loaded = spec.loaded
         model = (loaded.name, None if weights is None else str(weights), loaded.weights_id)
         where = "cuda" if on_gpu else "cpu"
-        pending = {
-            task.remote(*model, where, layer, [int(c) for c in group], settings): group
-            for group in groups
-        }
-        done = 0
-        while pending:
-            if should_stop is not None and should_stop():
-                for ref in pending:
-                    ray.cancel(ref)
-                raise Cancelled(f"Stopped after {done} of {len(missing)} channels.")
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                group = pending.pop(ref)
-                store_visualization(loaded, layer, group, ray.get(ref), store=store, **settings)
-                done += len(group)
-                if on_progress is not None:
-                    on_progress(done, len(missing))
+        size = spec.tile(*missing[0]).side
+        pending = {}
+        for group in spec.groups(missing, at_least=slots):
+            settings = {
+                "size": size,
+                "steps": spec.steps,
+                "seed": spec.seed,
+                "negative": group[0][1],
+            }
+            channels = [int(channel) for channel, _ in group]
+            pending[task.remote(*model, where, spec.layer, channels, settings)] = group
+        _collect(ray, pending, spec, store, len(missing), should_stop, on_progress)
         return len(missing)
+
+
+def _collect(
+    ray: Any,
+    pending: dict[Any, list[tuple[int, bool]]],
+    spec: ChannelImagesSpec,
+    store: ResultStore,
+    total: int,
+    should_stop: Callable[[], bool] | None,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    """Store each group's images as its task finishes; cancel the rest when asked to stop."""
+    from cnnlens.results import Cancelled
+
+    done = 0
+    while pending:
+        if should_stop is not None and should_stop():
+            for ref in pending:
+                ray.cancel(ref)
+            raise Cancelled(f"Stopped after {done} of {total} channels.")
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+        for ref in ready:
+            group = pending.pop(ref)
+            for tile, image in zip(group, ray.get(ref), strict=True):
+                store.keep(spec.tile(*tile), np.ascontiguousarray(image))
+            done += len(group)
+            if on_progress is not None:
+                on_progress(done, total)

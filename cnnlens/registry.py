@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 _DEMO_DIR = Path(__file__).resolve().parent / "demo"  # inside the package, so a wheel ships it
 
@@ -33,6 +37,7 @@ __all__ = [
     "SEED",
     "InputSpec",
     "ModelInfo",
+    "default_weights",
     "model_groups",
     "model_info",
 ]
@@ -71,9 +76,10 @@ class ModelInfo:
 
     Attributes:
         family: ``"demo"`` (the embedded CNN), ``"sequential"`` (a torchvision
-            network whose ``.features`` the lens renames: AlexNet, VGG,
-            SqueezeNet) or ``"torchvision"`` (any other torchvision classifier,
-            whose modules keep their qualified names).
+            network whose ``.features`` has renamed layers by the rule of
+            :mod:`cnnlens.layers`: AlexNet and VGG) or ``"torchvision"`` (any
+            other torchvision classifier, such as SqueezeNet, whose ``.features``
+            holds Fire blocks: its modules have their qualified names only).
         group: the heading the sidebar lists it under, e.g. ``"ResNet"``.
         weights: the name of torchvision's default pretrained weights, e.g.
             ``"IMAGENET1K_V1"``; ``None`` for the demo.
@@ -93,7 +99,9 @@ class ModelInfo:
 
     @property
     def sequential(self) -> bool:
-        """Whether the lens renames its layers (``conv_1``, ``relu_1``, ...)."""
+        """Whether the network has renamed layers (``conv_1``, ``relu_1``, ...) besides its
+        qualified module names; written out here without torch, and checked by the tests
+        against :class:`cnnlens.layers.Layers` of every built network."""
         return self.family in ("demo", "sequential")
 
 
@@ -193,7 +201,7 @@ _BICUBIC = frozenset(
     }
 )
 _HALF_NORMALISED = frozenset({"efficientnet_v2_l"})  # mean and std 0.5 on every channel
-_SEQUENTIAL_PREFIXES = ("alexnet", "vgg", "squeezenet")
+_SEQUENTIAL_PREFIXES = ("alexnet", "vgg")  # cnnlens.layers' rule, checked by the tests
 
 # Name prefix -> sidebar group; the first prefix that matches wins.
 _GROUPS = (
@@ -270,3 +278,20 @@ def model_groups() -> dict[str, list[str]]:
     for info in MODELS.values():
         groups.setdefault(info.group, []).append(info.name)
     return groups
+
+
+def default_weights(name: str) -> WeightsEnum:
+    """torchvision's entry for a model's default pretrained weights (``info.weights``):
+    its URL, and ``meta`` with the class names and the smallest input.
+
+    Imports torchvision.
+
+    Raises:
+        ValueError: for a name that is not in :data:`MODELS`, or the demo, which has none.
+    """
+    info = model_info(name)
+    if info.weights is None:
+        raise ValueError(f"{name} has no pretrained weights of torchvision's.")
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(name)[info.weights]

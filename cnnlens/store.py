@@ -1,24 +1,24 @@
-"""Results cached on disk, so other sessions and restarts reuse dataset-wide insights.
+"""The results store: runs any dataset-wide result (:mod:`cnnlens.results`) once, and keeps it
+so other sessions and restarts reuse it.
 
-Each result is one ``.npz`` file of plain arrays (no pickles) under
-``$CNNLENS_CACHE_DIR/insights`` (default ``~/.cache/cnnlens/insights``), named
-by a hash of everything it depends on: the model and its weights, the layer,
-the split, the dataset folder and its fingerprint, and :data:`FORMAT_VERSION`.
-A changed dataset or weights file gives a new key, so stale results are never
-read; old files age out when the folder grows past its size limit.
+Each stored result is one ``.npz`` file of plain arrays (no pickles) under
+``$CNNLENS_CACHE_DIR/insights`` (default ``~/.cache/cnnlens/insights``), named by its
+spec's key: a hash of everything it depends on. A changed dataset or weights file
+gives a new key, so stale results are never read; old files age out when the folder
+grows past its size limit. The most recent results are also kept decoded in memory,
+bounded by bytes.
 
-Writes go to a temporary file that is renamed into place, so a reader sees a
-whole file or none; a damaged file is treated as missing and removed. Two
-sessions asking for the same result at once compute it once, also when they
-are in two server processes sharing the folder (a lock file per key).
+Writes go to a temporary file that is renamed into place, so a reader sees a whole
+file or none; a damaged file is treated as missing and removed. Two sessions asking
+for the same result at once compute it once, also when they are in two server
+processes sharing the folder (a lock file per key). A result is kept only when its
+computation finished: a stop asked even once leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import tempfile
 import threading
@@ -31,28 +31,13 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from cnnlens.bytes_cache import BytesCache
+from cnnlens.results import Cancelled, Derived, Run, result_bytes
 from cnnlens.sources import cache_dir
 
 if TYPE_CHECKING:
-    from cnnlens.data import Dataset
-    from cnnlens.insights import LayerStats, Predictions
-    from cnnlens.models import LoadedModel
+    from cnnlens.results import Spec
 
-__all__ = [
-    "DEFAULT_MAX_MB",
-    "FORMAT_VERSION",
-    "ResultStore",
-    "cached_layer_stats",
-    "cached_layer_stats_and_predictions",
-    "cached_predictions",
-    "dataset_key",
-    "layer_stats_key",
-    "predictions_key",
-    "result_key",
-]
-
-FORMAT_VERSION = 1
-"""Bump when the layout of stored results changes: old files are then never read."""
+__all__ = ["DEFAULT_MAX_MB", "ResultStore"]
 
 DEFAULT_MAX_MB = 512.0
 """The store's size limit; beyond it the least recently used files are removed."""
@@ -66,20 +51,6 @@ _STALE_PARTIAL_S = 3600.0
 _UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
 T = TypeVar("T")
-
-
-def result_key(**parts: object) -> str:
-    """A file-name-safe key for a result, from everything the result depends on.
-
-    Args:
-        **parts: names and values (strings, numbers, lists); their order does not matter.
-
-    Returns:
-        32 hex digits of a SHA-256 over the parts and :data:`FORMAT_VERSION`.
-    """
-    text = json.dumps({"format": FORMAT_VERSION, **parts}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
 
 _guard = threading.Lock()
 _key_locks: dict[str, list] = {}  # path -> [lock, number of threads holding or waiting]
@@ -124,8 +95,17 @@ def _file_locked(path: Path) -> Iterator[None]:
         file.close()
 
 
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: after a power loss the new name is there."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 class ResultStore:
-    """A folder of results (dicts of numpy arrays), bounded in size, safe to share.
+    """A folder of results, bounded in size, safe to share; it runs any result spec.
 
     The most recently used results are also kept decoded in memory, so a page
     that asks again on every rerun does not read the disk each time.
@@ -134,7 +114,7 @@ class ResultStore:
         folder: where the files go; default ``cache_dir() / "insights"``.
         max_mb: size limit of the folder in megabytes.
         memory_mb: how many megabytes of recent results to keep decoded in memory
-            (counted as the bytes of their stored arrays).
+            (counted as the bytes of their arrays).
 
     Raises:
         ValueError: if ``max_mb`` is not positive.
@@ -151,6 +131,91 @@ class ResultStore:
         self._memory = BytesCache[tuple[object, int]](
             int(memory_mb * 1024 * 1024), lambda entry: entry[1]
         )
+
+    # --- results by spec -------------------------------------------------------------------
+
+    def peek(self, spec: Spec[T]) -> T | None:
+        """The result if it is in memory or stored (or, for a derived one, its inputs
+        are), else ``None``; never computes anything long."""
+        return spec.find(self)
+
+    def run(
+        self,
+        spec: Spec[T],
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_phase: Callable[[Spec], None] | None = None,
+    ) -> T:
+        """The result: found, or computed now (with the results it needs) and kept.
+
+        Threads or processes asking for one result at once compute it once; the
+        others wait and read the stored result.
+
+        Args:
+            spec: the result.
+            on_progress: called with ``(done, total)`` as each computation goes.
+            should_stop: asked between steps; True stops, and nothing unfinished is kept.
+            on_phase: called with each spec as its computation starts.
+
+        Raises:
+            Cancelled: if ``should_stop`` asked to stop, even once.
+            ValueError: as the spec's computation raises it.
+        """
+        return self.run_within(spec, Run(self, on_progress, should_stop, on_phase))
+
+    def run_within(self, spec: Spec[T], run: Run) -> T:
+        """:meth:`run` as part of a computation already running (:meth:`Run.get`)."""
+        found = self.peek(spec)
+        if found is not None:
+            return found
+        if isinstance(spec, Derived):
+            return spec.save(self, spec.compute(run))
+        with _locked(str(self.path(spec.key))), _file_locked(self.folder / f"{spec.key}{_LOCK}"):
+            found = self.peek(spec)
+            if found is not None:
+                return found
+            run.started(spec)
+            result = spec.compute(run)
+            if run.stopped:  # a computation that returned anyway may be partial
+                raise Cancelled(f"Stopped while {spec.title}; nothing unfinished was kept.")
+            return spec.save(self, result)
+
+    def keep(self, spec: Spec[T], result: T) -> T:
+        """Store a result computed elsewhere (a Ray task's, a part of a longer run)."""
+        return spec.save(self, result)
+
+    # --- memory and files, for specs ---------------------------------------------------------
+
+    def remembered(self, key: str) -> object | None:
+        """A result kept decoded in memory, or ``None``."""
+        kept = self._memory.get(key)
+        return None if kept is None else kept[0]
+
+    def remember(self, key: str, result: T) -> T:
+        """Keep a decoded result in memory (bounded by bytes) and return it."""
+        self._memory.put(key, (result, result_bytes(result)))
+        return result
+
+    def load_result(self, key: str, decode: Callable[[dict[str, np.ndarray]], T]) -> T | None:
+        """A result from memory or its file, decoded; a file that does not decode is removed."""
+        kept = self.remembered(key)
+        if kept is not None:
+            return kept  # type: ignore[return-value]
+        arrays = self.load(key)
+        if arrays is None:
+            return None
+        try:
+            result = decode(arrays)
+        except (ValueError, KeyError):
+            self.path(key).unlink(missing_ok=True)
+            return None
+        return self.remember(key, result)
+
+    def save_result(self, key: str, arrays: dict[str, np.ndarray], result: T) -> T:
+        """Store a result's arrays under ``key`` and keep the result in memory."""
+        self.save(key, arrays)
+        return self.remember(key, result)
 
     def path(self, key: str) -> Path:
         """The file a result is stored in."""
@@ -175,7 +240,8 @@ class ResultStore:
         return arrays
 
     def save(self, key: str, arrays: dict[str, np.ndarray]) -> Path:
-        """Store arrays atomically (temporary file, then rename), then keep the size limit.
+        """Store arrays durably and atomically (a synced temporary file, renamed), then
+        keep the size limit.
 
         Returns:
             The path of the stored file.
@@ -186,62 +252,14 @@ class ResultStore:
         try:
             with os.fdopen(handle, "wb") as file:
                 np.savez(file, **arrays)
+                file.flush()
+                os.fsync(file.fileno())  # the data on disk before its name is, as Git does
             os.replace(partial, path)
+            _sync_folder(self.folder)
         finally:
             Path(partial).unlink(missing_ok=True)
         self._evict(keep=path)
         return path
-
-    def get_or_compute(
-        self,
-        key: str,
-        compute: Callable[[], dict[str, np.ndarray]],
-        decode: Callable[[dict[str, np.ndarray]], T],
-    ) -> T:
-        """The decoded result for ``key``: from memory, from disk, or computed and stored.
-
-        Threads or processes asking for one key at once compute it once; the
-        others wait and read the stored result. If ``compute`` raises (a cancelled pass, say),
-        nothing is stored and the exception propagates.
-
-        Args:
-            key: the result's key (see :func:`result_key`).
-            compute: makes the arrays when they are not stored.
-            decode: turns stored arrays into the result; a ``ValueError`` or
-                ``KeyError`` from it marks the file as damaged (it is removed and
-                the result computed again).
-        """
-        found = self.peek(key, decode)
-        if found is not None:
-            return found
-        with _locked(str(self.path(key))), _file_locked(self.folder / f"{key}{_LOCK}"):
-            found = self.peek(key, decode)
-            if found is not None:
-                return found
-            arrays = compute()
-            result = decode(arrays)
-            self.save(key, arrays)
-            self._remember(key, result, arrays)
-            return result
-
-    def peek(self, key: str, decode: Callable[[dict[str, np.ndarray]], T]) -> T | None:
-        """The decoded result if it is in memory or on disk, else ``None``; never computes."""
-        kept = self._memory.get(key)
-        if kept is not None:
-            return kept[0]  # type: ignore[return-value]
-        arrays = self.load(key)
-        if arrays is None:
-            return None
-        try:
-            result = decode(arrays)
-        except (ValueError, KeyError):
-            self.path(key).unlink(missing_ok=True)
-            return None
-        self._remember(key, result, arrays)
-        return result
-
-    def _remember(self, key: str, result: object, arrays: dict[str, np.ndarray]) -> None:
-        self._memory.put(key, (result, sum(array.nbytes for array in arrays.values())))
 
     def _evict(self, keep: Path) -> None:
         """Remove the least recently used files until the folder fits its limit."""
@@ -264,159 +282,3 @@ class ResultStore:
             if path != keep:
                 path.unlink(missing_ok=True)
                 total -= size
-
-
-def dataset_key(loaded: LoadedModel, dataset: Dataset, split: str, **parts: object) -> str:
-    """A key for a result of one model over one split of a dataset, plus ``parts``.
-
-    It changes with the model, its weights (``weights_id``) and dtype, the split,
-    the dataset folder and its content (``dataset.fingerprint``), and the parts.
-
-    Raises:
-        ValueError: for a dataset indexed with ``check_images=False``, which has
-            no fingerprint.
-    """
-    if not dataset.fingerprint:
-        raise ValueError(
-            f"{dataset.root} was indexed without looking at its images (check_images=False), "
-            "so a change to them would go unnoticed: index it with load_dataset(root) to "
-            "keep results of it on disk."
-        )
-    return result_key(
-        model=loaded.name,
-        weights=loaded.weights_id,
-        dtype=str(loaded.dtype),
-        split=split,
-        dataset=str(Path(dataset.root).resolve()),
-        fingerprint=dataset.fingerprint,
-        **parts,
-    )
-
-
-def layer_stats_key(loaded: LoadedModel, dataset: Dataset, layer: str, split: str) -> str:
-    """The store key of one layer's statistics over one split of a dataset.
-
-    It changes with the model, its weights (``weights_id``) and dtype, the layer,
-    the split, the dataset folder and its content (``dataset.fingerprint``).
-
-    Raises:
-        ValueError: for a dataset indexed with ``check_images=False``, which has
-            no fingerprint.
-    """
-    return dataset_key(loaded, dataset, split, kind="layer_stats", layer=layer)
-
-
-def predictions_key(loaded: LoadedModel, dataset: Dataset, split: str) -> str:
-    """The store key of the model's predictions over one split of a dataset.
-
-    Raises:
-        ValueError: for a dataset indexed with ``check_images=False``.
-    """
-    return dataset_key(loaded, dataset, split, kind="predictions")
-
-
-def cached_layer_stats(
-    loaded: LoadedModel,
-    dataset: Dataset,
-    layer: str,
-    *,
-    split: str = "train",
-    store: ResultStore | None = None,
-    **options: object,
-) -> LayerStats:
-    """:func:`cnnlens.insights.layer_stats`, read from the store when it was computed before.
-
-    Args:
-        loaded: the model.
-        dataset: the dataset.
-        layer: the layer to summarise.
-        split: ``"train"`` or ``"test"``.
-        store: the store; default a :class:`ResultStore` in :func:`cache_dir`.
-        **options: passed to ``layer_stats`` (``batch_size``, ``workers``,
-            ``should_stop``, ``on_progress``); they do not change the result.
-
-    Raises:
-        Cancelled: if ``should_stop`` asked to stop; nothing is stored.
-        ValueError: for an unknown layer or split.
-    """
-    from cnnlens import insights
-
-    store = store if store is not None else ResultStore()
-    return store.get_or_compute(
-        layer_stats_key(loaded, dataset, layer, split),
-        lambda: insights.layer_stats(loaded, dataset, layer, split=split, **options).to_arrays(),
-        insights.LayerStats.from_arrays,
-    )
-
-
-def cached_predictions(
-    loaded: LoadedModel,
-    dataset: Dataset,
-    *,
-    split: str = "train",
-    store: ResultStore | None = None,
-    **options: object,
-) -> Predictions:
-    """:func:`cnnlens.insights.predict_split`, read from the store when it was computed before.
-
-    Args and Raises are those of :func:`cached_layer_stats`, and:
-
-    Raises:
-        ValueError: if the model has no classes.
-    """
-    from cnnlens import insights
-
-    store = store if store is not None else ResultStore()
-    return store.get_or_compute(
-        predictions_key(loaded, dataset, split),
-        lambda: insights.predict_split(loaded, dataset, split=split, **options).to_arrays(),
-        insights.Predictions.from_arrays,
-    )
-
-
-def cached_layer_stats_and_predictions(
-    loaded: LoadedModel,
-    dataset: Dataset,
-    layer: str,
-    *,
-    split: str = "train",
-    store: ResultStore | None = None,
-    **options: object,
-) -> tuple[LayerStats, Predictions]:
-    """A layer's statistics and the model's answers, each read from the store when stored.
-
-    What is missing is computed in one pass: both at once
-    (:func:`cnnlens.insights.layer_stats_and_predictions`), or the one not yet
-    stored alone. Each is stored under its own key, so :func:`cached_layer_stats`
-    and :func:`cached_predictions` find it.
-
-    Args and Raises are those of :func:`cached_layer_stats`, and:
-
-    Raises:
-        ValueError: if the model has no classes.
-    """
-    from cnnlens import insights
-
-    store = store if store is not None else ResultStore()
-    predictions_at = predictions_key(loaded, dataset, split)
-    stored = store.peek(predictions_at, insights.Predictions.from_arrays)
-    if stored is not None:
-        stats = cached_layer_stats(loaded, dataset, layer, split=split, store=store, **options)
-        return stats, stored
-    computed: dict[str, np.ndarray] = {}
-
-    def both() -> dict[str, np.ndarray]:
-        stats, predicted = insights.layer_stats_and_predictions(
-            loaded, dataset, layer, split=split, **options
-        )
-        computed.update(predicted.to_arrays())
-        return stats.to_arrays()
-
-    stats = store.get_or_compute(
-        layer_stats_key(loaded, dataset, layer, split), both, insights.LayerStats.from_arrays
-    )
-    if computed:  # this pass made them: stored now, not computed again
-        return stats, store.get_or_compute(
-            predictions_at, lambda: computed, insights.Predictions.from_arrays
-        )
-    return stats, cached_predictions(loaded, dataset, split=split, store=store, **options)

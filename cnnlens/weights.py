@@ -21,18 +21,15 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from cnnlens.registry import DEMO_WEIGHTS, RANDOM_WEIGHTS_NOTE, model_info
+from cnnlens.registry import DEMO_WEIGHTS, RANDOM_WEIGHTS_NOTE, default_weights, model_info
 
-if TYPE_CHECKING:
-    from torchvision.models import WeightsEnum
-
-__all__ = ["download_weights", "load_weights", "weights_status"]
+__all__ = ["FittedWeights", "download_weights", "fit_weights", "load_weights", "weights_status"]
 
 OFFLINE_ENV = "CNNLENS_OFFLINE"  # "1": never connect out, not even when asked to download
 CHECK_ONLINE_ENV = "CNNLENS_CHECK_ONLINE"  # "1": ask the weights server before offering
@@ -57,12 +54,6 @@ class Build(Protocol):
     def __call__(
         self, name: str, num_classes: int | None = None, *, skeleton: bool = False
     ) -> nn.Module: ...
-
-
-def _default_weights(name: str) -> WeightsEnum:
-    from torchvision.models import get_model_weights
-
-    return get_model_weights(name)[model_info(name).weights]
 
 
 def _unwrap(state: object) -> object:
@@ -277,7 +268,7 @@ def _fit(name: str, state: dict[str, torch.Tensor], source: str, build: Build) -
 
 def _cached_file(name: str) -> Path:
     """Where torch's hub cache keeps a model's default pretrained weights."""
-    url = _default_weights(name).url
+    url = default_weights(name).url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
@@ -317,7 +308,7 @@ def weights_status(name: str) -> str:
 
 
 def _weights_url(name: str) -> str:
-    return _default_weights(name).url
+    return default_weights(name).url
 
 
 def download_weights(name: str, progress: Callable[[int, int], None] | None = None) -> Path:
@@ -392,7 +383,7 @@ def _pretrained(
     name: str, allow_download: bool, progress: Callable[[int, int], None] | None, build: Build
 ) -> tuple[_Fitted, str, str] | str:
     """The pretrained network, its words and id; or, when not possible, why (a note)."""
-    weights = _default_weights(name)
+    weights = default_weights(name)
     path = _cached_file(name)
     if not path.is_file():
         if not allow_download:
@@ -440,4 +431,74 @@ def _with_weights(
         f"your file {path.name}",
         _file_id(path),
         notes,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class FittedWeights:
+    """A registered network with its weights, and where they came from: what
+    :func:`fit_weights` returns.
+
+    Attributes:
+        model: the network as its builder made it, its weights loaded, on the CPU.
+        description: the weights in words, e.g. ``"pretrained IMAGENET1K_V1"``.
+        weights_id: a stable id of the weights for disk caches: the first 16 hex
+            digits of the weights file's sha256, the pretrained weights' name, or
+            ``"random-seed0"``.
+        notes: banners for people: random weights, tensors that did not fit.
+        num_classes: the classifier's outputs where the weights chose another count
+            than the architecture's, else ``None``.
+        channels: the input channels where the weights chose another count (1 or
+            3), else ``None``.
+        outputs: the classifier's outputs.
+    """
+
+    model: nn.Module
+    description: str
+    weights_id: str
+    notes: tuple[str, ...]
+    num_classes: int | None
+    channels: int | None
+    outputs: int
+
+
+def fit_weights(
+    name: str,
+    weights: str | Path | None,
+    build: Build,
+    *,
+    allow_download: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> FittedWeights:
+    """Build a registered network and give it its weights, as :func:`cnnlens.open_model` asks.
+
+    Args:
+        name: a registry name.
+        weights: ``None`` for the default (the demo's trained weights, or the
+            pretrained weights from the torch hub cache, else random ones with a
+            note), ``"random"``, or the path of a state_dict file.
+        build: builds the network with seeded random values (``cnnlens.models``).
+        allow_download: fetch missing pretrained weights.
+        progress: called with (bytes done, bytes in all) while downloading.
+
+    Returns:
+        A :class:`FittedWeights`.
+
+    Raises:
+        TypeError: if ``weights`` is neither ``None``, a string nor a path.
+        ValueError: for an unknown model, or a weights file that cannot be read or
+            does not fit the architecture.
+    """
+    fitted, description, weights_id, notes = _with_weights(
+        name, weights, allow_download, progress, build
+    )
+    state = fitted.model.state_dict()
+    return FittedWeights(
+        model=fitted.model,
+        description=description,
+        weights_id=weights_id,
+        notes=(*notes, *fitted.notes),
+        num_classes=fitted.num_classes,
+        channels=fitted.channels,
+        outputs=state[_head_key(state)].shape[0],
     )

@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from cnnlens.ui import cache, state
+from cnnlens.ui import state
 from cnnlens.ui.bars import bars_html
 from cnnlens.ui.context import page_context
-from cnnlens.ui.explanations import explain
+from cnnlens.ui.plain_words import plain_words
+from cnnlens.ui.image_input import get_dataset_image
 from cnnlens.ui.navigation import page
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def grid_ui(dataset: Dataset, view: state.View, mode: str) -> None:
         columns = st.columns(GRID_COLUMNS)
         for i, name in enumerate(names):
             with columns[i % GRID_COLUMNS]:
-                thumb = cache.get_dataset_image(dataset, view.split, name, mode)
+                thumb = get_dataset_image(dataset, view.split, name, mode)
                 st.image(thumb, width="stretch", output_format="PNG")
                 tile_label = dataset.label_of(name) if view.split == "train" else None
                 st.button(
@@ -63,7 +64,7 @@ dataset = ctx.dataset
 
 st.title("Dataset")
 st.caption(f"Folder {dataset.root.name}: {len(dataset.index):,} labelled images")
-explain("dataset", "heatmap")
+plain_words("dataset", "heatmap")
 
 controls = st.columns([1, 1, 2])
 with controls[0]:
@@ -99,7 +100,7 @@ label = dataset.label_of(view.image) if view.split == "train" else None
 chosen_col, grid_col = st.columns([2, 3])
 with chosen_col:
     title = view.image + (f" · label {label}" if label is not None else "")
-    pixels = cache.get_dataset_image(ctx.dataset, view.split, view.image, ctx.info.spec.mode)
+    pixels = get_dataset_image(ctx.dataset, view.split, view.image, ctx.info.spec.mode)
     with st.container(key="chosen_image"):
         st.image(pixels, caption=title, width="stretch", output_format="PNG")  # exact pixels
     st.page_link(

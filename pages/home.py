@@ -6,7 +6,7 @@ import streamlit as st
 
 from cnnlens.ui import state
 from cnnlens.ui.context import page_context
-from cnnlens.ui.explanations import explain
+from cnnlens.ui.plain_words import plain_words
 from cnnlens.ui.navigation import page
 
 ctx, _ = page_context()
@@ -56,4 +56,4 @@ st.markdown(
    which channels each class excites, and where the network looks when it decides.
 """
 )
-explain("heatmap", "convolution", "relu", "brightness", title="The words, in plain English")
+plain_words("heatmap", "convolution", "relu", "brightness", title="The words, in plain English")

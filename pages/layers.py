@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cnnlens.ui import cache, state
+from cnnlens.ui import state
 from cnnlens.ui.context import page_context
-from cnnlens.ui.explanations import explain
+from cnnlens.ui.plain_words import plain_words
 from cnnlens.ui.navigation import page
+from cnnlens.ui.resources import get_layer_table
 
 ctx, names = page_context(with_layers=True)
 spec = ctx.spec
@@ -28,7 +29,7 @@ else:
         f"PyTorch gives them: `{block}` is a block of the network{example}. Open a block "
         "below to see what is inside."
     )
-explain("convolution", "relu")
+plain_words("convolution", "relu")
 
 st.multiselect(
     "Layers to look inside",
@@ -39,7 +40,7 @@ st.multiselect(
 )
 chosen = set(st.session_state[state.LAYERS_KEY])
 
-table = cache.get_layer_table(ctx.choice).copy()
+table = get_layer_table(ctx.choice).copy()
 table["map memory"] = table.pop("map bytes").map(lambda b: f"{b / 1024:,.1f} KiB")
 shape_help = f"channels × height × width, for a {spec.size[0]}×{spec.size[1]} input"
 columns = {

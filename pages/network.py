@@ -5,11 +5,13 @@ from __future__ import annotations
 import streamlit as st
 
 from cnnlens.ui.context import page_context
-from cnnlens.ui.explanations import explain
+from cnnlens.ui.plain_words import plain_words
 from cnnlens.ui.network_view import network_ui, switch_if_asked
 
 switch_if_asked()
 ctx, names = page_context(with_layers=True)
 st.title("Network")
-explain("network", "network_colours", *(() if ctx.loaded.layers.renamed else ("network_graph",)))
+plain_words(
+    "network", "network_colours", *(() if ctx.loaded.layers.renamed else ("network_graph",))
+)
 network_ui(ctx, names)

@@ -11,10 +11,10 @@ from PIL import Image
 from torch import nn
 
 from cnnlens import ablation as ablation_module
-from cnnlens.ablation import ClassAblation, ablate, ablation_by_class, cached_ablation_by_class
+from cnnlens.ablation import ClassAblation, ClassAblationSpec, ablate, ablation_by_class
 from cnnlens.data import Dataset, load_dataset
-from cnnlens.insights import Cancelled
 from cnnlens.models import LoadedModel, demo_dataset, open_model
+from cnnlens.results import Cancelled, from_arrays, to_arrays
 from cnnlens.store import ResultStore
 
 # The demo CNN's layers by their place in its features, written out here, not asked of cnnlens.
@@ -220,20 +220,21 @@ def test_cached_ablation_is_stored_and_read_back_without_computing(
     demo, blended, tmp_path, monkeypatch
 ):
     store = ResultStore(tmp_path / "store")
+    spec = ClassAblationSpec(demo, blended, "conv_2", 31, batch_size=32)
     with pytest.raises(Cancelled):
-        cached_ablation_by_class(demo, blended, "conv_2", 31, store=store, should_stop=lambda: True)
+        store.run(spec, should_stop=lambda: True)
     assert not store.folder.exists() or not list(store.folder.glob("*.npz"))
-    computed = cached_ablation_by_class(demo, blended, "conv_2", 31, store=store, batch_size=32)
+    computed = store.run(spec)
     assert len(list(store.folder.glob("*.npz"))) == 1
     monkeypatch.setattr(ablation_module, "ablation_by_class", None)  # computing would fail
-    read = cached_ablation_by_class(demo, blended, "conv_2", 31, store=ResultStore(store.folder))
+    read = ResultStore(store.folder).run(ClassAblationSpec(demo, blended, "conv_2", 31))
     assert isinstance(read, ClassAblation)
     for field in ("layer", "channel", "classes", "overall_before", "overall_after", "unmatched"):
         assert getattr(read, field) == getattr(computed, field)
     for field in ("counts", "accuracy_before", "accuracy_after"):
         np.testing.assert_array_equal(getattr(read, field), getattr(computed, field))
     with pytest.raises(TypeError):  # another channel is another key: it would be computed
-        cached_ablation_by_class(demo, blended, "conv_2", 30, store=store)
+        store.run(ClassAblationSpec(demo, blended, "conv_2", 30))
 
 
 def test_labels_that_name_no_class_are_refused(demo, tmp_path):
@@ -260,7 +261,10 @@ def test_the_stored_result_must_fit_together():
         0.7,
         0.5,
     )
-    arrays = good.to_arrays()
+    arrays = to_arrays(good)
+    back = from_arrays(ClassAblation, arrays)
+    assert back.classes == ("0", "1") and back.overall_before == 0.7
+    np.testing.assert_array_equal(back.counts, [3, 4])
     arrays["counts"] = np.array([3])
     with pytest.raises(ValueError, match="does not fit together"):
-        ClassAblation.from_arrays(arrays)
+        from_arrays(ClassAblation, arrays)

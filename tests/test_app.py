@@ -207,11 +207,10 @@ def test_feature_maps_grid_equals_the_lens_output_for_the_image():
     assert detail["title"] == "conv_3, channel 5" and detail["colorbar"] is not None
     np.testing.assert_allclose(detail["maps"][0], expected[5], atol=1e-5)
     assert (detail["low"], detail["high"]) == pytest.approx((expected[5].min(), expected[5].max()))
-    # The same channel laid over the digit as the network sees it (uint8, 0..255 shown as is).
-    over = map_view(at, "overlay")
-    assert over["title"] == "Channel 5 laid over the image" and over["opacity"] == 0.5
-    np.testing.assert_allclose(over["maps"][0], expected[5], atol=1e-5)
-    under = np.asarray(Image.open(io.BytesIO(base64.b64decode(over["under"]))).convert("L"))
+    # Beside it, the same channel laid over the digit as the network sees it (uint8,
+    # 0..255 shown as is), from the same picture and values.
+    assert detail["under_title"] == "Channel 5 laid over the image" and detail["opacity"] == 0.5
+    under = np.asarray(Image.open(io.BytesIO(base64.b64decode(detail["under"]))).convert("L"))
     np.testing.assert_array_equal(under, np.asarray(image.convert("L")))
     said, labels, probabilities = bars(at, "The network says: ")
     assert said.startswith("The network says: 9")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlens import build_lens, demo_model, load_dataset, to_batch
+from cnnlens import build_extractor, build_lens, demo_model, load_dataset, to_batch
 from cnnlens.models import open_model
 from cnnlens.registry import DEMO_WEIGHTS
 from tests.generated import write_dataset, write_image_folder
@@ -135,11 +135,13 @@ def test_own_weights_are_used_and_a_wrong_file_is_refused(data_root, tmp_path):
 
 
 def test_a_grayscale_image_goes_to_an_rgb_model(data_root):
-    at = open_app("feature_maps.py", model="squeezenet1_1", layers="conv_1", layer="conv_1")
+    # SqueezeNet's features hold Fire blocks: its layers keep their module paths.
+    at = open_app("feature_maps.py", model="squeezenet1_1", layers="features.0", layer="features.0")
     assert not at.exception
     loaded = open_model("squeezenet1_1", weights="random")
     digit = Image.open(Path("cnnlens/demo/MNIST/train/3282.png"))
-    expected = build_lens(loaded.model, ["conv_1"])(loaded.batch(digit))["conv_1"][0].numpy()
+    maps = build_extractor(loaded.model, ["features.0"])(loaded.batch(digit))
+    expected = maps["features.0"][0].numpy()
     at.number_input(key="channel").set_value(3).run()
     shown = map_view(at, "channel_map")["maps"][0]
     np.testing.assert_allclose(shown, expected[3], atol=1e-4)

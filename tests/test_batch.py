@@ -409,7 +409,7 @@ def test_cli_on_cuda_writes_what_the_cpu_writes(digits, tmp_path):
 
 def test_unknown_layer_lists_the_valid_ones(demo, digits):
     with pytest.raises(
-        ValueError, match=r"Unknown layer 'conv_9' for demo. Valid layers: conv_1, relu_1, conv_2"
+        ValueError, match=r"Unknown layer 'conv_9'\. Valid layers: conv_1, relu_1, conv_2"
     ):
         next(iter_features(demo, digits, ["conv_9"]))
 
@@ -564,7 +564,7 @@ def test_cli_in_bfloat16_records_it_and_comes_close_to_float32(digits, tmp_path)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--layers", "conv_9"], "Unknown layer 'conv_9' for demo. Valid layers: conv_1, "),
+        (["--layers", "conv_9"], "Unknown layer 'conv_9'. Valid layers: conv_1, "),
         (["--out", "x.csv"], "The output file must end in .parquet, got x.csv."),
         (["--model", "lenet"], "Unknown model 'lenet'."),
     ],

@@ -318,7 +318,7 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     page.get_by_role("heading", name=subheader).wait_for()
     live_app.settle(page)
     # The overlay's opacity slider works in the browser and outlives the next rerun.
-    overlay = page.locator(".st-key-overlay")
+    overlay = page.locator(".st-key-channel_map .cnnlens-map-overlay")
     overlay.locator("input[type=range]").fill("0.8")
     assert overlay.locator(".cnnlens-map-maps").evaluate("(img) => img.style.opacity") == "0.8"
     assert overlay.locator("output").inner_text() == "80%"
@@ -326,7 +326,7 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     channel_input.fill("3")
     channel_input.press("Enter")
     live_app.wait_chart(page, "channel_map", "conv_2, channel 3")
-    live_app.wait_chart(page, "overlay", "Channel 3 laid over the image")
+    overlay.locator(".cnnlens-map-title", has_text="Channel 3 laid over the image").wait_for()
     live_app.settle(page)
     assert overlay.locator(".cnnlens-map-maps").evaluate("(img) => img.style.opacity") == "0.8"
     assert_no_exception(page, server)
@@ -502,6 +502,6 @@ def test_own_photos_through_a_torchvision_model(
         enlarged = live_app.map_view(page, "channel_map", points=[(0, 3, 4), (0, 20, 11)])
         assert enlarged["values"] == pytest.approx([expected[3, 4], expected[20, 11]], abs=1e-4)
         # The overlay lies over the 224×224 crop the network saw, not the whole photo.
-        under = page.locator(".st-key-overlay .cnnlens-map-under")
+        under = page.locator(".st-key-channel_map .cnnlens-map-overlay .cnnlens-map-under")
         assert under.evaluate("(i) => [i.naturalWidth, i.naturalHeight]") == [224, 224]
         page.context.close()

@@ -50,7 +50,7 @@ def test_clicking_the_enlarged_map_explains_the_value_with_the_cores_numbers(bro
         page.goto(url)
         live_app.wait_idle(page, 90)
         live_app.wait_chart(page, "channel_map", title=f"{layer}, channel {channel}")
-        maps = page.locator(".st-key-channel_map .cnnlens-map-maps")
+        maps = page.locator(".st-key-channel_map .cnnlens-map-clickable .cnnlens-map-maps")
         maps.scroll_into_view_if_needed()
         box = maps.bounding_box()
         page.mouse.click(

@@ -23,12 +23,12 @@ from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_r
 
 import cnnlens.feature_visualization as visualize_module
 from cnnlens.data import load_dataset
-from cnnlens.feature_visualization import missing_channels, to_uint8, visualize
+from cnnlens.feature_visualization import ChannelImagesSpec, to_uint8, visualize
 from cnnlens.layers import layer_names
 from cnnlens.models import demo_model, open_model
 from cnnlens.preprocess import to_batch
 from cnnlens.store import ResultStore
-from cnnlens.ui import cache, channel_card
+from cnnlens.ui import channel_card
 from tests.generated import write_dataset
 from tests.test_app import bars, map_view, open_app
 from tests.test_insights_page import reference, strongest
@@ -101,18 +101,17 @@ def test_the_card_draws_what_a_channel_looks_for_once_and_every_session_reuses_i
     at = open_card()
     assert any(e.label.startswith("Channel 0 of conv_1:") for e in at.expander)
     assert card_pictures(at, sent) == {}  # nothing stored: nothing drawn until asked
-    at.button(key="card_visualize").click().run()
+    at.button(key="card_visualize_start").click().run()
     assert not at.exception
     shown = card_pictures(at, sent)
     np.testing.assert_array_equal(shown["What excites it most"], expected_tiles("conv_1", [0])[0])
     np.testing.assert_array_equal(
         shown["What it fires least for"], expected_tiles("conv_1", [0], negative=True)[0]
     )
-    loaded = open_model("demo")
-    for negative in (False, True):
-        assert not missing_channels(
-            loaded, "conv_1", [0], store=store(digits), negative=negative, **SETTINGS
-        )
+    stored = ChannelImagesSpec(
+        open_model("demo"), "conv_1", (0,), **SETTINGS, negatives=(False, True)
+    )
+    assert not stored.missing(store(digits))
 
     def no_compute(*args, **kwargs):
         raise AssertionError("a stored visualization was computed again")
@@ -123,7 +122,7 @@ def test_the_card_draws_what_a_channel_looks_for_once_and_every_session_reuses_i
     shown_again = card_pictures(again, sent)
     for caption, pixels in shown.items():
         np.testing.assert_array_equal(shown_again[caption], pixels)
-    assert not [b for b in again.button if b.key == "card_visualize"]
+    assert not [b for b in again.button if b.key == "card_visualize_start"]
 
 
 def click_during_run(key: str) -> None:
@@ -149,7 +148,7 @@ def click_during_run(key: str) -> None:
 
 
 def test_cancel_stops_the_drawing_keeps_nothing_and_waits_to_be_asked_again(digits, monkeypatch):
-    real = cache.visualizations
+    real = visualize_module.visualize
     updates = []
 
     def cancelled_midway(*args, on_progress=None, **kwargs):
@@ -161,13 +160,13 @@ def test_cancel_stops_the_drawing_keeps_nothing_and_waits_to_be_asked_again(digi
 
         return real(*args, on_progress=progress, **kwargs)
 
-    monkeypatch.setattr(cache, "visualizations", cancelled_midway)
+    monkeypatch.setattr(visualize_module, "visualize", cancelled_midway)
     at = open_card()
-    at.button(key="card_visualize").click().run()
+    at.button(key="card_visualize_start").click().run()
     assert not at.exception
     assert len(updates) == 3  # stopped at the update after the click
-    assert any(c.value == "Stopped; nothing was kept." for c in at.caption)
-    assert at.button(key="card_visualize")  # waits until asked again
+    assert any(c.value.startswith("Stopped; what was finished is kept") for c in at.caption)
+    assert at.button(key="card_visualize_start")  # waits until asked again
     assert not list(store(digits).folder.glob("*.npz"))
     at.run()
     assert len(updates) == 3  # a rerun does not start it by itself
@@ -210,7 +209,7 @@ def test_what_it_does_zeroes_the_channel_on_this_image_and_over_the_dataset(digi
     )
     assert kernel["low"] == -kernel["high"]  # zero in the middle of the diverging colours
 
-    at.button(key="card_ablation").click().run()
+    at.button(key="card_ablation_start").click().run()
     assert not at.exception
     names = dataset.index["filename"].tolist()
     truth = np.array([int(dataset.label_of(name)) for name in names])
@@ -233,14 +232,14 @@ def test_what_it_does_zeroes_the_channel_on_this_image_and_over_the_dataset(digi
 
 def test_where_it_fires_shows_the_channels_strongest_images_after_one_pass(digits):
     at = open_card(channel="4")
-    at.button(key="card_examples").click().run()
+    at.button(key="card_examples_start").click().run()
     assert not at.exception
     ref = reference(digits, "conv_1")
     rows, _ = strongest(ref, 4, 6)
     crops = [i.proto.imgs[0].caption for i in at.main.get("image")]
     crops = [c for c in crops if c.startswith("img_") and "label" not in c]  # not the image
     assert crops == [f"{ref['filenames'][i]} · {LABELS[i]}" for i in rows]
-    assert not [b for b in open_card().button if b.key == "card_examples"]
+    assert not [b for b in open_card().button if b.key == "card_examples_start"]
 
 
 def pick(at, key: str, channel: int):
@@ -263,9 +262,9 @@ def test_the_atlas_draws_every_channel_and_a_click_opens_its_card(digits, sent):
     at.button(key="atlas_start").click().run()
     assert not at.exception
     expected = expected_tiles("conv_2", list(range(32)))
-    assert not missing_channels(
-        open_model("demo"), "conv_2", range(32), store=store(digits), **SETTINGS
-    )
+    assert not ChannelImagesSpec(
+        open_model("demo"), "conv_2", tuple(range(32)), **SETTINGS
+    ).missing(store(digits))
     atlas = map_view(at, "atlas")
     picture, step = atlas["picture"], 28 + atlas["gap"]
     assert (atlas["channels"], atlas["columns"]) == (32, 8)
@@ -286,4 +285,4 @@ def test_the_atlas_draws_every_channel_and_a_click_opens_its_card(digits, sent):
     shown = card_pictures(at, sent)
     np.testing.assert_array_equal(shown["What excites it most"], expected[13])
     assert "What it fires least for" not in shown
-    assert at.button(key="card_visualize").label == "Show what it fires least for too"
+    assert at.button(key="card_visualize_start").label == "Show what it fires least for too"

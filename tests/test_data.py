@@ -34,6 +34,21 @@ def test_pick_matches_the_recipe_for_any_seed(small_dataset, seed):
     assert load_dataset(small_dataset).pick(seed) == original_recipe_pick(small_dataset, seed)
 
 
+def test_picks_in_any_order_on_any_thread_are_the_recipes_picks(small_dataset):
+    from concurrent.futures import ThreadPoolExecutor
+
+    dataset = load_dataset(small_dataset)
+    seeds = [5, 0, 5, 2**32 - 1, 7, 0, 128] * 4
+    expected = [original_recipe_pick(small_dataset, seed) for seed in seeds]
+    with ThreadPoolExecutor(4) as pool:  # each thread reseeds its own generator
+        assert list(pool.map(dataset.pick, seeds)) == expected
+    assert [dataset.pick(seed) for seed in seeds] == expected
+    demo = demo_dataset()
+    test_names = pd.read_csv(DEMO_DATASET_DIR / "test.csv").filename
+    assert demo.pick(128, "test") == np.random.RandomState(128).choice(test_names)
+    assert demo.pick(128) == "3282.png"
+
+
 def test_demo_dataset_layout():
     dataset = demo_dataset()
     assert len(dataset.index) == 4000 and dataset.problems == []

@@ -17,7 +17,7 @@ from torchvision import models
 from torchvision.models.vgg import cfgs, make_layers
 
 from cnnlens import explain_value
-from cnnlens.explain import CLASS_SCORES, ConvExplanation, Explanation, padded_input
+from cnnlens.explain import CLASS_SCORES, ConvExplanation, ValueExplanation, padded_input
 from cnnlens.layers import Layers
 from cnnlens.models import LoadedModel, open_model
 
@@ -520,7 +520,7 @@ def test_other_layers_say_so() -> None:
     assert "BasicBlock" in e.note
     (_, out) = reference(model, x, ["layer1.0"])["layer1.0"]
     assert e.value == pytest.approx(float(out[0, 3, 1, 2]), rel=1e-5, abs=1e-6)
-    assert isinstance(e, Explanation)
+    assert isinstance(e, ValueExplanation)
 
 
 def test_out_of_range_and_wrong_inputs_raise() -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,7 +16,7 @@ from PIL import Image
 
 from cnnlens import export
 from cnnlens.data import load_dataset
-from cnnlens.export import Recipe, features_parquet, features_parquet_path, grid_png, maps_npz
+from cnnlens.export import ParquetSpec, Recipe, features_parquet, grid_png, maps_npz
 from cnnlens.layers import layer_names
 from cnnlens.models import demo_model, open_model
 from cnnlens.parquet import extract_to_parquet
@@ -91,11 +92,21 @@ def test_grid_png_per_layer_uses_one_range_for_every_channel():
     assert tuple(rgb[scale + scale // 2, scale // 2]) == (68, 1, 84)
 
 
+def path_of(loaded, dataset, layers, folder=None, split="train", pool="mean") -> Path:
+    """Where the export of these settings goes (its spec's file)."""
+    return ParquetSpec(loaded, dataset, tuple(layers), pool, split=split, folder=folder).path
+
+
 def test_features_parquet_holds_every_images_pooled_features(tmp_path):
     labels = [i % 3 for i in range(7)]
     dataset = load_dataset(write_dataset(tmp_path / "digits", labels, size=28))
+    loaded, layers = open_model("demo"), ["conv_1", "conv_3"]
     out = features_parquet(
-        open_model("demo"), dataset, ["conv_1", "conv_3"], folder=tmp_path / "exports", batch_size=3
+        loaded,
+        dataset,
+        layers,
+        out=path_of(loaded, dataset, layers, tmp_path / "exports"),
+        batch_size=3,
     )
     assert out.parent == tmp_path / "exports"
     table = pq.read_table(out)
@@ -119,16 +130,16 @@ def test_a_cancelled_export_offers_nothing_and_goes_on_to_extract_to_parquets_fi
     dataset = load_dataset(write_dataset(tmp_path / "digits", [i % 4 for i in range(9)], size=28))
     loaded, folder = open_model("demo"), tmp_path / "exports"
     seen: list[tuple[int, int]] = []
+    out = path_of(loaded, dataset, ["conv_2"], folder)
     stopped = features_parquet(
         loaded,
         dataset,
         ["conv_2"],
-        folder=folder,
+        out=out,
         batch_size=2,
         should_stop=lambda: len(seen) >= 2,
         on_progress=lambda done, total: seen.append((done, total)),
     )
-    out = features_parquet_path(loaded, dataset, ["conv_2"], folder=folder)
     assert stopped is None
     assert seen == [(2, 9), (4, 9)]
     assert not out.exists()  # nothing half-written where the finished file goes
@@ -138,7 +149,7 @@ def test_a_cancelled_export_offers_nothing_and_goes_on_to_extract_to_parquets_fi
         loaded,
         dataset,
         ["conv_2"],
-        folder=folder,
+        out=out,
         batch_size=2,
         on_progress=lambda done, total: seen.append((done, total)),
     )
@@ -149,38 +160,40 @@ def test_a_cancelled_export_offers_nothing_and_goes_on_to_extract_to_parquets_fi
     assert pq.read_table(out).equals(pq.read_table(reference.out))
     assert pq.read_schema(out).metadata == pq.read_schema(reference.out).metadata
     # Asked again, the finished file is served as it is, with no pass.
-    again = features_parquet(loaded, dataset, ["conv_2"], folder=folder, should_stop=lambda: True)
+    again = features_parquet(loaded, dataset, ["conv_2"], out=out, should_stop=lambda: True)
     assert again == out
 
 
 def test_the_export_file_is_named_by_everything_its_values_depend_on(tmp_path):
     digits = write_dataset(tmp_path / "digits", [0, 1, 2, 3], size=28)
     loaded, dataset = open_model("demo"), load_dataset(digits)
-    base = features_parquet_path(loaded, dataset, ["conv_1"], folder=tmp_path)
+    base = path_of(loaded, dataset, ["conv_1"], tmp_path)
     assert base.parent == tmp_path and base.suffix == ".parquet"
-    assert base == features_parquet_path(loaded, load_dataset(digits), ["conv_1"], folder=tmp_path)
+    assert base == path_of(loaded, load_dataset(digits), ["conv_1"], tmp_path)
     others = {
-        features_parquet_path(loaded, dataset, ["conv_2"], folder=tmp_path),
-        features_parquet_path(loaded, dataset, ["conv_1"], split="test", folder=tmp_path),
-        features_parquet_path(loaded, dataset, ["conv_1"], pool="max", folder=tmp_path),
-        features_parquet_path(
-            dataclasses.replace(loaded, weights_id="other"), dataset, ["conv_1"], folder=tmp_path
-        ),
+        path_of(loaded, dataset, ["conv_2"], tmp_path),
+        path_of(loaded, dataset, ["conv_1"], tmp_path, split="test"),
+        path_of(loaded, dataset, ["conv_1"], tmp_path, pool="max"),
+        path_of(dataclasses.replace(loaded, weights_id="other"), dataset, ["conv_1"], tmp_path),
     }
     (digits / "train" / "img_0.png").write_bytes((digits / "train" / "img_1.png").read_bytes())
-    others.add(features_parquet_path(loaded, load_dataset(digits), ["conv_1"], folder=tmp_path))
+    others.add(path_of(loaded, load_dataset(digits), ["conv_1"], tmp_path))
     assert len(others) == 5 and base not in others
     with pytest.raises(ValueError, match="check_images=False"):
-        features_parquet_path(loaded, load_dataset(digits, check_images=False), ["conv_1"])
+        path_of(loaded, load_dataset(digits, check_images=False), ["conv_1"])
 
 
 def test_old_exports_are_removed_past_the_folders_limit(tmp_path, monkeypatch):
     dataset = load_dataset(write_dataset(tmp_path / "digits", [0, 1, 2], size=28))
     loaded, folder = open_model("demo"), tmp_path / "exports"
-    first = features_parquet(loaded, dataset, ["conv_1"], folder=folder)
+    first = features_parquet(
+        loaded, dataset, ["conv_1"], out=path_of(loaded, dataset, ["conv_1"], folder)
+    )
     os.utime(first, (1, 1))  # long unused
     monkeypatch.setattr(export, "EXPORTS_MAX_MB", first.stat().st_size * 1.5 / 2**20)
-    second = features_parquet(loaded, dataset, ["conv_2"], folder=folder)
+    second = features_parquet(
+        loaded, dataset, ["conv_2"], out=path_of(loaded, dataset, ["conv_2"], folder)
+    )
     assert sorted(folder.glob("*.parquet")) == [second]
 
 
@@ -239,7 +252,7 @@ def test_a_bad_recipe_says_what_is_wrong(text, message):
 def test_the_insights_page_writes_the_export_to_disk_and_offers_only_a_finished_file(
     tmp_path, monkeypatch
 ):
-    from cnnlens.ui.cache import INSIGHTS_BATCH
+    from cnnlens.ui.resources import PASS_BATCH
     from tests.test_app import open_app
 
     digits = write_dataset(tmp_path / "digits", [i % 4 for i in range(10)], size=28, seed=5)
@@ -247,20 +260,20 @@ def test_the_insights_page_writes_the_export_to_disk_and_offers_only_a_finished_
     monkeypatch.setenv("CNNLENS_CACHE_DIR", str(tmp_path / "cache"))
     loaded, dataset, layers = open_model("demo"), load_dataset(digits), ["conv_1", "conv_2"]
     # An export cancelled after its first batch: its parts wait beside the file.
-    features_parquet(loaded, dataset, layers, batch_size=4, should_stop=lambda: True)
-    out = features_parquet_path(loaded, dataset, layers)
+    out = path_of(loaded, dataset, layers)
+    features_parquet(loaded, dataset, layers, out=out, batch_size=4, should_stop=lambda: True)
     assert out.parent == tmp_path / "cache" / "exports" and not out.exists()
 
     at = open_app("insights.py", layers=",".join(layers))
     assert not at.get("download_button")  # nothing half-written is offered
-    go_on = at.button(key="insights_export")
+    go_on = at.button(key="insights_export_start")
     assert go_on.label == "Go on with the dataset's features (Parquet)"
     go_on.click().run()
     assert not at.exception, at.exception
     (offered,) = at.get("download_button")
     assert "Parquet" in offered.proto.label and offered.proto.deferred_file_id
     reference = extract_to_parquet(
-        loaded, dataset, tmp_path / "cli.parquet", layers, batch_size=INSIGHTS_BATCH
+        loaded, dataset, tmp_path / "cli.parquet", layers, batch_size=PASS_BATCH
     )
     assert pq.read_table(out).equals(pq.read_table(reference.out))
     # The session keeps the file's name at most, never its bytes.

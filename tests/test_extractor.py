@@ -11,9 +11,9 @@ from torch import nn
 from torchvision import models
 from torchvision.models.vision_transformer import VisionTransformer
 
-from cnnlens.extractor import FeatureExtractor, build_extractor, extractor_for
+from cnnlens.extractor import FeatureExtractor, build_extractor
 from cnnlens.layers import TABLE_COLUMNS, Layers, module_names
-from cnnlens.lens import Lens
+from cnnlens.lens import Lens, build_lens
 
 Reference = Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]
 
@@ -224,18 +224,24 @@ def test_resnet_targets_before_in_place_ops_keep_their_values():
 
 
 def test_an_overwritten_target_is_copied_from_then_on():
+    """A block's ``out += identity`` writes into bn2's output; no module does it, so only
+    the version counter sees it. bn1's in-place ReLU runs out of place instead."""
     model = seeded("resnet18")
-    extractor = build_extractor(model, ["layer1.0.bn1", "layer2"], channels_last=False)
+    targets = ["layer1.0.bn1", "layer1.0.bn2", "layer2"]
+    extractor = build_extractor(model, targets, channels_last=False)
     runs: list[int] = []
     extractor.model.conv1.register_forward_pre_hook(lambda *_: runs.append(1))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        expected = resnet18_refs(model, x)["layer1.0.bn1"]
-    first = extractor(x)["layer1.0.bn1"]
+        expected = resnet18_refs(model, x)
+    first = extractor(x)
     assert len(runs) == 2, "the first call notices the overwrite and runs again"
-    second = extractor(x)["layer1.0.bn1"]
+    second = extractor(x)
     assert len(runs) == 3, "later calls copy the target directly"
-    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert extractor._source._copied == {"layer1.0.bn2"}
+    for name in targets:
+        assert torch.equal(first[name], expected[name]), name
+        assert torch.equal(second[name], expected[name]), name
 
 
 def test_exact_inside_the_callers_inference_mode_and_for_inference_inputs():
@@ -480,23 +486,20 @@ def test_module_table_rejects_an_input_that_does_not_fit():
         Layers(seeded("resnet18")).table((1, 64, 64))
 
 
-def test_extractor_for_picks_the_lens_for_renamed_layers(tiny_cnn):
+def test_renamed_layers_and_module_paths_both_work_in_build_extractor(tiny_cnn):
     x = torch.randn(2, 1, 8, 8)
-    lens = extractor_for(tiny_cnn, ["conv_1", "relu_3"])
-    assert isinstance(lens, Lens)
-    hooks = extractor_for(tiny_cnn, ["0", "8"])
-    assert isinstance(hooks, FeatureExtractor)
-    out = lens(x)
-    torch.testing.assert_close(hooks(x)["0"], out["conv_1"], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(hooks(x)["8"], out["relu_3"], atol=1e-5, rtol=1e-5)
-    assert isinstance(extractor_for(seeded("resnet18"), ["layer1"]), FeatureExtractor)
-    assert isinstance(extractor_for(tiny_cnn, "conv_2"), Lens)
+    both = build_extractor(tiny_cnn, ["8", "conv_1", "relu_3", "0"], channels_last=False)
+    assert both.targets == ("conv_1", "0", "relu_3", "8")  # network order, as given
+    out = both(x)
+    assert list(out) == ["conv_1", "0", "relu_3", "8"]
+    with torch.no_grad():
+        assert torch.equal(out["conv_1"], tiny_cnn.eval()[0](x))
+    assert torch.equal(out["0"], out["conv_1"]) and torch.equal(out["8"], out["relu_3"])
+    assert type(both) is FeatureExtractor and isinstance(build_lens(tiny_cnn, "0"), Lens)
     with pytest.raises(ValueError, match=r"Unknown layer 'conv_9'\. Valid layers: conv_1"):
-        extractor_for(tiny_cnn, ["conv_1", "conv_9"])
-    with pytest.raises(ValueError, match=r"Unknown layer '3'\. Valid layers: conv_1"):
-        extractor_for(tiny_cnn, ["conv_1", "3"])
+        build_extractor(tiny_cnn, ["conv_1", "conv_9"])
     with pytest.raises(ValueError, match=r"Unknown module 'conv_9'\. Close matches: 'conv1'"):
-        extractor_for(seeded("resnet18"), ["conv_9"])
+        build_extractor(seeded("resnet18"), ["conv_9"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import plotly.colors as pcolors
 import pytest
 from PIL import Image
@@ -304,8 +305,27 @@ def test_channel_stats_marks_only_all_zero_channels_dead():
     maps[1] = [[0, 2], [4, 6]]
     maps[2] = [[0, -1], [0, -3]]  # max 0 but not all zero: negative, not dead
     stats = channel_stats(maps)
-    assert list(stats.columns) == ["channel", "mean", "max", "dead"]
-    assert stats["channel"].tolist() == [0, 1, 2]
-    assert stats["dead"].tolist() == [True, False, False]
-    assert stats["mean"].tolist() == [0.0, 3.0, -1.0]
-    assert stats["max"].tolist() == [0.0, 6.0, 0.0]
+    assert stats.dead.tolist() == [True, False, False]
+    assert stats.mean.tolist() == [0.0, 3.0, -1.0]
+    assert stats.max.tolist() == [0.0, 6.0, 0.0]
+    assert stats.ranked("mean").tolist() == [1, 0, 2]
+    assert stats.ranked("max").tolist() == [1, 0, 2]  # ties (0 and 2) keep channel order
+    with pytest.raises(ValueError, match="'mean' or 'max'"):
+        stats.ranked("median")
+
+
+@pytest.mark.parametrize("by", ["mean", "max"])
+def test_channel_ranking_equals_the_pandas_sort_it_replaces(by):
+    rng = np.random.default_rng(3)
+    maps = np.maximum(rng.standard_normal((64, 14, 14)), 0).astype(np.float32)
+    maps[[5, 17, 40]] = 0  # dead channels: ties at zero
+    maps[9] = maps[30]  # a tie of live channels
+    stats = channel_stats(maps)
+    flat = maps.reshape(64, -1)
+    frame = pd.DataFrame(
+        {"channel": np.arange(64), "mean": flat.mean(1, dtype=np.float64), "max": flat.max(1)}
+    ).sort_values(by, ascending=False, kind="stable")
+    order = stats.ranked(by)
+    assert order.tolist() == frame["channel"].tolist()
+    np.testing.assert_array_equal(stats.measure(by)[order], frame[by].to_numpy(np.float64))
+    assert np.flatnonzero(stats.dead).tolist() == [5, 17, 40]

@@ -33,6 +33,7 @@ from cnnlens.layers import layer_names
 from cnnlens.models import LoadedModel, demo_model, open_model
 from cnnlens.preprocess import to_batch, to_uint8_image
 from cnnlens.registry import InputSpec
+from cnnlens.results import from_arrays, to_arrays
 from tests.generated import write_dataset
 
 LABELS = [i % 4 for i in range(14)]
@@ -135,9 +136,9 @@ def test_a_model_without_classes_predicts_nothing(demo, digits):
 
 
 def test_results_survive_a_round_trip_through_plain_arrays(stats, predictions):
-    arrays = stats.to_arrays()
+    arrays = to_arrays(stats)
     assert all(array.dtype != object for array in arrays.values())
-    back = LayerStats.from_arrays(arrays)
+    back = from_arrays(LayerStats, arrays)
     assert (back.layer, back.map_shape, back.filenames, back.labels) == (
         stats.layer,
         stats.map_shape,
@@ -147,10 +148,10 @@ def test_results_survive_a_round_trip_through_plain_arrays(stats, predictions):
     for name in ("mean", "max", "peak_y", "peak_x"):
         np.testing.assert_array_equal(getattr(back, name), getattr(stats, name))
     with pytest.raises(ValueError, match="do not fit together"):
-        LayerStats.from_arrays({**arrays, "mean": arrays["mean"][:3]})
-    arrays = predictions.to_arrays()
+        from_arrays(LayerStats, {**arrays, "mean": arrays["mean"][:3]})
+    arrays = to_arrays(predictions)
     assert all(array.dtype != object for array in arrays.values())
-    back = Predictions.from_arrays(arrays)
+    back = from_arrays(Predictions, arrays)
     assert (back.filenames, back.labels, back.classes) == (
         predictions.filenames,
         predictions.labels,
@@ -158,7 +159,7 @@ def test_results_survive_a_round_trip_through_plain_arrays(stats, predictions):
     )
     np.testing.assert_array_equal(back.predicted, predictions.predicted)
     with pytest.raises(ValueError, match="do not fit together"):
-        Predictions.from_arrays({**arrays, "predicted": arrays["predicted"] + 10})
+        from_arrays(Predictions, {**arrays, "predicted": arrays["predicted"] + 10})
 
 
 def test_a_pass_stops_between_batches_when_asked(demo, digits):

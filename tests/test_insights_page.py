@@ -13,10 +13,11 @@ from sklearn.decomposition import PCA
 
 from cnnlens import insights
 from cnnlens.data import load_dataset
+from cnnlens.insights import EmbeddingSpec, LayerStatsSpec
 from cnnlens.layers import layer_names
 from cnnlens.models import demo_model, open_model
 from cnnlens.preprocess import to_batch
-from cnnlens.ui.state import ModelChoice
+from cnnlens.store import ResultStore
 from tests.generated import write_dataset
 from tests.test_app import bars, chart, map_view, open_app, title
 
@@ -60,10 +61,11 @@ def test_top_images_are_the_channels_strongest_and_are_stored_for_next_time(digi
     assert names == [ref["filenames"][i] for i in rows]
     np.testing.assert_allclose(values, scores[rows], atol=1e-5)
     assert at.subheader[0].value == "The 12 images that excite channel 0 of conv_1 most"
-    assert len(list((digits.parent / "cache" / "insights").glob("*.npz"))) == 1
+    # One pass summarised every chosen layer and classified every image, each kept.
+    assert len(list((digits.parent / "cache" / "insights").glob("*.npz"))) == 4 + 1
 
     passes = []
-    monkeypatch.setattr(insights, "layer_stats", lambda *a, **k: passes.append(a))
+    monkeypatch.setattr(insights, "summarise", lambda *a, **k: passes.append(a))
     again = open_app(PAGE)
     assert passes == []
     assert bars(again, "conv_1, channel 0: its strongest images")[1] == names
@@ -182,19 +184,22 @@ def test_compare_shows_both_maps_and_their_difference(digits):
     assert diff["zmid"] == 0
 
 
+def cancelled(*specs) -> frozenset[str]:
+    """The session state the runner keeps for results cancelled by their Cancel button."""
+    return frozenset(spec.key for spec in specs)
+
+
 def test_a_cancelled_pass_waits_until_asked_to_go_on(digits):
     at = open_app("home.py")
-    root = str(digits)
-    at.session_state["insights_paused"] = (
-        "summarising conv_1",
-        ModelChoice("demo", "default", "auto", False),
-        root,
-        "train",
-    )
+    stats = LayerStatsSpec(open_model("demo"), load_dataset(digits), "conv_1")
+    at.session_state["_cancelled_results"] = cancelled(stats)
     at.switch_page(str(Path(__file__).resolve().parent.parent / "pages" / PAGE)).run()
-    assert any("Summarising conv_1 was cancelled" in i.value for i in at.info)
+    assert any(
+        i.value.startswith("Summarising conv_1") and i.value.endswith("was cancelled.")
+        for i in at.info
+    )
     assert not at.get("plotly_chart")
-    at.button(key="insights_resume").click().run()
+    at.button(key="insights_stats_go").click().run()
     assert not at.exception
     assert bars(at, "conv_1, channel 0: its strongest images")[1]
 
@@ -278,12 +283,12 @@ def test_a_box_or_lasso_shows_exactly_the_images_inside_it(tmp_path, monkeypatch
 def test_tsne_runs_on_the_page_and_a_cancelled_one_waits_until_asked(digits):
     at = open_app(PAGE, layers="conv_3", layer="conv_3")
     at.segmented_control(key="insights_section").set_value("embedding").run()
-    choice = ModelChoice("demo", "default", "auto", False)
-    at.session_state["insights_paused"] = ("t-SNE", choice, str(digits), "train", "conv_3")
+    tsne = EmbeddingSpec(LayerStatsSpec(open_model("demo"), load_dataset(digits), "conv_3"), "tsne")
+    at.session_state["_cancelled_results"] = cancelled(tsne)
     at.segmented_control(key="insights_method").set_value("tsne").run()
-    assert any("t-SNE was cancelled" in i.value for i in at.info)
+    assert any("Making the t-SNE map was cancelled" in i.value for i in at.info)
     assert not [c for c in at.get("plotly_chart") if c.key == "embedding"]
-    at.button(key="insights_resume").click().run()
+    at.button(key="insights_embedding_go").click().run()
     assert not at.exception
     stats = insights.layer_stats(open_model("demo"), load_dataset(digits), "conv_3")
     expected = insights.embedding(stats, method="tsne", seed=0)
@@ -308,3 +313,42 @@ def test_compare_takes_a_typed_name_or_another_random_pick(digits):
     at.text_input(key="compare_image").input("nope.png").run()
     assert "has no image 'nope.png' in its train split" in at.error[0].value
     assert not [c for c in at.get("plotly_chart") if c.key == "compare_b"]
+
+
+def test_tsne_and_a_classification_pass_on_one_page_show_no_traceback(digits):
+    # The layer's statistics were made without the answers (from the Python API, or
+    # before the labels matched): t-SNE and the classification pass each run with
+    # their own progress and Cancel, and neither's button clashes with the other's.
+    loaded, dataset = open_model("demo"), load_dataset(digits)
+    ResultStore(digits.parent / "cache" / "insights").run(LayerStatsSpec(loaded, dataset, "conv_3"))
+    at = open_app(PAGE, layers="conv_3", layer="conv_3")
+    at.segmented_control(key="insights_section").set_value("embedding").run()
+    assert at.toggle(key="insights_mark").value
+    at.segmented_control(key="insights_method").set_value("tsne").run()
+    assert not at.exception, at.exception
+    answers = insights.predict_split(loaded, dataset)
+    wrong = int(answers.misclassified.sum())
+    assert any(
+        f"{wrong:,} of {len(LABELS):,} images are classified wrongly" in c.value for c in at.caption
+    )
+
+
+def test_answers_that_cannot_be_judged_are_not_computed_to_mark_mistakes(tmp_path, monkeypatch):
+    # Labels that name none of the model's classes (here: letters for a digit model).
+    root = write_dataset(tmp_path / "letters", ["a", "b", "c", "d"] * 3, size=28, seed=2)
+    monkeypatch.setenv("CNNLENS_DATASET", str(root))
+    monkeypatch.setenv("CNNLENS_CACHE_DIR", str(tmp_path / "cache"))
+    passes = []
+    real = insights.summarise
+    monkeypatch.setattr(
+        insights,
+        "summarise",
+        lambda *a, **k: passes.append(k.get("with_predictions")) or real(*a, **k),
+    )
+    at = open_app(PAGE, layers="conv_2", layer="conv_2")
+    at.segmented_control(key="insights_section").set_value("embedding").run()
+    assert not at.exception
+    mark = at.toggle(key="insights_mark")
+    assert not mark.value and mark.disabled
+    assert "name none of the network's classes" in mark.help
+    assert passes == [False]  # one pass, with no classification

@@ -122,7 +122,7 @@ def test_create_feature_extractor_is_wrong_where_the_lens_is_right():
 
 
 def test_forward_stops_after_the_deepest_target():
-    class Boom(nn.Module):
+    class Boom(nn.ReLU):  # an activation, so the stack keeps its renamed layers
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             raise AssertionError("ran past the deepest target")
 
@@ -175,12 +175,37 @@ def test_callers_model_is_left_as_it_was(tiny_cnn):
     assert not any(p is q for p in lens.net.parameters() for q in tiny_cnn.parameters())
 
 
-def test_runs_in_eval_and_inference_mode(tiny_cnn):
+def test_runs_in_eval_mode_without_a_graph_whatever_the_callers_mode(tiny_cnn):
     tiny_cnn.train()
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    lens = build_lens(tiny_cnn, ["conv_1", "dropout_2"], channels_last=False)
+    expected = reference(tiny_cnn, 6, x.detach())  # eval: dropout is the identity
+    with torch.inference_mode():
+        inside = lens(x)
+    for out in (lens(x), inside):
+        assert not out["dropout_2"].requires_grad
+        assert torch.equal(out["dropout_2"], expected)
+        assert torch.equal(out["conv_1"], reference(tiny_cnn, 0, x.detach()))
+
+
+def test_module_paths_of_the_stack_work_beside_renamed_layers(tiny_cnn):
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = tiny_cnn
+            self.classifier = nn.Linear(32, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.features(x).flatten(1))
+
+    net = Net()
     x = torch.randn(2, 1, 8, 8)
-    out = build_lens(tiny_cnn, "dropout_2", channels_last=False)(x)["dropout_2"]
-    assert out.is_inference()
-    assert torch.equal(out, reference(tiny_cnn, 6, x))  # eval: dropout is the identity
+    out = build_lens(net, ["features.4", "conv_1"], channels_last=False)(x)
+    assert list(out) == ["conv_1", "features.4"]
+    assert torch.equal(out["features.4"], reference(tiny_cnn, 4, x))
+    assert torch.equal(build_lens(tiny_cnn, "4", channels_last=False)(x)["4"], out["features.4"])
+    with pytest.raises(ValueError, match=r"'classifier' is not a layer of the renamed stack"):
+        build_lens(net, ["conv_1", "classifier"])
 
 
 def test_unknown_target_names_the_valid_layers(tiny_cnn):
@@ -191,8 +216,10 @@ def test_unknown_target_names_the_valid_layers(tiny_cnn):
 
 
 def test_wrong_types_raise_type_error(tiny_cnn):
-    with pytest.raises(TypeError, match=r"not a sequential CNN.*vgg16\(\)\.features"):
+    with pytest.raises(TypeError, match=r"Conv2d has no renamed layers.*vgg16\(\)\.features"):
         build_lens(nn.Conv2d(1, 1, 3), "conv_1")
+    with pytest.raises(TypeError, match=r"Sequential has no renamed layers"):
+        build_lens(nn.Sequential(nn.Conv2d(1, 1, 3), nn.Sequential(nn.ReLU())), "conv_1")
     with pytest.raises(TypeError, match="Layer names are strings"):
         build_lens(tiny_cnn, [1])
     with pytest.raises(TypeError, match="torch.Tensor"):
@@ -215,11 +242,12 @@ def test_lens_runs_on_the_models_cuda_device(tiny_cnn):
 
 @pytest.mark.parametrize(
     "writer",
-    [nn.ReLU(inplace=True), nn.LeakyReLU(0.1, inplace=True), nn.Sequential(nn.ReLU(inplace=True))],
-    ids=["relu", "leaky_relu", "nested"],
+    [nn.ReLU(inplace=True), nn.LeakyReLU(0.1, inplace=True), nn.ReLU6(inplace=True)],
+    ids=["relu", "leaky_relu", "relu6"],
 )
 def test_a_target_before_an_in_place_op_keeps_its_values_and_the_layers_stay_in_place(writer):
-    """The lens clones such a target when it captures it; the shared layers stay as they are."""
+    """The copy clones such a target once its version counter shows the write; the shared
+    layers stay as they are."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Dropout(), writer, nn.Conv2d(3, 2, 1)).eval()
     x = torch.randn(2, 1, 8, 8)

@@ -76,8 +76,9 @@ def test_map_view_data_under_an_image_sends_it_as_shown_and_the_slider_start():
     gray = np.zeros((7, 7), dtype=np.uint8)
     gray[:, 3:] = 200
     ramp = np.arange(49, dtype=np.float32).reshape(1, 7, 7)
-    data = map_view_data(ramp, under=gray, opacity=0.25, title="over")
+    data = map_view_data(ramp, under=gray, under_title="over", opacity=0.25, title="alone")
     assert json.loads(json.dumps(data)) == data and data["opacity"] == 0.25
+    assert (data["title"], data["under_title"]) == ("alone", "over")  # the two panels
     # The map as the channel view shows it.
     assert base64.b64decode(data["png"]) == montage_png(ramp, clear_gaps=True)
     shown = decode(base64.b64decode(data["under"]))

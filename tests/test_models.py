@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +22,15 @@ from torchvision import models as tvm
 from cnnlens import build_lens, demo_dataset, demo_model, layer_names, load_weights, to_batch
 from cnnlens import models as models_module
 from cnnlens import weights as weights_module
+from cnnlens.layers import Layers
 from cnnlens.models import (
     DEMO_DATASET_DIR,
     DemoCNN,
     _trunk_stages,
-    load_model,
     open_model,
     pick_device,
 )
-from cnnlens.preprocess import network_view
+from cnnlens.preprocess import as_input
 from cnnlens.registry import DEMO_WEIGHTS, MODELS, RANDOM_WEIGHTS_NOTE, model_groups, model_info
 from cnnlens.weights import download_weights, weights_status
 
@@ -144,10 +145,9 @@ def test_exact_float32_turns_off_tf32_convolutions():
 
 # --- The model zoo: registry, pretrained / random / own weights, preprocessing ---
 
+# SqueezeNet's .features holds Fire blocks, not plain layers: qualified names only.
 TORCHVISION_SEQUENTIAL = {
     "alexnet",
-    "squeezenet1_0",
-    "squeezenet1_1",
     *(f"vgg{depth}{bn}" for depth in (11, 13, 16, 19) for bn in ("", "_bn")),
 }
 
@@ -225,6 +225,25 @@ def test_the_registry_lists_every_torchvision_classifier_as_its_weights_expect()
     assert sorted(n for ns in groups.values() for n in ns) == sorted(MODELS)
 
 
+def test_the_registrys_renamed_flag_is_the_layer_rule_of_every_built_network():
+    """One rule: a network has renamed layers exactly where the registry says so."""
+    renamed = []
+    for name in MODELS:
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = DemoCNN() if name == "demo" else tvm.get_model(name)
+        except NotImplementedError:  # RegNet's builder computes with tensors
+            assert name.startswith("regnet"), name
+            continue
+        if Layers(model).renamed:
+            renamed.append(name)
+    assert renamed == [name for name, info in MODELS.items() if info.sequential]
+    assert set(renamed) == {"demo", *TORCHVISION_SEQUENTIAL}
+    regnet = tvm.regnet_y_400mf()  # every RegNet is this class: no .features, not Sequential
+    assert not Layers(regnet).renamed
+
+
 def test_the_registry_imports_without_torch():
     code = (
         "import sys, cnnlens.registry as r; r.model_info('resnet18'); r.model_groups(); "
@@ -249,7 +268,7 @@ def test_open_demo_model_with_its_trained_weights():
     probabilities = loaded.probabilities(loaded.batch(images))
     assert probabilities.dtype == np.float32 and probabilities.shape == (3, 10)
     np.testing.assert_allclose(probabilities, expected, atol=1e-6)
-    _assert_same_tensors(load_model("demo"), reference.state_dict())
+    _assert_same_tensors(loaded.model, reference.state_dict())
 
 
 def test_pretrained_weights_come_from_the_local_hub_cache_without_network(hub):
@@ -529,9 +548,9 @@ def test_default_layers_are_the_last_module_of_each_resolution_stage(random_resn
     # MobileNetV3-Small's strided blocks are features.0, .1, .2, .4 and .9.
     mobilenet = open_model("mobilenet_v3_small", weights="random")
     assert mobilenet.default_layers() == [f"features.{i}" for i in (0, 1, 3, 8, 12)]
-    # SqueezeNet's lens layers have one conv only: its stages instead.
+    # SqueezeNet has no renamed layers: its stages, the class maps' ReLU last.
     squeezenet = open_model("squeezenet1_1", weights="random")
-    assert squeezenet.default_layers() == ["relu_1", "fire_1_2", "fire_1_4", "fire_1_8"]
+    assert squeezenet.default_layers() == ["features.1", "features.4", "features.7", "classifier.2"]
 
 
 def test_trunk_stages_merge_near_sizes_open_whole_trunks_and_keep_five():
@@ -559,11 +578,11 @@ def test_a_loaded_model_extracts_its_layers(random_resnet):
     torch.testing.assert_close(maps["layer2"], x)
 
     squeezenet = open_model("squeezenet1_1", weights="random")
-    assert squeezenet.layer_names()[:4] == ["conv_1", "relu_1", "pool_1", "fire_1"]
+    assert squeezenet.layer_names()[:4] == ["features", "features.0", "features.1", "features.2"]
     small = squeezenet.batch(_gradient_image(64, 64))
     with torch.inference_mode():
         expected = squeezenet.model.features[:4](small)
-    torch.testing.assert_close(squeezenet.extractor(["fire_1"])(small)["fire_1"], expected)
+    torch.testing.assert_close(squeezenet.extractor(["features.3"])(small)["features.3"], expected)
     assert squeezenet.probabilities(small).shape == (1, 1000)
 
 
@@ -572,11 +591,11 @@ def test_network_view_is_the_crop_the_batch_is_made_of():
     spec = model_info("resnet18").spec
     rng = np.random.default_rng(3)
     photo = Image.fromarray(rng.integers(0, 256, (300, 450, 3), dtype=np.uint8))
-    seen = network_view(photo, spec)
+    seen = as_input(photo, spec)
     assert seen.size == (224, 224) and seen.mode == "RGB"
     batch = to_batch(photo, spec)[0]
     mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
     pixels = ((batch * std + mean) * 255).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(pixels, np.asarray(seen, dtype=np.float32), atol=1e-3)
-    grey = network_view(photo.convert("L"), model_info("demo").spec)
+    grey = as_input(photo.convert("L"), model_info("demo").spec)
     assert grey.size == (28, 28) and grey.mode == "L"

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from cnnlens.layers import Layers
+from cnnlens.layers import layer_names
 from cnnlens.models import open_model
 from cnnlens.private_copy import PrivateCopy
 
@@ -181,5 +181,77 @@ def test_layers_know_names_paths_and_modules(demo, resnet):
         resnet.layers.check(["layer9"])
     with pytest.raises(ValueError, match=r"Unknown layer 'conv_9'\. Valid layers: conv_1"):
         demo.extractor(["conv_9"])
-    with pytest.raises(TypeError, match="not a sequential CNN"):
-        Layers(models.resnet18(), renamed=True)
+    with pytest.raises(TypeError, match="ResNet has no renamed layers"):
+        layer_names(models.resnet18())
+    # Both names of a renamed layer work, in network order.
+    assert demo.layers.check(["features.2", "conv_1", "classifier.2"]) == (
+        "conv_1",
+        "features.2",
+        "classifier.2",
+    )
+    assert demo.layers.module("features.2") is demo.layers.module("conv_2")
+
+
+class _Pointers:
+    """A call that records where a ReLU's input and output live, and may keep its input."""
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.seen: dict[str, int] = {}
+
+    def keeps(self, tensor: object) -> bool:
+        return self.keep
+
+    def on_output(self, path: str, inputs: tuple, output: object) -> None:
+        if path == "1":
+            self.seen = {"input": inputs[0].data_ptr(), "output": output.data_ptr()}
+
+
+def test_an_in_place_module_runs_out_of_place_only_on_what_a_call_keeps():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True), nn.Conv2d(2, 2, 1))
+    own = PrivateCopy(model, channels_last=False)
+    x = torch.randn(1, 1, 6, 6)
+    with torch.no_grad():
+        for keep, same in ((False, True), (True, False)):
+            call = _Pointers(keep)
+            own.run(x, call)
+            assert (call.seen["input"] == call.seen["output"]) is same
+        maps = own.capture(x, ("0", "2"))
+        expected = model[0](x)
+    assert (expected < 0).any() and torch.equal(maps["0"], expected)
+    assert own._copied == frozenset(), "kept without a copy: the ReLU wrote a new tensor"
+    assert own.model[1].inplace and model[1].inplace  # no flag changed
+
+
+def test_a_module_with_a_forward_of_its_own_keeps_it():
+    relu = nn.ReLU(inplace=True)
+    relu.forward = lambda x: x * 0 + 7  # the owner's own forward, set on the instance
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), relu)
+    maps = PrivateCopy(model).capture(torch.randn(1, 1, 5, 5), ("0", "1"))
+    assert (maps["1"] == 7).all() and not (maps["0"] == 7).all()
+
+
+def test_run_to_stops_at_a_module_or_goes_on_from_a_replacement(demo):
+    source = demo.private_copy
+    x = source.prepare(torch.rand(2, 1, 28, 28))
+    with torch.no_grad():
+        reached = source.run_to(x, "features.2")
+        expected = demo.model.features[:3](x)
+        assert reached.result is None and torch.equal(reached.output, expected)
+        assert reached.inputs[0].shape == (2, 32, 28, 28)
+        zeroed = source.run_to(x, "classifier", replace=torch.zeros_like)
+        assert torch.equal(zeroed.result, torch.zeros(2, 10))
+        untouched = source.run_to(x, "features.2", replace=lambda output: None)
+        torch.testing.assert_close(untouched.result, demo.model(x))
+
+
+def test_one_error_names_a_module_the_forward_does_not_call():
+    from cnnlens.private_copy import ModuleNotRun
+
+    own = PrivateCopy(models.googlenet(init_weights=False, aux_logits=True))
+    x = torch.randn(1, 3, 64, 64)
+    message = r"Module 'aux1' did not run in the forward pass \(in eval mode\).*choose modules"
+    for run in (lambda: own.run_to(x, "aux1"), lambda: own.capture(x, ("conv1", "aux1"))):
+        with pytest.raises(ModuleNotRun, match=message) as caught:
+            run()
+        assert caught.value.paths == ("aux1",) and isinstance(caught.value, ValueError)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cnnlens.results import Run, Spec
 from cnnlens.store import ResultStore
 
 CONTEXT = multiprocessing.get_context("spawn")
@@ -30,20 +32,32 @@ def whole(arrays: dict[str, np.ndarray]) -> bool:
     return values.shape == (SIZE,) and tag.shape == (1,) and bool(np.all(values == tag[0]))
 
 
-def compute_or_reuse(folder: str, log: str, started, value: int, wait_for_start: bool) -> None:
-    """Ask the store for one key; a computation notes its process id in ``log``."""
-    if wait_for_start:
-        assert started.wait(30), "the other process never began computing"
+@dataclass(frozen=True, eq=False)
+class Logged(Spec[np.ndarray]):
+    """A result whose computation notes its process id in ``log`` and takes a second."""
 
-    def compute() -> dict[str, np.ndarray]:
-        started.set()
-        with open(log, "a") as file:
+    value: int
+    log: str
+    started: object  # a multiprocessing Event, set when the computation begins
+    kind = "logged"
+
+    def parts(self) -> dict[str, object]:
+        return {"value": "shared"}  # the same key whichever value a process would compute
+
+    def compute(self, run: Run) -> np.ndarray:
+        self.started.set()
+        with open(self.log, "a") as file:
             file.write(f"{os.getpid()}\n")
         time.sleep(1.0)  # the other process asks meanwhile
-        return result(value)
+        return np.full(SIZE, self.value, dtype=np.float64)
 
-    found = ResultStore(Path(folder)).get_or_compute("shared", compute, lambda arrays: arrays)
-    assert whole(found) and found["tag"][0] == 7, found["tag"]
+
+def compute_or_reuse(folder: str, log: str, started, value: int, wait_for_start: bool) -> None:
+    """Ask the store for one result; a computation notes its process id in ``log``."""
+    if wait_for_start:
+        assert started.wait(30), "the other process never began computing"
+    found = ResultStore(Path(folder)).run(Logged(value, log, started))
+    assert found.shape == (SIZE,) and np.all(found == 7), found[:3]
 
 
 def keep_saving(folder: str, keys: list[str], seconds: float, max_mb: float) -> None:

@@ -1,4 +1,5 @@
-"""The on-disk results store: keys, atomic writes, damaged files, threads, size limit."""
+"""The on-disk results store: keys, atomic writes, damaged files, threads, size limit, and
+the dataset passes it runs."""
 
 from __future__ import annotations
 
@@ -11,20 +12,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnlens import insights, store
+from cnnlens import insights, results, store
 from cnnlens.data import load_dataset
+from cnnlens.insights import LayerStatsSpec, PredictionsSpec
 from cnnlens.models import open_model
+from cnnlens.results import Cancelled, Run, Spec, result_key
 from cnnlens.sources import cache_dir
-from cnnlens.store import (
-    ResultStore,
-    cached_layer_stats,
-    cached_layer_stats_and_predictions,
-    cached_predictions,
-    layer_stats_key,
-    predictions_key,
-    result_key,
-)
+from cnnlens.store import ResultStore
 from tests.generated import write_dataset
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Filled(Spec[np.ndarray]):
+    """A result of ``size`` copies of ``value``; each computation is noted in ``calls``."""
+
+    value: float
+    size: int = 10
+    calls: list = dataclasses.field(default_factory=list)
+    wait: float = 0.0
+    kind = "filled"
+
+    def parts(self) -> dict[str, object]:
+        return {"value": self.value, "size": self.size}
+
+    def compute(self, run: Run) -> np.ndarray:
+        self.calls.append(1)
+        time.sleep(self.wait)
+        return np.full(self.size, self.value, dtype=np.float32)
 
 
 def arrays(value: float, size: int = 10) -> dict[str, np.ndarray]:
@@ -44,7 +58,7 @@ def test_the_key_depends_on_every_part_and_the_format_not_on_their_order(monkeyp
     assert len(key) == 32 and int(key, 16) >= 0
     for name in parts:
         assert result_key(**{**parts, name: "other"}) != key
-    monkeypatch.setattr(store, "FORMAT_VERSION", store.FORMAT_VERSION + 1)
+    monkeypatch.setattr(results, "FORMAT_VERSION", results.FORMAT_VERSION + 1)
     assert result_key(**parts) != key
 
 
@@ -83,62 +97,72 @@ def test_a_damaged_file_counts_as_missing_and_is_removed(tmp_path, damage):
 
 
 def test_a_result_is_computed_once_then_read_from_disk_by_another_store(tmp_path):
-    calls = []
-
-    def compute() -> dict[str, np.ndarray]:
-        calls.append(1)
-        return arrays(3.0)
-
-    first = ResultStore(tmp_path).get_or_compute("k", compute, dict)
-    again = ResultStore(tmp_path).get_or_compute("k", compute, dict)  # a restart: memory is empty
-    assert len(calls) == 1
-    assert same(first, arrays(3.0)) and same(again, arrays(3.0))
+    spec = Filled(3.0)
+    first = ResultStore(tmp_path).run(spec)
+    again = ResultStore(tmp_path).run(spec)  # a restart: memory is empty
+    assert spec.calls == [1]
+    np.testing.assert_array_equal(first, np.full(10, 3.0, np.float32))
+    np.testing.assert_array_equal(again, first)
+    assert not again.flags.writeable  # one decoded result serves every session
+    assert os.listdir(tmp_path) == [f"{spec.key}.npz"]
 
 
 def test_a_file_that_does_not_decode_is_replaced_by_a_fresh_result(tmp_path):
-    ResultStore(tmp_path).save("k", {"wrong": np.zeros(2)})
-
-    def decode(found: dict[str, np.ndarray]) -> float:
-        return float(found["a"][0])  # KeyError for the old file
-
-    assert ResultStore(tmp_path).get_or_compute("k", lambda: arrays(4.0), decode) == 4.0
-    assert same(ResultStore(tmp_path).load("k"), arrays(4.0))
+    spec = Filled(4.0)
+    ResultStore(tmp_path).save(spec.key, {"wrong": np.zeros(2)})
+    assert ResultStore(tmp_path).peek(spec) is None
+    np.testing.assert_array_equal(ResultStore(tmp_path).run(spec), np.full(10, 4.0))
+    assert spec.calls == [1]
 
 
 def test_a_failed_compute_stores_nothing(tmp_path):
-    results = ResultStore(tmp_path)
+    results_ = ResultStore(tmp_path)
 
-    def cancelled() -> dict[str, np.ndarray]:
-        raise insights.Cancelled("stopped")
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class Failing(Filled):
+        def compute(self, run: Run) -> np.ndarray:
+            raise Cancelled("stopped")
 
-    with pytest.raises(insights.Cancelled):
-        results.get_or_compute("k", cancelled, dict)
-    assert results.load("k") is None
+    with pytest.raises(Cancelled):
+        results_.run(Failing(1.0))
+    assert results_.peek(Failing(1.0)) is None
     assert os.listdir(tmp_path) == []
 
 
-def test_threads_asking_for_one_key_compute_it_once(tmp_path):
-    results = ResultStore(tmp_path)
-    calls = []
+def test_a_stop_asked_once_keeps_nothing_even_when_the_computation_returns(tmp_path):
+    answers = iter([False, True])  # asked twice: True only once, then never again
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class Asking(Filled):
+        def compute(self, run: Run) -> np.ndarray:
+            run.should_stop()
+            run.should_stop()
+            assert run.should_stop()  # remembered
+            return super().compute(run)
+
+    results_ = ResultStore(tmp_path)
+    with pytest.raises(Cancelled, match="nothing unfinished was kept"):
+        results_.run(Asking(1.0), should_stop=lambda: next(answers, False))
+    assert os.listdir(tmp_path) == []
+
+
+def test_threads_asking_for_one_result_compute_it_once(tmp_path):
+    results_ = ResultStore(tmp_path)
+    spec = Filled(5.0, size=1000, wait=0.2)  # long enough for every thread to be waiting
     start = threading.Barrier(8)
     found = [None] * 8
 
-    def compute() -> dict[str, np.ndarray]:
-        calls.append(1)
-        time.sleep(0.2)  # long enough for every thread to be waiting on the key
-        return arrays(5.0, size=1000)
-
     def ask(i: int) -> None:
         start.wait()
-        found[i] = results.get_or_compute("k", compute, dict)
+        found[i] = results_.run(spec)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(calls) == 1
-    assert all(same(result, arrays(5.0, size=1000)) for result in found)
+    assert spec.calls == [1]
+    assert all(np.array_equal(result, np.full(1000, 5.0)) for result in found)
     assert store._key_locks == {}  # every per-key lock was dropped afterwards
 
 
@@ -203,15 +227,15 @@ def digits(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def counted(monkeypatch) -> list[str]:
-    """Counts the dataset passes that cached_layer_stats makes."""
+    """Counts the dataset passes (one call of insights.summarise each), by their layers."""
     calls: list[str] = []
-    real = insights.layer_stats
+    real = insights.summarise
 
-    def layer_stats(loaded, dataset, layer, **options):
-        calls.append(layer)
-        return real(loaded, dataset, layer, **options)
+    def summarise(loaded, dataset, layers, **options):
+        calls.append(",".join(layers) + (" +answers" if options.get("with_predictions") else ""))
+        return real(loaded, dataset, layers, **options)
 
-    monkeypatch.setattr(insights, "layer_stats", layer_stats)
+    monkeypatch.setattr(insights, "summarise", summarise)
     return calls
 
 
@@ -220,64 +244,80 @@ def test_layer_stats_are_computed_once_and_reused_after_a_restart(
 ):
     monkeypatch.setenv("CNNLENS_CACHE_DIR", str(tmp_path / "cache"))
     loaded, dataset = open_model("demo"), load_dataset(digits)
-    first = cached_layer_stats(loaded, dataset, "conv_2", batch_size=5)
-    again = cached_layer_stats(loaded, load_dataset(digits), "conv_2")  # a new store: from disk
+    spec = LayerStatsSpec(loaded, dataset, "conv_2", batch_size=5)
+    first = ResultStore().run(spec)
+    again = ResultStore().run(LayerStatsSpec(loaded, load_dataset(digits), "conv_2"))
     assert counted == ["conv_2"]
     assert again.filenames == first.filenames and again.labels == first.labels
+    assert again.map_shape == first.map_shape == (32, 28, 28)
     for name in ("mean", "max", "peak_y", "peak_x"):
         np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
     folder = tmp_path / "cache" / "insights"
-    key = layer_stats_key(loaded, dataset, "conv_2", "train")
-    assert list(folder.iterdir()) == [folder / f"{key}.npz"]
-    cached_layer_stats(loaded, dataset, "conv_3")
+    assert list(folder.iterdir()) == [folder / f"{spec.key}.npz"]
+    ResultStore().run(LayerStatsSpec(loaded, dataset, "conv_3"))
     assert counted == ["conv_2", "conv_3"]
 
 
-def test_an_index_that_did_not_look_at_the_images_keys_no_cache(digits, tmp_path):
+def test_a_stopped_pass_stores_nothing_even_when_asked_to_stop_only_once(digits, tmp_path):
+    loaded, dataset = open_model("demo"), load_dataset(digits)
+    results_ = ResultStore(tmp_path / "cache")
+    asked = iter([True])  # True once, then never again
+    for spec in (
+        LayerStatsSpec(loaded, dataset, "conv_1", batch_size=4),
+        PredictionsSpec(loaded, dataset, batch_size=4),
+        LayerStatsSpec(loaded, dataset, "conv_2", batch_size=4, with_predictions=True),
+    ):
+        asked = iter([True])
+        with pytest.raises(Cancelled):
+            results_.run(spec, should_stop=lambda asked=asked: next(asked, False))
+        assert results_.peek(spec) is None
+        assert ResultStore(tmp_path / "cache").peek(spec) is None
+    assert not list((tmp_path / "cache").glob("*.npz"))
+    # And the plain function, asked once, raises too instead of returning part of the split.
+    asked = iter([False, True])
+    with pytest.raises(Cancelled):
+        insights.layer_stats(
+            loaded, dataset, "conv_1", batch_size=4, should_stop=lambda: next(asked, False)
+        )
+
+
+def test_an_index_that_did_not_look_at_the_images_keys_no_result(digits, tmp_path):
     unchecked = load_dataset(digits, check_images=False)
     assert unchecked.fingerprint == ""
     with pytest.raises(ValueError, match="check_images=False.*load_dataset"):
-        cached_layer_stats(open_model("demo"), unchecked, "conv_1", store=ResultStore(tmp_path))
+        ResultStore(tmp_path).run(LayerStatsSpec(open_model("demo"), unchecked, "conv_1"))
     assert not list(tmp_path.rglob("*.npz"))
 
 
 def test_changed_images_or_weights_are_computed_again(digits, counted, tmp_path):
-    results = ResultStore(tmp_path / "cache")
+    results_ = ResultStore(tmp_path / "cache")
     loaded, dataset = open_model("demo"), load_dataset(digits)
-    before = cached_layer_stats(loaded, dataset, "conv_1", store=results)
+    before = results_.run(LayerStatsSpec(loaded, dataset, "conv_1"))
     (digits / "train" / "img_0.png").write_bytes((digits / "train" / "img_1.png").read_bytes())
     changed = load_dataset(digits)
     assert changed.fingerprint != dataset.fingerprint
-    after = cached_layer_stats(loaded, changed, "conv_1", store=results)
+    after = results_.run(LayerStatsSpec(loaded, changed, "conv_1"))
     assert counted == ["conv_1", "conv_1"]
     np.testing.assert_array_equal(after.mean[0], after.mean[1])  # the copied image's values
     assert not np.array_equal(after.mean[0], before.mean[0])
     other = dataclasses.replace(loaded, weights_id="other-weights")
-    cached_layer_stats(other, changed, "conv_1", store=results)
+    results_.run(LayerStatsSpec(other, changed, "conv_1"))
     assert counted == ["conv_1"] * 3
-    cached_layer_stats(loaded, changed, "conv_1", store=results)
+    results_.run(LayerStatsSpec(loaded, changed, "conv_1"))
     assert counted == ["conv_1"] * 3
 
 
 def test_predictions_are_stored_once_per_dataset(digits, tmp_path, monkeypatch):
-    calls = []
-    real = insights.predict_split
-
-    def predict_split(loaded, dataset, **options):
-        calls.append(1)
-        return real(loaded, dataset, **options)
-
-    monkeypatch.setattr(insights, "predict_split", predict_split)
-    results = ResultStore(tmp_path / "cache")
+    calls = count_calls(monkeypatch, ("predict_split",))
     loaded, dataset = open_model("demo"), load_dataset(digits)
-    first = cached_predictions(loaded, dataset, store=results)
-    again = cached_predictions(loaded, dataset, store=ResultStore(tmp_path / "cache"))
-    assert calls == [1]
+    spec = PredictionsSpec(loaded, dataset)
+    first = ResultStore(tmp_path / "cache").run(spec)
+    again = ResultStore(tmp_path / "cache").run(spec)
+    assert calls == ["predict_split"]
     assert again.filenames == first.filenames and again.classes == first.classes
     np.testing.assert_array_equal(again.predicted, first.predicted)
-    key = predictions_key(loaded, dataset, "train")
-    assert key != layer_stats_key(loaded, dataset, "conv_1", "train")
-    assert (tmp_path / "cache" / f"{key}.npz").is_file()
+    assert spec.key != LayerStatsSpec(loaded, dataset, "conv_1").key
+    assert (tmp_path / "cache" / f"{spec.key}.npz").is_file()
 
 
 def count_calls(monkeypatch, names: tuple[str, ...]) -> list[str]:
@@ -298,32 +338,48 @@ def count_calls(monkeypatch, names: tuple[str, ...]) -> list[str]:
     return calls
 
 
-def test_one_pass_stores_a_layers_statistics_and_the_predictions(digits, tmp_path, monkeypatch):
+def test_one_pass_stores_a_layers_statistics_and_the_predictions(digits, tmp_path, counted):
     expected = insights.predict_split(open_model("demo"), load_dataset(digits)).predicted
-    calls = count_calls(
-        monkeypatch, ("layer_stats", "predict_split", "layer_stats_and_predictions")
-    )
-    results = ResultStore(tmp_path / "cache")
+    results_ = ResultStore(tmp_path / "cache")
     loaded, dataset = open_model("demo"), load_dataset(digits)
-    stats, answers = cached_layer_stats_and_predictions(
-        loaded, dataset, "conv_2", store=results, batch_size=5
-    )
-    assert calls == ["layer_stats_and_predictions"]
+    spec = LayerStatsSpec(loaded, dataset, "conv_2", batch_size=5, with_predictions=True)
+    stats = results_.run(spec)
+    assert counted == ["conv_2 +answers"]
     stored = {path.name for path in (tmp_path / "cache").iterdir()}
-    assert stored == {
-        f"{layer_stats_key(loaded, dataset, 'conv_2', 'train')}.npz",
-        f"{predictions_key(loaded, dataset, 'train')}.npz",
-    }
+    assert stored == {f"{spec.key}.npz", f"{spec.predictions.key}.npz"}
     # Another process (a new store on the folder) finds both, with no pass.
     again = ResultStore(tmp_path / "cache")
-    reread = cached_layer_stats(loaded, dataset, "conv_2", store=again)
-    reanswered = cached_predictions(loaded, dataset, store=again)
-    assert calls == ["layer_stats_and_predictions"]
+    reread = again.run(LayerStatsSpec(loaded, dataset, "conv_2"))
+    answers = again.run(PredictionsSpec(loaded, dataset))
+    assert counted == ["conv_2 +answers"]
     np.testing.assert_array_equal(reread.mean, stats.mean)
-    np.testing.assert_array_equal(reanswered.predicted, answers.predicted)
     np.testing.assert_array_equal(answers.predicted, expected)
     # With the predictions stored, another layer needs its own pass only.
-    calls.clear()
-    other, same_answers = cached_layer_stats_and_predictions(loaded, dataset, "conv_3", store=again)
-    assert calls == ["layer_stats"]
-    assert other.layer == "conv_3" and same_answers is reanswered
+    other = again.run(LayerStatsSpec(loaded, dataset, "conv_3", with_predictions=True))
+    assert counted == ["conv_2 +answers", "conv_3"]
+    assert other.layer == "conv_3"
+
+
+def test_one_pass_summarises_every_chosen_layer_and_classifies(digits, tmp_path, counted):
+    loaded, dataset = open_model("demo"), load_dataset(digits)
+    results_ = ResultStore(tmp_path / "cache")
+    results_.run(LayerStatsSpec(loaded, dataset, "conv_3"))
+    spec = LayerStatsSpec(
+        loaded,
+        dataset,
+        "conv_1",
+        along=("conv_1", "conv_2", "conv_3", "conv_4", "pool_4"),
+        with_predictions=True,
+    )
+    results_.run(spec)
+    # conv_3 was stored; every other layer rides along, in one pass with the answers.
+    assert counted == ["conv_3", "conv_1,conv_2,conv_4,pool_4 +answers"]
+    again = ResultStore(tmp_path / "cache")
+    for layer in ("conv_1", "conv_2", "conv_4", "pool_4"):
+        found = again.peek(LayerStatsSpec(loaded, dataset, layer))
+        alone = insights.layer_stats(loaded, dataset, layer)
+        np.testing.assert_allclose(found.mean, alone.mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(found.peak_y, alone.peak_y)
+    assert again.peek(spec.predictions) is not None
+    one_pass = ["conv_3", "conv_1,conv_2,conv_4,pool_4 +answers"]
+    assert counted == [*one_pass, "conv_1", "conv_2", "conv_4", "pool_4"]  # the references

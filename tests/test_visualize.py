@@ -13,18 +13,17 @@ import torch
 from torch import nn
 
 import cnnlens.feature_visualization as visualize_module
+from cnnlens.borrow import layer_channels
 from cnnlens.cli import main
 from cnnlens.feature_visualization import (
-    cached_visualization,
+    ChannelImageSpec,
+    ChannelImagesSpec,
     default_side,
-    layer_channels,
-    missing_channels,
     to_uint8,
-    visualization_key,
     visualize,
 )
-from cnnlens.insights import Cancelled
 from cnnlens.models import LoadedModel, demo_dataset, demo_model, open_model
+from cnnlens.results import Cancelled
 from cnnlens.store import ResultStore
 
 CHANNELS = list(range(8))  # the first 8 of conv_2's 32 channels
@@ -274,20 +273,21 @@ def test_progress_counts_every_step_of_every_group_and_a_stop_raises(demo):
         visualize(demo, "conv_1", [0], steps=3, should_stop=stop)
 
 
+def atlas(demo, channels, steps, **options) -> ChannelImagesSpec:
+    return ChannelImagesSpec(demo, "conv_1", tuple(channels), steps=steps, **options)
+
+
 def test_cached_tiles_are_stored_per_channel_and_read_back_without_computing(
     demo, tmp_path, monkeypatch
 ):
     store = ResultStore(tmp_path / "store")
-    tiles = cached_visualization(demo, "conv_1", [1, 2], store=store, steps=8)
+    tiles = store.run(atlas(demo, [1, 2], 8))
     assert tiles.shape == (2, 28, 28) and tiles.dtype == np.uint8
     expected = to_uint8(visualize(demo, "conv_1", [1, 2], steps=8))
     np.testing.assert_array_equal(tiles, expected)
-    keys = {
-        visualization_key(demo, "conv_1", c, size=28, steps=8, seed=0, negative=False)
-        for c in (1, 2)
-    }
+    keys = {ChannelImageSpec(demo, "conv_1", c, steps=8).key for c in (1, 2)}
     assert {p.stem for p in store.folder.glob("*.npz")} == keys
-    assert missing_channels(demo, "conv_1", [2, 3, 1, 3], store=store, steps=8) == [3]
+    assert atlas(demo, [2, 3, 1, 3], 8).missing(store) == [(3, False)]
     # Channel 3 alone is computed; 1 and 2 come from the store.
     computed: list[list[int]] = []
     real = visualize_module.visualize
@@ -297,25 +297,29 @@ def test_cached_tiles_are_stored_per_channel_and_read_back_without_computing(
         return real(model, layer, channels, **kwargs)
 
     monkeypatch.setattr(visualize_module, "visualize", counting)
-    mixed = cached_visualization(demo, "conv_1", [3, 1, 2], store=store, steps=8)
+    mixed = store.run(atlas(demo, [3, 1, 2], 8))
     assert computed == [[3]]
     np.testing.assert_array_equal(mixed[1:], tiles)
     # A new store object on the same folder (another process, a restart) computes nothing.
     monkeypatch.setattr(visualize_module, "visualize", None)
-    again = cached_visualization(demo, "conv_1", [2, 3], store=ResultStore(store.folder), steps=8)
+    again = ResultStore(store.folder).run(atlas(demo, [2, 3], 8))
     np.testing.assert_array_equal(again, mixed[[2, 0]])
     assert not again.flags.writeable
+    both = ResultStore(store.folder).peek(atlas(demo, [1], 8, negatives=(False, True)))
+    assert both is None  # the negative image of channel 1 is still to be painted
 
 
 def test_negative_steps_and_seed_are_keyed_apart(demo):
     keys = {
-        visualization_key(demo, "conv_1", 1, size=28, steps=8, seed=0, negative=False),
-        visualization_key(demo, "conv_1", 1, size=28, steps=8, seed=0, negative=True),
-        visualization_key(demo, "conv_1", 1, size=28, steps=9, seed=0, negative=False),
-        visualization_key(demo, "conv_1", 1, size=28, steps=8, seed=1, negative=False),
-        visualization_key(demo, "conv_1", 1, size=32, steps=8, seed=0, negative=False),
-        visualization_key(demo, "conv_2", 1, size=28, steps=8, seed=0, negative=False),
-        visualization_key(demo, "conv_1", 2, size=28, steps=8, seed=0, negative=False),
+        ChannelImageSpec(demo, "conv_1", 1, size=28, steps=8).key,
+        ChannelImageSpec(demo, "conv_1", 1, steps=8).key,  # 28: the demo's side
+        ChannelImageSpec(demo, "conv_1", 1, size=28, steps=8, negative=True).key,
+        ChannelImageSpec(demo, "conv_1", 1, size=28, steps=9).key,
+        ChannelImageSpec(demo, "conv_1", 1, size=28, steps=8, seed=1).key,
+        ChannelImageSpec(demo, "conv_1", 1, size=32, steps=8).key,
+        ChannelImageSpec(demo, "conv_2", 1, size=28, steps=8).key,
+        ChannelImageSpec(demo, "conv_1", 2, size=28, steps=8).key,
+        ChannelImageSpec(demo, "features.0", 1, size=28, steps=8).key,  # conv_1 by its path
     }
     assert len(keys) == 7
 
@@ -323,7 +327,7 @@ def test_negative_steps_and_seed_are_keyed_apart(demo):
 def test_a_cancelled_computation_stores_nothing_but_finished_groups_stay(demo, tmp_path):
     store = ResultStore(tmp_path / "store")
     with pytest.raises(Cancelled):
-        cached_visualization(demo, "conv_1", [0, 1], store=store, steps=4, should_stop=lambda: True)
+        store.run(atlas(demo, [0, 1], 4), should_stop=lambda: True)
     assert not store.folder.exists() or not list(store.folder.glob("*.npz"))
     seen: list[int] = []
 
@@ -331,21 +335,16 @@ def test_a_cancelled_computation_stores_nothing_but_finished_groups_stay(demo, t
         return len(seen) >= 5
 
     with pytest.raises(Cancelled):
-        cached_visualization(
-            demo,
-            "conv_1",
-            [0, 1],
-            store=store,
-            steps=4,
-            batch_size=1,
+        store.run(
+            atlas(demo, [0, 1], 4, batch_size=1),
             on_progress=lambda done, total: seen.append(done),
             should_stop=stop_in_second_group,
         )
     assert seen == [1, 2, 3, 4, 5]
-    assert missing_channels(demo, "conv_1", [0, 1], store=store, steps=4) == [1]
+    assert atlas(demo, [0, 1], 4).missing(store) == [(1, False)]
 
 
-def test_cli_precomputes_tiles_that_cached_visualization_reads_without_computing(
+def test_cli_precomputes_tiles_that_the_dashboard_reads_without_computing(
     demo, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "atlas"
@@ -353,16 +352,15 @@ def test_cli_precomputes_tiles_that_cached_visualization_reads_without_computing
     argv += ["--channels", "0-2,5", "--steps", "4", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     assert "Stored 8 images (8 computed) in " in capsys.readouterr().err
-    settings = {"size": 28, "steps": 4, "seed": 0, "negative": False}
     keys = {
-        visualization_key(demo, layer, c, **settings)
+        ChannelImageSpec(demo, layer, c, size=28, steps=4).key
         for layer in ("conv_1", "conv_2")
         for c in (0, 1, 2, 5)
     }
     assert {p.stem for p in out.glob("*.npz")} == keys
     monkeypatch.setattr(visualize_module, "visualize", None)  # computing would fail
     store = ResultStore(out)
-    tiles = cached_visualization(demo, "conv_2", [5, 0], store=store, steps=4)
+    tiles = store.run(ChannelImagesSpec(demo, "conv_2", (5, 0), steps=4))
     assert tiles.shape == (2, 28, 28)
     monkeypatch.undo()
     np.testing.assert_array_equal(tiles, to_uint8(visualize(demo, "conv_2", [5, 0], steps=4)))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from cnnlens.registry import InputSpec, ModelInfo, model_info
-from cnnlens.ui import cache, state
+from cnnlens.ui import resources, state
 from cnnlens.ui.serve import DASHBOARD
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class Context:
     def dataset(self) -> Dataset:
         """The indexed dataset; a folder that is not one stops the page with an error."""
         try:
-            dataset = cache.get_dataset(self.root)
+            dataset = resources.get_dataset(self.root)
         except ValueError as error:
             st.error(
                 f"The dataset folder cannot be used: {error} Choose another dataset in the "
@@ -79,7 +79,7 @@ class Context:
     def loaded(self) -> LoadedModel:
         """The model with its weights; weights that fail fall back to the default ones."""
         try:
-            return cache.get_model(self.choice)
+            return resources.get_model(self.choice)
         except ValueError as error:
             if self.choice.weights == state.DEFAULT_WEIGHTS and self.choice.device == "auto":
                 raise
@@ -132,7 +132,7 @@ def page_context(with_layers: bool = False) -> tuple[Context, list[str]]:
         st.stop()
     if not with_layers:
         return ctx, []
-    names = cache.get_layer_names(ctx.choice)
+    names = resources.get_layer_names(ctx.choice)
     ctx.loaded  # noqa: B018  (a failing weights file falls back before the layers settle)
-    show_notices(state.init_layers(names, cache.get_default_layers(ctx.choice)))
+    show_notices(state.init_layers(names, resources.get_default_layers(ctx.choice)))
     return ctx, names

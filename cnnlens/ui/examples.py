@@ -1,17 +1,13 @@
-"""A channel's dataset examples, and the long passes that find them, shared by the pages.
+"""A channel's dataset examples, shown the same way by Insights and the channel card.
 
 Insights (its top images, class examples and embedding selections) and the channel
-card on Feature maps show a channel's strongest images the same way: the crop where
-the channel fires, its map below, all maps on one colour scale. Both start dataset
-passes the same way too: a progress bar and a Cancel button. Cancel reruns the page,
-which stops the pass at its next progress update: nothing is stored.
+card on Feature maps show a channel's strongest images alike: the crop where the
+channel fires, its map below, all maps on one colour scale.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -19,91 +15,42 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from cnnlens import figures
-from cnnlens.insights import fire_box
-from cnnlens.ui import cache
+from cnnlens.insights import channel_maps, fire_box
+from cnnlens.ui.caching import in_memory
 from cnnlens.ui.context import Context
+from cnnlens.ui.resources import get_dataset, get_model, get_receptive_field
+from cnnlens.ui.state import ModelChoice
 
 __all__ = [
-    "PAUSED_KEY",
     "PER_ROW",
     "THUMB_SIDE",
     "examples_ui",
     "fire_crop",
+    "get_channel_maps",
+    "get_network_input",
     "map_tiles",
-    "pause",
-    "paused_ui",
-    "resume",
-    "run_with_progress",
 ]
-
-T = TypeVar("T")
 
 PER_ROW = 6  # example images side by side
 THUMB_SIDE = 96  # pixels: crops and heatmaps of the examples are enlarged to about this
-PAUSED_KEY = "insights_paused"  # the pass the user cancelled; not restarted by itself
 
 
-# --- long passes ---------------------------------------------------------------------------
+@in_memory(32)
+def get_network_input(choice: ModelChoice, root: str, split: str, filename: str) -> np.ndarray:
+    """A dataset image as the network sees it (resized, cropped), as uint8 pixels."""
+    from cnnlens.preprocess import to_uint8_image
+
+    loaded = get_model(choice)
+    image = get_dataset(root).load_image(filename, loaded.spec.mode, split)
+    return to_uint8_image(loaded.batch(image), loaded.spec)
 
 
-def pause(key: tuple) -> None:
-    """Callback of Cancel: remember which pass was stopped, so it is not started again."""
-    st.session_state[PAUSED_KEY] = key
-
-
-def resume() -> None:
-    """Callback of "Go on"."""
-    st.session_state[PAUSED_KEY] = None
-
-
-def paused_ui(key: tuple, what: str, button_key: str = "insights_resume") -> bool:
-    """If the pass ``key`` was cancelled: say so with a "Go on" button, and return True."""
-    if st.session_state.get(PAUSED_KEY) != key:
-        return False
-    st.info(f"{what[:1].upper()}{what[1:]} was cancelled.", icon=":material/pause_circle:")
-    st.button("Go on", on_click=resume, icon=":material/play_arrow:", key=button_key)
-    return True
-
-
-def run_with_progress(
-    key: tuple,
-    start_text: str,
-    compute: Callable[[Callable[[int, int], None]], T],
-    describe: Callable[[int, int], str],
-    cancel_key: str = "insights_cancel",
-) -> T | None:
-    """Run a long pass with a progress bar and a Cancel button; ``None`` if it failed.
-
-    Cancel (its callback :func:`pause` records ``key``) reruns the page, which
-    stops the pass at its next progress update, so nothing unfinished is kept.
-
-    Args:
-        key: what identifies the pass, recorded by Cancel.
-        start_text: the bar's text before the first update.
-        compute: runs the pass, calling its argument with ``(done, total)``.
-        describe: the bar's text for ``(done, total)``.
-        cancel_key: the Cancel button's widget key (unique on the page).
-
-    Returns:
-        The pass's result, or ``None`` after a ValueError, which is shown as an error.
-    """
-    bar = st.progress(0.0, text=start_text)
-    cancel = st.empty()
-    cancel.button("Cancel", on_click=pause, args=(key,), icon=":material/cancel:", key=cancel_key)
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(min(done / max(total, 1), 1.0), text=describe(done, total))
-
-    try:
-        result = compute(progress)
-    except ValueError as error:
-        bar.empty()
-        cancel.empty()
-        st.error(str(error), icon=":material/error:")
-        return None
-    bar.empty()
-    cancel.empty()
-    return result
+@in_memory(64)
+def get_channel_maps(
+    choice: ModelChoice, root: str, split: str, filenames: tuple[str, ...], layer: str, channel: int
+) -> np.ndarray:
+    """One channel's maps for a few dataset images (k×H×W float32), in one forward pass."""
+    return channel_maps(get_model(choice), get_dataset(root), filenames, layer, channel, split)
 
 
 # --- a channel's strongest examples --------------------------------------------------------
@@ -127,13 +74,13 @@ def examples_ui(
         st.caption("No images to show.")
         return
     filenames = tuple(rows["filename"])
-    maps = cache.get_channel_maps(ctx.choice, ctx.root, split, filenames, layer, channel)
+    maps = get_channel_maps(ctx.choice, ctx.root, split, filenames, layer, channel)
     tiles = map_tiles(maps)
-    field = cache.get_receptive_field(ctx.choice, layer)
+    field = get_receptive_field(ctx.choice, layer)
     for start in range(0, len(rows), per_row):
         columns = st.columns(per_row)
         for offset, (_, row) in enumerate(rows.iloc[start : start + per_row].iterrows()):
-            pixels = cache.get_network_input(ctx.choice, ctx.root, split, row["filename"])
+            pixels = get_network_input(ctx.choice, ctx.root, split, row["filename"])
             crop = fire_crop(pixels, row, maps.shape[1:], field)
             label = "" if row["label"] is None else f" · {row['label']}"
             with columns[offset]:

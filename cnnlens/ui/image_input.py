@@ -4,16 +4,44 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import streamlit as st
 
-from cnnlens.ui import cache, state
+from cnnlens.ui import state
+from cnnlens.ui.caching import in_memory
 
 if TYPE_CHECKING:
-    import numpy as np
-
+    from cnnlens.data import Dataset
     from cnnlens.ui.context import Context
 
-__all__ = ["input_image", "read_input", "upload_ui"]
+__all__ = [
+    "DISPLAY_SIDE",
+    "get_dataset_image",
+    "get_uploaded_image",
+    "input_image",
+    "read_input",
+    "upload_ui",
+]
+
+DISPLAY_SIDE = 512
+"""Input images are shown at most this large; the maps are laid over them."""
+
+
+# Taking the dataset itself (not its folder) spares a lookup of the shared dataset on
+# every new image.
+@in_memory(64)
+def get_dataset_image(dataset: Dataset, split: str, filename: str, mode: str) -> np.ndarray:
+    """A dataset image as a uint8 array in the model's mode (H×W or H×W×3), at most
+    ``DISPLAY_SIDE`` a side (a large JPEG is decoded straight at a reduced scale)."""
+    return np.asarray(dataset.load_image(filename, mode, split, max_side=DISPLAY_SIDE))
+
+
+@in_memory(32)
+def get_uploaded_image(data: bytes, name: str, mode: str) -> np.ndarray:
+    """An uploaded image, decoded safely and converted to the model's mode."""
+    from cnnlens.images import open_image, to_mode
+
+    return np.asarray(to_mode(open_image(data, name=name, max_side=DISPLAY_SIDE), mode))
 
 
 def input_image(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
@@ -38,8 +66,8 @@ def read_input(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
     """
     if view.upload is not None:
         name, data = view.upload
-        return cache.get_uploaded_image(data, name, ctx.info.spec.mode), f"your image {name}"
-    pixels = cache.get_dataset_image(ctx.dataset, view.split, view.image, ctx.info.spec.mode)
+        return get_uploaded_image(data, name, ctx.info.spec.mode), f"your image {name}"
+    pixels = get_dataset_image(ctx.dataset, view.split, view.image, ctx.info.spec.mode)
     label = ctx.dataset.label_of(view.image) if view.split == "train" else None
     caption = f"{view.image}" + (f" · label {label}" if label is not None else " · unlabelled")
     return pixels, caption
@@ -53,7 +81,7 @@ def _take_upload(mode: str) -> None:
         return
     data = uploaded.getvalue()
     try:
-        cache.get_uploaded_image(data, uploaded.name, mode)
+        get_uploaded_image(data, uploaded.name, mode)
     except ValueError as error:
         st.session_state["upload_error"] = str(error)
         return

@@ -2,9 +2,11 @@
 //
 // Data (cnnlens.ui.map_view.map_view_data): png (base64), channels, height, width,
 // columns, gap, values (base64 float32, C·H·W, or null), title, low, high,
-// colorbar (CSS colours, or null), max_height, under (a base64 PNG to lay the map
-// over, or null), opacity and clickable (a click sends {channel, x, y} back as the
-// "picked" trigger). Streamlit calls this function again with the same
+// colorbar (CSS colours, or null), max_height, under (a base64 PNG, or null),
+// under_title, opacity and clickable (a click sends {channel, x, y} back as the
+// "picked" trigger). With an image under it, the maps are shown twice, side by side:
+// alone, and laid over the image (titled under_title, with an opacity slider), from
+// the one picture and values sent. Streamlit calls this function again with the same
 // parent on every rerun, so the view is built once and then only updated: a new
 // picture is one image swap, where a plotly chart is drawn anew. The opacity slider
 // works in the browser alone and keeps its value across reruns.
@@ -103,17 +105,11 @@ function showOpacity(view) {
     `${Math.round(slider.value * 100)}%`;
 }
 
-export default function (component) {
-  const { data, parentElement } = component;
-  if (!data) return;
-  let view = parentElement.querySelector(".cnnlens-map");
-  if (!view) {
-    view = build(parentElement);
-    view.querySelector(".cnnlens-map-opacity input").value = data.opacity ?? 0.5;
-  }
+// Show one panel's data in its view (made by build), which is kept across reruns.
+function show(view, data, pick) {
   view.cnnlensData = data;
   view.cnnlensValues = null;
-  view.cnnlensPick = component.setTriggerValue;
+  view.cnnlensPick = pick;
   view.classList.toggle("cnnlens-map-clickable", Boolean(data.clickable));
   view.dataset.title = data.title || "";
   view.querySelector(".cnnlens-map-title").textContent = data.title || "";
@@ -142,4 +138,31 @@ export default function (component) {
     view.querySelector(".cnnlens-map-high").textContent = format(data.high);
     view.querySelector(".cnnlens-map-low").textContent = format(data.low);
   }
+}
+
+export default function (component) {
+  const { data, parentElement } = component;
+  if (!data) return;
+  // An image under the maps: the maps alone, and beside them the same maps over it.
+  const panels = data.under
+    ? [
+        { ...data, under: null },
+        { ...data, title: data.under_title, colorbar: null, clickable: false },
+      ]
+    : [data];
+  let row = parentElement.querySelector(".cnnlens-map-row");
+  if (!row) {
+    row = document.createElement("div");
+    row.className = "cnnlens-map-row";
+    parentElement.appendChild(row);
+  }
+  panels.forEach((panel, i) => {
+    let view = row.children[i];
+    if (!view) {
+      view = build(row);
+      view.querySelector(".cnnlens-map-opacity input").value = data.opacity ?? 0.5;
+    }
+    show(view, panel, component.setTriggerValue);
+  });
+  while (row.children.length > panels.length) row.lastElementChild.remove();
 }

@@ -7,8 +7,9 @@ uses none. Its grid, enlarged channel and overlay go through this custom compone
 (``map_view.js`` and ``map_view.css`` beside this file): :func:`map_view_data` builds
 what it is sent, a ``montage_png`` picture plus the raw values, and
 :func:`map_view_ui` draws it. The component keeps its element across reruns and only
-swaps the picture; the overlay lays it over the input image in the browser, with an
-opacity slider there.
+swaps the picture. Given the input image, it shows the maps twice, side by side: alone,
+and laid over the image in the browser, with an opacity slider there, from the one
+picture and values sent.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def map_view_data(
     title: str | None = None,
     colorbar: bool = False,
     under: np.ndarray | None = None,
+    under_title: str | None = None,
     opacity: float = 0.5,
     centre: bool = False,
 ) -> dict:
@@ -63,8 +65,11 @@ def map_view_data(
         colorbar: Show the colour scale with the lowest and highest raw value
             (meaningful for one channel, or with ``per="layer"``).
         under: An image (H×W grayscale or H×W×3 uint8 RGB, as for ``image_figure``)
-            to lay one channel over. The browser stretches the map to the image,
-            smoothly, and blends it with an opacity slider of its own: no rerun.
+            to lay one channel over, in a second panel beside the first (one
+            component, one picture and one set of values for both). The browser
+            stretches the map to the image, smoothly, and blends it with an opacity
+            slider of its own: no rerun.
+        under_title: The second panel's title.
         opacity: The slider's first value, 0 (only the image) to 1 (only the map).
         centre: Centre the colours on zero, for a diverging colorscale such as
             ``"RdBu_r"``: zero is the scale's middle colour, and the largest absolute
@@ -78,7 +83,7 @@ def map_view_data(
         ``colorbar``: a list of CSS colours from low to high, or ``None``,
         ``max_height``: the tallest it should be drawn, in CSS pixels, ``under``:
         the image as a base64 PNG (grayscale spans black to white as in
-        ``image_figure``), or ``None``, and ``opacity``.
+        ``image_figure``), or ``None``, ``under_title`` and ``opacity``.
 
     Raises:
         ValueError: for the reasons of ``montage_png``, an image under more than one
@@ -116,6 +121,7 @@ def map_view_data(
         "colorbar": figures.colorscale_colours(colorscale, _COLORBAR_STOPS) if colorbar else None,
         "max_height": _tallest(channels, rows),
         "under": None if under is None else base64.b64encode(figures.image_png(under)).decode(),
+        "under_title": under_title,
         "opacity": float(opacity),
     }
 

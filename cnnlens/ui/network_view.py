@@ -14,15 +14,18 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
 
-from cnnlens.ui import cache, state
+from cnnlens.ui import state
+from cnnlens.ui.caching import in_memory
 from cnnlens.ui.image_input import input_image
 from cnnlens.ui.map_view import map_view_data, map_view_ui
 from cnnlens.ui.navigation import page
+from cnnlens.ui.resources import get_model
 
 if TYPE_CHECKING:
     from cnnlens.network import Column
@@ -34,6 +37,9 @@ __all__ = [
     "SCALE_KEY",
     "column_data",
     "column_key",
+    "get_architecture_dot",
+    "get_overview",
+    "get_overview_views",
     "network_ui",
     "open_channel",
     "switch_if_asked",
@@ -51,6 +57,65 @@ THUMB_COLUMNS = 2
 """Thumbnails side by side in one layer's column."""
 PER_ROW = 12
 """The most layer columns in one row; more wrap into rows of equal length."""
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The Network page's columns for one image (see :func:`cnnlens.network.overview`)."""
+
+    columns: list[Column]
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its arrays take."""
+        return sum(
+            array.nbytes
+            for column in self.columns
+            for array in (column.maps, column.channels, column.probabilities)
+            if array is not None
+        )
+
+
+@in_memory(64)
+def get_overview(choice: state.ModelChoice, pixels: np.ndarray) -> Overview:
+    """The whole network at a glance for one image (uint8 pixels), one forward pass.
+
+    Raises:
+        ValueError: if the image does not fit the model.
+    """
+    from cnnlens.network import overview
+
+    loaded = get_model(choice)
+    return Overview(overview(loaded, loaded.batch(pixels)))
+
+
+@dataclass(frozen=True)
+class OverviewViews:
+    """The map views of one image's columns, ready to send."""
+
+    views: dict[str, dict]
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its text takes, about."""
+        return sum(len(view["png"]) + len(view["values"] or "") for view in self.views.values())
+
+
+@in_memory(64)
+def get_overview_views(choice: state.ModelChoice, pixels: np.ndarray, per: str) -> OverviewViews:
+    """Each map column's map view data for one image and scaling, built once."""
+    columns = get_overview(choice, pixels).columns
+    return OverviewViews(
+        {column.name: column_data(column, per) for column in columns if column.maps is not None}
+    )
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def get_architecture_dot(choice: state.ModelChoice, depth: int) -> str:
+    """The model's architecture graph (DOT text) opened to ``depth`` levels."""
+    from cnnlens.network import architecture_dot
+
+    return architecture_dot(get_model(choice), depth=depth)
 
 
 def column_key(name: str) -> str:
@@ -140,11 +205,11 @@ def network_ui(ctx: Context, names: list[str]) -> None:
         )
         st.html(_legend())
     try:
-        overview = cache.get_overview(ctx.choice, pixels)
+        overview = get_overview(ctx.choice, pixels)
     except ValueError as error:
         st.error(f"{error} Choose another image or model.", icon=":material/error:")
         return
-    views = cache.get_overview_views(ctx.choice, pixels, per).views
+    views = get_overview_views(ctx.choice, pixels, per).views
     strip_ui(overview.columns, views, names, random=ctx.loaded.weights.startswith("random"))
     if not ctx.loaded.layers.renamed:
         graph_ui(ctx)
@@ -235,4 +300,4 @@ def graph_ui(ctx: Context) -> None:
             key=DEPTH_KEY,
             help="1 shows the network's main parts; higher levels open each part.",
         )
-    st.graphviz_chart(cache.get_architecture_dot(ctx.choice, depth), width="content")
+    st.graphviz_chart(get_architecture_dot(ctx.choice, depth), width="content")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from cnnlens.registry import model_info
-from cnnlens.ui import cache, state
+from cnnlens.ui import resources, state
 from cnnlens.ui.context import carry_notices
 
 if TYPE_CHECKING:
@@ -51,9 +51,9 @@ def _open_recipe() -> None:
         root = recipe.dataset
         if root != state.default_dataset():
             root = str(resolve_under_roots(root))
-        cache.get_dataset(root).path_of(recipe.image, recipe.split)
+        resources.get_dataset(root).path_of(recipe.image, recipe.split)
         choice = state.ModelChoice(recipe.model, state.DEFAULT_WEIGHTS, "auto", False)
-        names = cache.get_layer_names(choice)
+        names = resources.get_layer_names(choice)
         unknown = [name for name in recipe.layers if name not in names]
         if unknown:
             raise ValueError(f"{recipe.model} has no layer {', '.join(unknown)}.")
@@ -74,7 +74,7 @@ def _open_recipe() -> None:
             state.NORM_KEY: recipe.norm,
         }
     )
-    if cache.get_model(choice).weights_id != recipe.weights_id:
+    if resources.get_model(choice).weights_id != recipe.weights_id:
         carry_notices(
             [
                 f"The recipe was made with other weights (id {recipe.weights_id}); the maps "

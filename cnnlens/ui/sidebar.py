@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from cnnlens.registry import DEMO_DATASET_DIR, MODELS, model_info
-from cnnlens.ui import cache, state
+from cnnlens.ui import resources, state
+from cnnlens.ui.caching import clear_all
 from cnnlens.ui.image_input import read_input
 
 if TYPE_CHECKING:
@@ -164,7 +165,9 @@ def _open_folder() -> None:
     typed = st.session_state.get("folder_path", "").strip()
     try:
         folder = resolve_under_roots(typed)
-        cache.get_dataset(str(folder))  # refuses a folder that is not a dataset, with the reason
+        resources.get_dataset(
+            str(folder)
+        )  # refuses a folder that is not a dataset, with the reason
         remember_folder(folder)
     except (ValueError, OSError) as error:
         st.session_state["data_error"] = str(error)
@@ -222,7 +225,7 @@ def _try_weights(path: str, cleanup: Callable[[], None] | None = None) -> None:
     """Load the weights now: a file that does not fit is refused and the model stays."""
     choice = state.model_choice()._replace(weights=path)
     try:
-        cache.get_model(choice)
+        resources.get_model(choice)
     except ValueError as error:
         st.session_state["weights_error"] = str(error)
         if cleanup is not None:
@@ -272,7 +275,7 @@ def download_ui(ctx: Context) -> None:
         return
     # Every cache keyed by "the default weights" now means other weights: start afresh,
     # so every session gets the pretrained network and its maps.
-    cache.clear_all()
+    clear_all()
     st.rerun()
 
 

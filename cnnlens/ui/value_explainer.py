@@ -16,20 +16,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import streamlit as st
 
-from cnnlens.ui import cache, state
+from cnnlens.ui import state
 from cnnlens.ui.bars import bars_html
+from cnnlens.ui.caching import in_memory
 from cnnlens.ui.conv_animation import animation_data, conv_animation_ui
-from cnnlens.ui.explanations import EXPLANATIONS
+from cnnlens.ui.plain_words import WORDS
+from cnnlens.ui.resources import get_model
 
 if TYPE_CHECKING:
-
-    from cnnlens.explain import Explanation
+    from cnnlens.explain import PaddedInput, ValueExplanation
     from cnnlens.ui.context import Context
 
 __all__ = [
     "PICK_KEY",
     "VIEW_KEY",
     "grid_html",
+    "note_view",
     "pick_class",
     "pick_value",
     "value_explainer_ui",
@@ -51,10 +53,52 @@ _NEGATIVE = (67, 147, 195)
 _PAD_STYLE = "background:repeating-linear-gradient(45deg,#e4e4e4 0 3px,#f6f6f6 3px 6px);color:#888"
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def get_value_explanation(
+    choice: state.ModelChoice, pixels: np.ndarray, layer: str, channel: int, row: int, col: int
+) -> ValueExplanation:
+    """How one value of a layer is computed for one image (see :func:`cnnlens.explain_value`).
+
+    Raises:
+        ValueError: for a point outside the layer's maps, or an image that does not fit.
+    """
+    from cnnlens.explain import explain_value
+
+    loaded = get_model(choice)
+    return explain_value(loaded, layer, loaded.batch(pixels), channel, row, col)
+
+
+@in_memory(16)
+def get_padded_input(
+    choice: state.ModelChoice, pixels: np.ndarray, layer: str, channel: int
+) -> PaddedInput:
+    """One input channel of a conv layer for one image, padded as the layer pads it
+    (:func:`cnnlens.explain.padded_input`), for the conv animation.
+
+    Raises:
+        ValueError: if the layer is not a convolution or does not run in the forward.
+    """
+    from cnnlens.explain import padded_input
+
+    loaded = get_model(choice)
+    return padded_input(loaded, layer, loaded.batch(pixels), channel)
+
+
 def view_token(ctx: Context, pixels: np.ndarray) -> tuple:
     """What a pick was made on: the model (with weights and device) and the image's pixels."""
     digest = hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=12).hexdigest()
     return (*ctx.choice, pixels.shape, digest)
+
+
+def note_view(ctx: Context, pixels: np.ndarray) -> tuple:
+    """Record the view shown now, on which the next pick is made; the Feature maps page
+    calls it for every image it shows, where the explainer itself is not drawn again.
+
+    Returns:
+        The view's token (see :func:`view_token`).
+    """
+    token = st.session_state[VIEW_KEY] = view_token(ctx, pixels)
+    return token
 
 
 def pick_value(point: dict[str, int]) -> None:
@@ -68,8 +112,9 @@ def pick_value(point: dict[str, int]) -> None:
     }
 
 
-def pick_class(class_index: int, view: tuple) -> None:
-    """Callback: explain how the scores become a class's probability (softmax)."""
+def pick_class(class_index: int) -> None:
+    """Callback: explain how the scores become a class's probability (softmax), for the
+    view shown now."""
     from cnnlens.explain import CLASS_SCORES
 
     st.session_state[PICK_KEY] = {
@@ -77,7 +122,7 @@ def pick_class(class_index: int, view: tuple) -> None:
         "channel": int(class_index),
         "x": 0,
         "y": 0,
-        "view": view,
+        "view": st.session_state.get(VIEW_KEY),
     }
 
 
@@ -112,24 +157,23 @@ def value_explainer_ui(
         layer, channel: the layer and channel the enlarged map shows.
         map_shape: the layer's maps' shape (C×H×W, or H×W).
     """
-    token = view_token(ctx, pixels)
-    st.session_state[VIEW_KEY] = token
+    token = note_view(ctx, pixels)
     pick = _current_pick(layer, channel, token)
     with st.container(border=True, key="value_explainer"):
         if pick is None:
-            _prompt_ui(ctx, pixels, token)
+            _prompt_ui(ctx)
             return
         try:
             found = _explanation(ctx, pixels, pick)
         except ValueError:  # a point outside the layer (its shape changed): start afresh
             _clear_pick()
-            _prompt_ui(ctx, pixels, token)
+            _prompt_ui(ctx)
             return
         _explanation_ui(found, ctx, pixels, tuple(map_shape[-2:]))
         st.button("Close the explanation", on_click=_clear_pick, icon=":material/close:")
 
 
-def _prompt_ui(ctx: Context, pixels: np.ndarray, token: tuple) -> None:
+def _prompt_ui(ctx: Context) -> None:
     st.markdown(
         "**How is this value computed?** Click a point of the enlarged map above to see "
         "where its number comes from, step by step."
@@ -138,21 +182,21 @@ def _prompt_ui(ctx: Context, pixels: np.ndarray, token: tuple) -> None:
         st.button(
             "How do the scores become probabilities?",
             on_click=pick_class,
-            args=(-1, token),
+            args=(-1,),
             icon=":material/functions:",
             key="explain_scores",
         )
 
 
-def _explanation(ctx: Context, pixels: np.ndarray, pick: dict) -> Explanation:
+def _explanation(ctx: Context, pixels: np.ndarray, pick: dict) -> ValueExplanation:
     """The core's explanation of the pick; class -1 stands for the likeliest class."""
-    found = cache.get_value_explanation(
+    found = get_value_explanation(
         ctx.choice, pixels, pick["layer"], max(pick["channel"], 0), pick["y"], pick["x"]
     )
     if pick["channel"] < 0 and found.kind == "scores":
         best = int(np.argmax(found.probabilities))
         pick["channel"] = best
-        found = cache.get_value_explanation(ctx.choice, pixels, pick["layer"], best, 0, 0)
+        found = get_value_explanation(ctx.choice, pixels, pick["layer"], best, 0, 0)
     return found
 
 
@@ -242,7 +286,7 @@ def _words(text: str) -> str:
     return f'<div style="font-size:0.9rem">{text}</div>'
 
 
-def _where(found: Explanation) -> str:
+def _where(found: ValueExplanation) -> str:
     return (
         f"<b>{html.escape(found.layer)}</b>, channel {found.channel}, at x {found.col}, "
         f"y {found.row}"
@@ -253,7 +297,7 @@ def _where(found: Explanation) -> str:
 
 
 def _explanation_ui(
-    found: Explanation, ctx: Context, pixels: np.ndarray, map_shape: tuple[int, int]
+    found: ValueExplanation, ctx: Context, pixels: np.ndarray, map_shape: tuple[int, int]
 ) -> None:
     views = {
         "conv": _conv_ui,
@@ -277,7 +321,7 @@ def _explanation_ui(
 
 def _conv_ui(found: Any, ctx: Context, pixels: np.ndarray, map_shape: tuple[int, int]) -> None:
     count = len(found.per_input)
-    st.markdown(EXPLANATIONS["value_conv"])
+    st.markdown(WORDS["value_conv"])
     if count <= SHOW_ALL:
         opened = list(range(count))
     else:
@@ -328,7 +372,7 @@ def _conv_ui(found: Any, ctx: Context, pixels: np.ndarray, map_shape: tuple[int,
 def animation_ui(found: Any, ctx: Context, pixels: np.ndarray, map_shape: tuple[int, int]) -> None:
     """The play button: the stencil slides over the first input channel."""
     first = int(found.input_channels[0])
-    padded = cache.get_padded_input(ctx.choice, pixels, found.layer, first)
+    padded = get_padded_input(ctx.choice, pixels, found.layer, first)
     single = len(found.per_input) == 1
     data = animation_data(
         padded.plane,
@@ -352,7 +396,7 @@ def animation_ui(found: Any, ctx: Context, pixels: np.ndarray, map_shape: tuple[
 
 
 def _batchnorm_ui(found: Any, ctx: Context, pixels: np.ndarray, _shape: tuple) -> None:
-    st.markdown(EXPLANATIONS["value_batchnorm"])
+    st.markdown(WORDS["value_batchnorm"])
     where = "this image's own" if found.batch_statistics else "the layer's stored"
     st.html(
         _words(
@@ -368,7 +412,7 @@ def _batchnorm_ui(found: Any, ctx: Context, pixels: np.ndarray, _shape: tuple) -
 
 
 def _relu_ui(found: Any, ctx: Context, pixels: np.ndarray, _shape: tuple) -> None:
-    st.markdown(EXPLANATIONS["value_relu"])
+    st.markdown(WORDS["value_relu"])
     verdict = (
         "positive, so it is kept"
         if found.x > 0
@@ -387,7 +431,7 @@ def _relu_ui(found: Any, ctx: Context, pixels: np.ndarray, _shape: tuple) -> Non
 
 
 def _maxpool_ui(found: Any, ctx: Context, pixels: np.ndarray, _shape: tuple) -> None:
-    st.markdown(EXPLANATIONS["value_maxpool"])
+    st.markdown(WORDS["value_maxpool"])
     rows, cols = found.window.shape
     st.html(
         _row(
@@ -407,7 +451,7 @@ def _maxpool_ui(found: Any, ctx: Context, pixels: np.ndarray, _shape: tuple) -> 
 
 
 def _avgpool_ui(found: Any, ctx: Context, pixels: np.ndarray, _shape: tuple) -> None:
-    st.markdown(EXPLANATIONS["value_avgpool"])
+    st.markdown(WORDS["value_avgpool"])
     rows, cols = found.window.shape
     st.html(
         _row(
@@ -422,7 +466,7 @@ def _avgpool_ui(found: Any, ctx: Context, pixels: np.ndarray, _shape: tuple) -> 
 
 
 def _scores_ui(found: Any, ctx: Context, pixels: np.ndarray, _shape: tuple) -> None:
-    st.markdown(EXPLANATIONS["value_scores"])
+    st.markdown(WORDS["value_scores"])
     classes = ctx.loaded.classes
     count = len(found.logits)
     order = np.argsort(-found.probabilities, kind="stable")[:TOP_CLASSES]

@@ -1,6 +1,6 @@
 """The dashboard's words in plain English, for people who do not program.
 
-Each page opens the topics it shows with :func:`explain`; the text lives here, in one
+Each page opens the topics it shows with :func:`plain_words`; the text lives here, in one
 place, so the pages say the same thing the same way.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-__all__ = ["EXPLANATIONS", "explain"]
+__all__ = ["WORDS", "plain_words"]
 
-EXPLANATIONS = {
+WORDS = {
     "dataset": """
 A **dataset** here is a folder of images with a table saying what each one
 shows (its **label**). The **seed** makes the random pick repeatable: the same
@@ -156,7 +156,7 @@ channel's card on the Feature maps page: its strongest images and what it does.
 }
 
 
-def explain(*topics: str, title: str = "What am I looking at?") -> None:
+def plain_words(*topics: str, title: str = "What am I looking at?") -> None:
     """A collapsible explanation in plain words, for people who do not program."""
     with st.expander(title, icon=":material/help:"):
-        st.markdown("\n".join(EXPLANATIONS[topic] for topic in topics))
+        st.markdown("\n".join(WORDS[topic] for topic in topics))

@@ -1,0 +1,149 @@
+"""The channel atlas on Insights: every channel of a layer as the image it looks for; a
+click opens that channel's card on Feature maps.
+
+Images are painted on request in groups of :data:`ATLAS_BATCH`, with progress and
+Cancel (:mod:`cnnlens.ui.runner`); each finished group is stored, so a cancelled
+atlas keeps what it drew, and the card shows the same images.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from cnnlens.feature_visualization import ChannelImagesSpec
+from cnnlens.ui import state
+from cnnlens.ui.channel_card import CARD_KEY, channel_images, say
+from cnnlens.ui.context import Context
+from cnnlens.ui.map_view import map_view_ui
+from cnnlens.ui.navigation import page
+from cnnlens.ui.resources import get_model, result_store
+from cnnlens.ui.runner import result_ui
+
+__all__ = ["ATLAS_BATCH", "atlas_columns", "atlas_data", "atlas_ui", "get_channel_count"]
+
+ATLAS_BATCH = 16
+"""Channels optimised together in the atlas: each finished group is stored at once."""
+ATLAS_GAP = 2
+OPEN_CARD_KEY = "atlas_open_card"  # set by a click on the atlas; the run then switches page
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def get_channel_count(choice: state.ModelChoice, layer: str) -> int:
+    """How many channels a layer has (one probe forward, once per model and layer).
+
+    Raises:
+        ValueError: for a layer without channels.
+    """
+    from cnnlens.borrow import layer_channels
+
+    return len(layer_channels(get_model(choice), layer))
+
+
+def _open_card(layer: str, point: dict[str, int]) -> None:
+    """Callback of a click on the atlas: that channel's card, opened by the next run."""
+    st.session_state[state.LAYER_KEY] = layer
+    st.session_state[state.CHANNEL_KEY] = int(point["channel"])
+    st.session_state[OPEN_CARD_KEY] = True
+    st.session_state[CARD_KEY] = True
+
+
+def _painted_ui(spec: ChannelImagesSpec) -> dict[tuple[int, bool], np.ndarray]:
+    """The images painted so far, and the button that paints the rest, with its progress."""
+    found = spec.found(result_store())
+    count, drawn = len(spec.channels), len(found)
+    if drawn == count:
+        return found
+    if drawn:
+        st.caption(f"{drawn} of {count} channels are drawn.")
+    side = spec.tile(0).side
+    painted = result_ui(
+        spec,
+        key="atlas",
+        start=f"Draw the {count - drawn} channels still missing"
+        if drawn
+        else f"Draw all {count} channels",
+        icon=":material/auto_awesome_mosaic:",
+        help=f"Paints {side}×{side}-pixel images, {ATLAS_BATCH} channels at a time, "
+        f"{spec.steps} steps each. Each finished group is kept for everyone, also if you "
+        "cancel.",
+    )
+    return found if painted is None else dict(zip(spec.tiles, painted, strict=True))
+
+
+def atlas_ui(ctx: Context, layer: str) -> None:
+    """Every channel of a layer as its feature visualization; a click opens its card."""
+    if st.session_state.pop(OPEN_CARD_KEY, False):
+        st.switch_page(page("feature_maps"))  # a callback cannot switch pages
+    try:
+        count = get_channel_count(ctx.choice, layer)
+    except ValueError as error:
+        st.info(str(error), icon=":material/info:")
+        return
+    spec = channel_images(ctx, layer, tuple(range(count)), batch_size=ATLAS_BATCH)
+    st.subheader(f"What each of the {count} channels of {layer} looks for")
+    say("atlas")
+    found = _painted_ui(spec)
+    if not found:
+        return
+    present = [channel for channel, _ in spec.tiles if (channel, False) in found]
+    tiles = np.stack([found[channel, False] for channel in present])
+    map_view_ui(
+        atlas_data(tiles, present, count, f"{layer}: click a channel to open its card"),
+        key="atlas",
+        on_pick=lambda point: _open_card(layer, point),
+    )
+
+
+def atlas_columns(count: int) -> int:
+    """Tiles per row: a square-ish grid, at least 8 wide."""
+    return min(count, max(8, math.ceil(math.sqrt(count))))
+
+
+def atlas_data(tiles: np.ndarray, channels: list[int], count: int, title: str) -> dict:
+    """The map view's data for an atlas: the tiles as one RGBA picture, gaps and channels
+    not drawn yet transparent, in the layout :func:`map_view_data` uses (so hover and
+    click name the channel), for grayscale and RGB tiles alike.
+
+    Args:
+        tiles: N×H×W or N×H×W×3 uint8, one per entry of ``channels``.
+        channels: the channel of each tile.
+        count: the layer's channels.
+        title: shown above.
+    """
+    side_y, side_x = tiles.shape[1:3]
+    columns = atlas_columns(count)
+    rows = math.ceil(count / columns)
+    picture = np.zeros(
+        (rows * (side_y + ATLAS_GAP) - ATLAS_GAP, columns * (side_x + ATLAS_GAP) - ATLAS_GAP, 4),
+        np.uint8,
+    )
+    for tile, channel in zip(tiles, channels, strict=True):
+        row, column = divmod(channel, columns)
+        top, left = row * (side_y + ATLAS_GAP), column * (side_x + ATLAS_GAP)
+        spot = picture[top : top + side_y, left : left + side_x]
+        spot[..., :3] = tile[..., None] if tile.ndim == 2 else tile
+        spot[..., 3] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(picture, "RGBA").save(buffer, format="PNG", compress_level=1)
+    return {
+        "png": base64.b64encode(buffer.getvalue()).decode(),
+        "channels": count,
+        "height": side_y,
+        "width": side_x,
+        "columns": columns,
+        "gap": ATLAS_GAP,
+        "values": None,
+        "title": title,
+        "low": 0.0,
+        "high": 1.0,
+        "colorbar": None,
+        "max_height": min(max(rows * 120, 250), 1200),
+        "under": None,
+        "opacity": 0.5,
+    }
