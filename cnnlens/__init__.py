@@ -1,5 +1,15 @@
 """cnnlens: see what a convolutional network sees.
 
+Every analysis the dashboard runs is importable from here under one name, with an
+example in its docstring: open a model and a dataset, read feature maps (of one
+image, ``image_features``; of any batch, ``build_extractor`` / ``build_lens``),
+summarise a layer over a dataset (``layer_stats``, ``summarise``) and read it
+(``top_images``, ``class_channel_matrix``, ``embedding``), see how the network
+computes (``overview``, ``architecture_dot``, ``explain_value``), where it looks
+(``grad_cam``), what a channel looks for and does (``visualize``, ``ablate``,
+``ablation_by_class``), and export (``features_parquet``). Dataset-wide results
+are also specs (``LayerStatsSpec``...) that a ``ResultStore`` computes once and keeps.
+
 The core is plain Python and torch; the dashboard (``dashboard.py``, ``pages/``
 and ``cnnlens.ui``) is the only part that imports streamlit. Names are imported
 on first use, so ``import cnnlens.data`` does not pay for importing torch: the
@@ -9,106 +19,60 @@ dashboard paints its first page before torch has loaded.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-_EXPORTS = {
-    "MAX_IMAGE_PIXELS": "cnnlens.images",
-    "MAX_DECODED_SIDE": "cnnlens.images",
-    "LAYOUTS": "cnnlens.data",
-    "Dataset": "cnnlens.data",
-    "Problem": "cnnlens.data",
-    "load_dataset": "cnnlens.data",
-    "open_image": "cnnlens.images",
-    "to_mode": "cnnlens.images",
-    "Extractor": "cnnlens.lens",
-    "Lens": "cnnlens.lens",
-    "build_lens": "cnnlens.lens",
-    "Layers": "cnnlens.layers",
-    "layer_names": "cnnlens.layers",
-    "module_names": "cnnlens.layers",
-    "FeatureExtractor": "cnnlens.extractor",
-    "build_extractor": "cnnlens.extractor",
-    "DemoCNN": "cnnlens.models",
-    "LoadedModel": "cnnlens.models",
-    "demo_dataset": "cnnlens.models",
-    "demo_model": "cnnlens.models",
-    "download_weights": "cnnlens.weights",
-    "explain_value": "cnnlens.explain",
-    "load_weights": "cnnlens.weights",
-    "open_model": "cnnlens.models",
-    "pick_device": "cnnlens.models",
-    "to_batch": "cnnlens.preprocess",
-    "weights_status": "cnnlens.weights",
-    "visualize": "cnnlens.feature_visualization",
-    "ablate": "cnnlens.ablation",
-    "MODELS": "cnnlens.registry",
-    "InputSpec": "cnnlens.registry",
-    "ModelInfo": "cnnlens.registry",
-    "model_groups": "cnnlens.registry",
-    "model_info": "cnnlens.registry",
+# The public API, written once: each module and the names it gives. ``__all__`` is made
+# from it, and ``cnnlens.<name>`` imports the module on first use.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "cnnlens.data": ("LAYOUTS", "Dataset", "Problem", "load_dataset"),
+    "cnnlens.images": ("MAX_DECODED_SIDE", "MAX_IMAGE_PIXELS", "open_image", "to_mode"),
+    "cnnlens.preprocess": ("to_batch",),
+    "cnnlens.registry": ("MODELS", "InputSpec", "ModelInfo", "model_groups", "model_info"),
+    "cnnlens.models": (
+        "DemoCNN",
+        "LoadedModel",
+        "demo_dataset",
+        "demo_model",
+        "open_model",
+        "pick_device",
+    ),
+    "cnnlens.weights": ("download_weights", "load_weights", "weights_status"),
+    "cnnlens.layers": ("Layers", "layer_names", "module_names"),
+    "cnnlens.lens": ("Extractor", "Lens", "build_lens"),
+    "cnnlens.extractor": ("FeatureExtractor", "build_extractor"),
+    "cnnlens.image_features": ("ImageFeatures", "image_features"),
+    "cnnlens.insights": (
+        "ClassMatrixSpec",
+        "EmbeddingSpec",
+        "LayerStats",
+        "LayerStatsSpec",
+        "Predictions",
+        "PredictionsSpec",
+        "TopImagesSpec",
+        "class_channel_matrix",
+        "difference",
+        "embedding",
+        "layer_stats",
+        "predict_split",
+        "summarise",
+        "top_images",
+    ),
+    "cnnlens.gradcam": ("grad_cam",),
+    "cnnlens.explain": ("ValueExplanation", "explain_value"),
+    "cnnlens.network": ("architecture_dot", "overview"),
+    "cnnlens.feature_visualization": ("ChannelImageSpec", "ChannelImagesSpec", "visualize"),
+    "cnnlens.ablation": ("ClassAblation", "ClassAblationSpec", "ablate", "ablation_by_class"),
+    "cnnlens.export": ("ParquetSpec", "Recipe", "features_parquet", "grid_png", "maps_npz"),
+    "cnnlens.results": ("Cancelled",),
+    "cnnlens.store": ("ResultStore",),
 }
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [
-    "LAYOUTS",
-    "MAX_DECODED_SIDE",
-    "MAX_IMAGE_PIXELS",
-    "MODELS",
-    "Dataset",
-    "DemoCNN",
-    "Extractor",
-    "FeatureExtractor",
-    "InputSpec",
-    "Layers",
-    "Lens",
-    "LoadedModel",
-    "ModelInfo",
-    "Problem",
-    "ablate",
-    "build_extractor",
-    "build_lens",
-    "demo_dataset",
-    "demo_model",
-    "download_weights",
-    "explain_value",
-    "layer_names",
-    "load_dataset",
-    "load_weights",
-    "model_groups",
-    "model_info",
-    "module_names",
-    "open_image",
-    "open_model",
-    "pick_device",
-    "to_batch",
-    "to_mode",
-    "visualize",
-    "weights_status",
-]
-
-if TYPE_CHECKING:
-    from cnnlens.ablation import ablate
-    from cnnlens.data import LAYOUTS, Dataset, Problem, load_dataset
-    from cnnlens.explain import explain_value
-    from cnnlens.extractor import FeatureExtractor, build_extractor
-    from cnnlens.feature_visualization import visualize
-    from cnnlens.images import MAX_DECODED_SIDE, MAX_IMAGE_PIXELS, open_image, to_mode
-    from cnnlens.layers import Layers, layer_names, module_names
-    from cnnlens.lens import Extractor, Lens, build_lens
-    from cnnlens.models import (
-        DemoCNN,
-        LoadedModel,
-        demo_dataset,
-        demo_model,
-        open_model,
-        pick_device,
-    )
-    from cnnlens.preprocess import to_batch
-    from cnnlens.registry import MODELS, InputSpec, ModelInfo, model_groups, model_info
-    from cnnlens.weights import download_weights, load_weights, weights_status
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'cnnlens' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)

@@ -74,6 +74,14 @@ def ablate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's logits for a batch, as they are and with one channel of a layer set to zero.
 
+    Example:
+        >>> from cnnlens import ablate, demo_dataset, open_model
+        >>> loaded, dataset = open_model("demo"), demo_dataset()
+        >>> batch = loaded.batch(dataset.load_image(dataset.pick(128)))
+        >>> before, after = ablate(loaded, batch, "conv_2", 3)  # logits, channel 3 off
+        >>> before.shape, after.shape
+        (torch.Size([1, 10]), torch.Size([1, 10]))
+
     Args:
         model: an ``nn.Module`` (run on a temporary copy) or a
             :class:`~cnnlens.models.LoadedModel` (run on its private copy).
@@ -182,6 +190,12 @@ def ablation_by_class(
     decodes them, :func:`cnnlens.pipeline.load_batch`) and run through the
     model twice, as it is and with the channel zeroed. Images that cannot be
     read are left out.
+
+    Example:
+        >>> from cnnlens import ablation_by_class, demo_dataset, open_model
+        >>> found = ablation_by_class(open_model("demo"), demo_dataset(), "conv_4", 7)
+        >>> found.classes[:3], int(found.counts.sum())
+        (('0', '1', '2'), 4000)
 
     Args:
         loaded: the model (:func:`cnnlens.models.open_model`), with classes.

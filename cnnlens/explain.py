@@ -710,6 +710,14 @@ def explain_value(
     One forward of the model's private copy runs up to the layer and stops there
     (to the end for the class scores). Only slices around the point are copied.
 
+    Example:
+        >>> from cnnlens import demo_dataset, explain_value, open_model
+        >>> loaded, dataset = open_model("demo"), demo_dataset()
+        >>> batch = loaded.batch(dataset.load_image(dataset.pick(128)))
+        >>> why = explain_value(loaded, "conv_2", batch, channel=3, row=12, col=8)
+        >>> bool(abs(why.products.sum() + why.bias - why.value) < 1e-4)  # the real arithmetic
+        True
+
     Args:
         model: an ``nn.Module``, or what :func:`cnnlens.open_model` returns (its
             shared private copy is used; a plain module gets a temporary copy that

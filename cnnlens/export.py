@@ -177,6 +177,14 @@ def features_parquet(
     used files removed first. :class:`ParquetSpec` names the file and runs this
     through the results store.
 
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cnnlens import demo_dataset, features_parquet, open_model
+        >>> out = Path(tempfile.mkdtemp()) / "digits.parquet"
+        >>> features_parquet(open_model("demo"), demo_dataset(), ["conv_4"], out=out) == out
+        True
+
     Args:
         loaded: the model.
         dataset: the dataset.

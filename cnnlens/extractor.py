@@ -130,6 +130,15 @@ def build_extractor(
     model's device and dtype; the caller's model gets no hooks and is left
     exactly as it was.
 
+    Example:
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> from cnnlens import build_extractor
+        >>> with build_extractor(resnet18(), ["layer1.0.bn1", "layer2"]) as extract:
+        ...     maps = extract(torch.zeros(2, 3, 64, 64))
+        >>> {name: tuple(value.shape) for name, value in maps.items()}
+        {'layer1.0.bn1': (2, 64, 16, 16), 'layer2': (2, 128, 8, 8)}
+
     Args:
         model: any ``nn.Module``, such as ``torchvision.models.resnet18()``.
         targets: one layer name or several: qualified module names

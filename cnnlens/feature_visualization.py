@@ -97,6 +97,11 @@ def visualize(
 ) -> torch.Tensor:
     """Synthesise the image that excites each channel of a layer most (or least).
 
+    Example:
+        >>> from cnnlens import open_model, visualize
+        >>> visualize(open_model("demo"), "conv_2", [0, 1], steps=8).shape
+        torch.Size([2, 1, 28, 28])
+
     Args:
         model: an ``nn.Module`` (its input channels are its first ``Conv2d``'s, and
             nothing is normalised), or a :class:`~cnnlens.models.LoadedModel` (its

@@ -42,6 +42,13 @@ def grad_cam(
     with respect to it; the weighted sum, negatives set to zero, is scaled up
     (bilinear) to the input's size.
 
+    Example:
+        >>> from cnnlens import demo_dataset, grad_cam, open_model
+        >>> loaded, dataset = open_model("demo"), demo_dataset()
+        >>> batch = loaded.batch(dataset.load_image(dataset.pick(128)))
+        >>> grad_cam(loaded, batch, "relu_4").shape  # the predicted class, at the input's size
+        (28, 28)
+
     Args:
         loaded: the model; it must output class scores.
         batch: one preprocessed image, 1×C×H×W (``loaded.batch(image)``).

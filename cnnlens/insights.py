@@ -235,6 +235,14 @@ def summarise(
     batch of maps at a time. Equal to :func:`layer_stats` per layer and
     :func:`predict_split`, at the cost of one pass.
 
+    Example:
+        >>> from cnnlens import demo_dataset, open_model, summarise
+        >>> stats, answers = summarise(
+        ...     open_model("demo"), demo_dataset(), ["conv_1", "conv_4"], with_predictions=True
+        ... )
+        >>> stats["conv_4"].mean.shape, len(answers.predicted)
+        ((4000, 64), 4000)
+
     Args:
         loaded: the model (:func:`cnnlens.models.open_model`).
         dataset: the dataset.
@@ -305,10 +313,10 @@ def layer_stats(
     The network runs only up to the layer.
 
     Example:
-        >>> from cnnlens import demo_dataset, layer_stats, open_model, top_images
+        >>> from cnnlens import demo_dataset, layer_stats, open_model
         >>> stats = layer_stats(open_model("demo"), demo_dataset(), "conv_2")
-        >>> top_images(stats, channel=5, k=3)["filename"].tolist()  # doctest: +SKIP
-        ['1931.png', '3667.png', '3579.png']
+        >>> stats.mean.shape, stats.map_shape  # 4,000 digits × 32 channels of 28×28
+        ((4000, 32), (32, 28, 28))
 
     Args:
         loaded: the model (:func:`cnnlens.models.open_model`).
@@ -391,6 +399,12 @@ def predict_split(
 
     Args and Raises are those of :func:`layer_stats`, and:
 
+    Example:
+        >>> from cnnlens import demo_dataset, open_model, predict_split
+        >>> answers = predict_split(open_model("demo"), demo_dataset(), split="test")
+        >>> len(answers.names), answers.classes[:3]
+        (1000, ('0', '1', '2'))
+
     Raises:
         ValueError: if the model has no classes.
     """
@@ -460,6 +474,12 @@ def top_images(
     among: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The images that excite one channel most: the channel's dataset examples.
+
+    Example:
+        >>> from cnnlens import demo_dataset, layer_stats, open_model, top_images
+        >>> stats = layer_stats(open_model("demo"), demo_dataset(), "conv_2")
+        >>> list(top_images(stats, channel=5, k=3).columns)
+        ['filename', 'label', 'score', 'y', 'x']
 
     Args:
         stats: the layer's statistics.
@@ -573,6 +593,12 @@ def class_channel_matrix(
     relative: bool = False,
 ) -> pd.DataFrame:
     """The average activation of each channel for each class.
+
+    Example:
+        >>> from cnnlens import class_channel_matrix, demo_dataset, layer_stats, open_model
+        >>> stats = layer_stats(open_model("demo"), demo_dataset(), "conv_4")
+        >>> class_channel_matrix(stats, relative=True).shape  # 10 digits × 64 channels
+        (10, 64)
 
     Args:
         stats: the layer's statistics.
@@ -740,6 +766,12 @@ def embedding(
 ) -> np.ndarray:
     """Place each image on a 2-D map so images the layer sees alike lie close together.
 
+    Example:
+        >>> from cnnlens import demo_dataset, embedding, layer_stats, open_model
+        >>> stats = layer_stats(open_model("demo"), demo_dataset(), "conv_4")
+        >>> embedding(stats, method="pca").shape
+        (4000, 2)
+
     Args:
         stats_or_pooled: a :class:`LayerStats` (its per-channel means are used) or an
             N×D array of pooled features.
@@ -785,6 +817,12 @@ def embedding(
 
 def difference(map_a: np.ndarray, map_b: np.ndarray) -> np.ndarray:
     """``map_a - map_b``: where the first image excites the layer more (positive) or less.
+
+    Example:
+        >>> import numpy as np
+        >>> from cnnlens import difference
+        >>> difference(np.ones((2, 2)), np.zeros((2, 2))).tolist()
+        [[1.0, 1.0], [1.0, 1.0]]
 
     Raises:
         ValueError: if the maps differ in shape.

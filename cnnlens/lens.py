@@ -109,6 +109,14 @@ def build_lens(
     on the model's device; the caller's model is left exactly as it was. Lenses
     of a loaded model (``open_model(...).extractor``) share one copy instead.
 
+    Example:
+        >>> import torch
+        >>> from torchvision.models import vgg16
+        >>> from cnnlens import build_lens
+        >>> lens = build_lens(vgg16().features, ["conv_1", "pool_2"])
+        >>> {name: tuple(value.shape) for name, value in lens(torch.zeros(1, 3, 64, 64)).items()}
+        {'conv_1': (1, 64, 64, 64), 'pool_2': (1, 64, 32, 32)}
+
     Args:
         model: a model with renamed layers: an ``nn.Sequential`` of plain layers
             (such as ``vgg16().features``) or a model whose ``.features`` is one.

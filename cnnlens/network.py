@@ -150,6 +150,13 @@ def overview(
     model's private copy gives every column; the maps equal the lens's (extractor's)
     exactly.
 
+    Example:
+        >>> from cnnlens import demo_dataset, open_model, overview
+        >>> loaded, dataset = open_model("demo"), demo_dataset()
+        >>> columns = overview(loaded, loaded.batch(dataset.load_image(dataset.pick(128))))
+        >>> [column.name for column in columns][:3]
+        ['input', 'conv_1', 'relu_1']
+
     Args:
         loaded: what :func:`cnnlens.open_model` returns.
         batch: one preprocessed image, 1×C×H×W (``loaded.batch(image)``).
@@ -344,6 +351,12 @@ def architecture_dot(
 
     The graph reads top to bottom (``rankdir=TB``), which suits tall networks;
     ``st.graphviz_chart`` draws it in the browser.
+
+    Example:
+        >>> from torchvision.models import resnet18
+        >>> from cnnlens import architecture_dot
+        >>> architecture_dot(resnet18(), depth=1).startswith("digraph")
+        True
 
     Args:
         model: an ``nn.Module`` or what :func:`cnnlens.open_model` returns.

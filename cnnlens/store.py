@@ -110,6 +110,18 @@ class ResultStore:
     The most recently used results are also kept decoded in memory, so a page
     that asks again on every rerun does not read the disk each time.
 
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cnnlens import LayerStatsSpec, ResultStore, demo_dataset, open_model
+        >>> store = ResultStore(Path(tempfile.mkdtemp()))
+        >>> spec = LayerStatsSpec(open_model("demo"), demo_dataset(), "conv_2")
+        >>> store.peek(spec) is None  # not computed yet
+        True
+        >>> stats = store.run(spec)  # one pass, kept on disk for every later process
+        >>> ResultStore(store.folder).peek(spec).mean.shape
+        (4000, 32)
+
     Args:
         folder: where the files go; default ``cache_dir() / "insights"``.
         max_mb: size limit of the folder in megabytes.
