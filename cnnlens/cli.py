@@ -162,12 +162,13 @@ def _add_extract_run_flags(extract: argparse.ArgumentParser) -> None:
 class _StopOnTerminate:
     """While entered, SIGTERM asks the run to stop between steps instead of killing it.
 
-    Call it (``should_stop``) to ask whether a stop was requested.
+    Call it (``should_stop``) to ask whether a stop was requested. Enter it again
+    after something else took SIGTERM over (``ray.init`` does), to take it back.
     """
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: object = None
+        self._previous: list[object] = []
 
     def __call__(self) -> bool:
         return self.requested
@@ -176,11 +177,11 @@ class _StopOnTerminate:
         self.requested = True
 
     def __enter__(self) -> _StopOnTerminate:
-        self._previous = signal.signal(signal.SIGTERM, self._on_terminate)
+        self._previous.append(signal.signal(signal.SIGTERM, self._on_terminate))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        signal.signal(signal.SIGTERM, self._previous.pop())
 
 
 def _progress_bar(args: argparse.Namespace, **options: object) -> tuple[Any, Callable]:
@@ -426,6 +427,7 @@ def _paint(
             from cnnlens.ray_engine import ray_session, ray_visualization
 
             stack.enter_context(ray_session(args.address))  # one Ray for every layer
+            stack.enter_context(stop)  # Ray's start took SIGTERM over: take it back
         for spec in jobs:
             missing = spec.missing(store)
             bar.reset()

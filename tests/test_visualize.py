@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -405,3 +409,56 @@ def test_python_m_cnnlens_visualize_help():
     for option in ("--model", "--layers", "--channels", "--out", "--engine", "--negative"):
         assert option in done.stdout
     assert "needs no data" in " ".join(done.stdout.split())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+def test_ray_run_again_computes_only_the_layers_still_missing(demo, tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=tempfile.mkdtemp(prefix="ray"),  # short: Ray's socket paths have a limit
+    )
+    try:
+        out = tmp_path / "atlas"
+        argv = ["visualize", "none", "--model", "demo", "--channels", "0-1", "--steps", "2"]
+        argv += ["--out", str(out), "--engine", "ray", "--quiet"]
+        assert main([*argv, "--layers", "conv_2"]) == 0
+        assert "Stored 2 images (2 computed)" in capsys.readouterr().err
+        # conv_2 is stored: the rerun computes conv_4 alone, instead of stopping with
+        # "Choose at least one channel" for the layer with nothing left to do.
+        assert main([*argv, "--layers", "conv_2,conv_4"]) == 0
+        assert "Stored 4 images (2 computed)" in capsys.readouterr().err
+    finally:
+        ray.shutdown()
+    store = ResultStore(out)
+    for layer in ("conv_2", "conv_4"):
+        tiles = store.peek(ChannelImagesSpec(demo, layer, (0, 1), steps=2))
+        expected = to_uint8(visualize(demo, layer, [0, 1], steps=2))
+        # A task's batch rounds like another batch: a level of 255 at most, rarely.
+        np.testing.assert_allclose(tiles, expected, atol=1)
+        assert (tiles != expected).mean() < 0.01
+
+
+def test_sigterm_stops_a_ray_run_as_it_stops_a_local_one(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "atlas"
+    command = [sys.executable, "-m", "cnnlens", "visualize", "none", "--model", "demo"]
+    command += ["--layers", "conv_4", "--steps", "100000", "--out", str(out), "--quiet"]
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray")}
+    process = subprocess.Popen([*command, "--engine", "ray"], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # until a Ray task paints
+        tasks = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        if "ray::_visualize_group" in tasks:
+            break
+        time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("no Ray task started within 90 s")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    err = err.decode()
+    assert process.returncode == 143, err
+    assert "Stopped: the finished groups are kept in" in err and "Traceback" not in err
