@@ -40,7 +40,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "cnnlens.layers": ("Layers", "layer_names", "module_names"),
     "cnnlens.lens": ("Extractor", "Lens", "build_lens"),
     "cnnlens.extractor": ("FeatureExtractor", "build_extractor"),
-    "cnnlens.image_features": ("ImageFeatures", "image_features"),
+    "cnnlens.one_image": ("ImageFeatures", "image_features"),
     "cnnlens.insights": (
         "ClassMatrixSpec",
         "EmbeddingSpec",

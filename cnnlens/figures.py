@@ -656,10 +656,23 @@ def bar_figure(
     )
 
 
+def preference_order(matrix: pd.DataFrame) -> list:
+    """The channels (columns) grouped by the class (row) each prefers most, in the rows'
+    order, strongest preference first within a class: a matrix of hundreds of channels
+    then reads as blocks, one per class, instead of a barcode."""
+    values = matrix.to_numpy(dtype=np.float64)
+    values = np.where(np.isfinite(values), values, -np.inf)
+    preferred = values.argmax(axis=0)
+    strength = values[preferred, np.arange(values.shape[1])]
+    order = np.lexsort((-strength, preferred))
+    return [matrix.columns[i] for i in order]
+
+
 def class_matrix_figure(
     matrix: pd.DataFrame, means: pd.DataFrame, relative: bool, title: str | None = None
 ) -> go.Figure:
-    """A classes × channels heatmap; the hover always gives the mean activation.
+    """A classes × channels heatmap, its channels grouped by the class each prefers
+    (:func:`preference_order`); the hover always gives the channel and its mean activation.
 
     Args:
         matrix: classes × channels scores (means, or scores relative across classes).
@@ -667,11 +680,12 @@ def class_matrix_figure(
         relative: whether ``matrix`` is relative (a diverging colour scale around 0).
         title: Optional figure title.
     """
+    order = preference_order(matrix)
     trace = go.Heatmap(
-        z=matrix.to_numpy(dtype=np.float32),
-        x=list(matrix.columns),
+        z=matrix[order].to_numpy(dtype=np.float32),
+        x=[str(channel) for channel in order],
         y=[str(name) for name in matrix.index],
-        customdata=means.to_numpy(dtype=np.float32),
+        customdata=means[order].to_numpy(dtype=np.float32),
         colorscale="RdBu_r" if relative else "Viridis",
         zmid=0 if relative else None,
         colorbar={"thickness": 12, "title": {"text": "score" if relative else "mean"}},
@@ -682,7 +696,7 @@ def class_matrix_figure(
         title,
         max(250, 28 * len(matrix) + 100),
         image=False,
-        xaxis={"title": {"text": "channel"}},
+        xaxis={"title": {"text": "channel, grouped by the class it prefers"}, "type": "category"},
         yaxis={"title": {"text": matrix.index.name}, "type": "category", "autorange": "reversed"},
     )
 

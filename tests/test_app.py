@@ -404,3 +404,12 @@ def test_a_page_that_streamlit_runs_alone_runs_the_entrypoint_in_the_same_run(mo
     assert entered == [str(DASHBOARD)] * 2 and not at.exception
     assert at.session_state["layers"] == ["conv_2", "pool_4"]
     assert at.dataframe[0].value["shown"].sum() == 2
+
+
+def test_layers_follow_the_networks_order_whatever_the_order_they_were_picked_in():
+    at = open_app("layers.py")
+    at.multiselect(key="layers").set_value(["pool_4", "conv_1", "relu_2"]).run()
+    assert not at.exception
+    assert at.multiselect(key="layers").value == ["conv_1", "relu_2", "pool_4"]
+    at.switch_page(str(PAGES / "feature_maps.py")).run()
+    assert at.segmented_control(key="layer").options == ["conv_1", "relu_2", "pool_4"]

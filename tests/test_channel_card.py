@@ -286,3 +286,17 @@ def test_the_atlas_draws_every_channel_and_a_click_opens_its_card(digits, sent):
     np.testing.assert_array_equal(shown["What excites it most"], expected[13])
     assert "What it fires least for" not in shown
     assert at.button(key="card_visualize_start").label == "Show what it fires least for too"
+
+
+def test_a_change_too_small_to_see_is_called_no_visible_effect():
+    small = np.array([-0.0001, 0.00004, 0.0])
+    assert channel_card.effect_words(small, "probability").startswith(
+        "No visible effect: no class's probability moves by a tenth of a point (at most 0.010%)"
+    )
+    assert channel_card.effect_words(np.array([0.002, -0.03]), "accuracy") == (
+        "The largest change: -3.00%"
+    )
+    html = channel_card.ablation_html(
+        channel_card.Ablated(np.array([0.6, 0.4]), np.array([0.59995, 0.40005])), ["a", "b"], 2
+    )
+    assert "No visible effect" in html

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cnnlens import build_lens, demo_dataset, demo_model, to_batch
 from cnnlens.explain import CLASS_SCORES
@@ -51,7 +53,7 @@ def test_next_image_reruns_only_the_image_unless_the_view_shows_it_elsewhere(mon
         {state.UPLOAD_KEY: ("mine.png", b"...")},  # its "Back to the dataset image" button
         {PICK_KEY: {"layer": CLASS_SCORES}},  # an explanation of the old image
         {CARD_KEY: True},  # the open channel card's ablation of this image
-        {"saves": True},  # the open downloads of this image's maps
+        {feature_maps.SAVES_KEY: True},  # the open downloads of this image's maps
     ]
     for shown in elsewhere:
         session.update(shown)
@@ -61,6 +63,28 @@ def test_next_image_reruns_only_the_image_unless_the_view_shows_it_elsewhere(mon
         session.update({key: None for key in shown if key != PICK_KEY})
         session.pop(PICK_KEY, None)
     assert session[state.SEED_KEY] == 12
+
+
+def test_the_image_view_is_made_once_for_every_session_that_shows_it():
+    dataset = demo_dataset()
+    pixels = np.asarray(dataset.load_image(dataset.pick(131)))
+    choice = state.ModelChoice("demo", "default", "auto", False)
+    args = (choice, ("conv_1", "conv_2"), pixels, "conv_2", "layer", 3, "max", tuple("0123456789"))
+    first = feature_maps.get_image_view(*args)
+    assert feature_maps.get_image_view(*args[:2], pixels.copy(), *args[3:]) is first
+    with torch.inference_mode():
+        expected = build_lens(demo_model(), ["conv_2"])(to_batch(Image.fromarray(pixels)))
+    maps = expected["conv_2"][0].numpy()
+    shown = np.frombuffer(base64.b64decode(first.grid["values"]), "<f4").reshape(maps.shape)
+    np.testing.assert_allclose(shown, maps, atol=1e-5)
+    assert first.channel["title"] == "conv_2, channel 3"
+    assert first.ranking.startswith('<div style="font-weight:600;margin-bottom:0.4rem">Channels')
+    labels = [int(label) for label in re.findall(r'data-label="(\d+)"', first.ranking)]
+    assert labels == np.argsort(-maps.reshape(len(maps), -1).max(1), kind="stable").tolist()
+    assert "The network says: " in first.predictions
+    other = feature_maps.get_image_view(*args[:5], 4, *args[6:])
+    assert other is not first and other.channel["title"] == "conv_2, channel 4"
+    assert other.grid == first.grid
 
 
 async def _click_once(port: int) -> tuple[list, list]:

@@ -43,7 +43,9 @@ SHOWN_SIDE = 192
 """A small visualization is enlarged (nearest neighbour) to about this many pixels."""
 EXAMPLES = 6  # dataset examples on the card
 LIKELIEST = 10  # classes shown for a model with many
-CHANGE_SPAN = 0.1  # change bars span at least 10 points, so that small changes look small
+NO_EFFECT = 0.001
+"""Changes below a tenth of a point are called "no visible effect": the bars, scaled to
+the change, would otherwise make a rounding error look like an effect."""
 KERNEL_HEIGHT = 150  # CSS pixels of the first layer's kernel heatmap
 CARD_KEY = "channel_card"  # the card's expander: open or closed, kept across clicks
 SPLIT = "train"  # the labelled split, over which the dataset ablation is judged
@@ -261,6 +263,25 @@ def shown_classes(before: np.ndarray, classes: list[str]) -> np.ndarray:
     return np.argsort(before)[::-1][:LIKELIEST]
 
 
+def effect_words(change: np.ndarray, what: str) -> str:
+    """The largest change, in words; "no visible effect" when every one is below
+    :data:`NO_EFFECT`.
+
+    Args:
+        change: each class's change (a share: 0.01 is one point).
+        what: what changed, for the sentence ("probability", "accuracy").
+    """
+    largest = float(np.abs(change).max()) if len(change) else 0.0
+    if largest < NO_EFFECT:
+        return (
+            f"No visible effect: no class's {what} moves by a tenth of a point "
+            f"(at most {largest:.3%}); the bars are scaled to that."
+        )
+    return (
+        f"The largest change: {largest if change[np.abs(change).argmax()] > 0 else -largest:+.2%}"
+    )
+
+
 def ablation_html(ablated: Ablated, classes: list[str], channel: int) -> str:
     """This image's change in each class's probability with the channel off, as bars."""
     shown = shown_classes(ablated.before, classes)
@@ -268,10 +289,11 @@ def ablation_html(ablated: Ablated, classes: list[str], channel: int) -> str:
     first, then = int(np.argmax(ablated.before)), int(np.argmax(ablated.after))
     change = ablated.after[shown] - ablated.before[shown]
     most = int(np.argmax(np.abs(change)))
+    effect = effect_words(change, "probability")
     note = (
         f"The network says {classes[first]} ({ablated.before[first]:.1%}); with channel "
-        f"{channel} off, {classes[then]} ({ablated.after[then]:.1%}). The largest change: "
-        f"{change[most]:+.2%} for {names[most]}."
+        f"{channel} off, {classes[then]} ({ablated.after[then]:.1%}). "
+        + (effect if effect.startswith("No") else f"{effect} for {names[most]}.")
     )
     return bars_html(
         names,
@@ -282,7 +304,6 @@ def ablation_html(ablated: Ablated, classes: list[str], channel: int) -> str:
         percent=True,
         height=120,
         note=note,
-        least_span=CHANGE_SPAN,
     )
 
 
@@ -303,6 +324,7 @@ def by_class_ui(ctx: Context, layer: str, channel: int) -> None:
     if found is None:
         return
     most = int(np.argmax(np.abs(found.change)))
+    effect = effect_words(found.change, "accuracy")
     st.html(
         bars_html(
             list(found.classes),
@@ -312,9 +334,8 @@ def by_class_ui(ctx: Context, layer: str, channel: int) -> None:
             percent=True,
             height=120,
             note=f"Right on {found.overall_before:.1%} of {int(found.counts.sum()):,} labelled "
-            f"images; {found.overall_after:.1%} with channel {channel} off. The largest "
-            f"change: {found.change[most]:+.2%} for {found.classes[most]}.",
-            least_span=CHANGE_SPAN,
+            f"images; {found.overall_after:.1%} with channel {channel} off. "
+            + (effect if effect.startswith("No") else f"{effect} for {found.classes[most]}."),
         )
     )
 

@@ -16,6 +16,7 @@ the app holds, so they are kept once, read-only, never copied per session.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from PIL import Image
 from streamlit.delta_generator import DeltaGenerator
 
 from cnnlens import export, figures
-from cnnlens.image_features import ImageFeatures, image_features
+from cnnlens.one_image import ImageFeatures, image_features
 from cnnlens.ui import state
 from cnnlens.ui.bars import bars_html
 from cnnlens.ui.caching import feature_cache_mb, in_memory
@@ -44,6 +45,8 @@ __all__ = ["get_features", "view_ui"]
 GRID_VALUES_LIMIT = 150_000
 VIEW_FRAGMENT = "feature_maps_view"
 """The key of :func:`view_ui`, for callbacks that must rerun all of it."""
+SAVES_KEY = "saves"
+"""The "Save this view" popover: open or closed."""
 
 
 @in_memory(feature_cache_mb())
@@ -78,6 +81,51 @@ def get_picture(pixels: np.ndarray) -> Picture:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=100)
     return Picture(buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """What :func:`image_ui` sends for one image, layer, colour scale, channel and ranking
+    measure: the grid's and the channel's map-view data, and the bars' HTML."""
+
+    grid: dict
+    channel: dict
+    ranking: str
+    predictions: str | None  # None without probabilities to show
+
+    @property
+    def nbytes(self) -> int:
+        """About the memory it takes: its pictures, values and HTML."""
+        texts = [*self.grid.values(), *self.channel.values(), self.ranking, self.predictions]
+        return sum(len(text) for text in texts if isinstance(text, str))
+
+
+@in_memory(32)
+def get_image_view(
+    choice: state.ModelChoice,
+    targets: tuple[str, ...],
+    pixels: np.ndarray,
+    layer: str,
+    norm: str,
+    channel: int,
+    rank_by: str,
+    classes: tuple[str, ...] | None,
+) -> ImageView:
+    """What :func:`image_ui` sends, made once for every session that shows the same image
+    the same way (sessions that start from one link click through the same images).
+
+    Raises:
+        ValueError: if the image does not fit the model, or a target is not a layer.
+    """
+    features = get_features(choice, targets, pixels)
+    maps = features.maps[layer]
+    probabilities = features.probabilities
+    return ImageView(
+        grid=map_view_data(maps, per=norm, with_values=maps.size <= GRID_VALUES_LIMIT),
+        channel=channel_data(maps, layer, channel, features.seen),
+        ranking=ranking_html(maps, layer, rank_by),
+        predictions=None if probabilities is None else predictions_html(probabilities, classes),
+    )
 
 
 @dataclass(frozen=True)
@@ -149,10 +197,12 @@ def view_ui(ctx: Context) -> None:
     value_explainer_ui(ctx, shown.pixels, layer, channel, maps.shape)
     channel_card_ui(ctx, shown.view, layer, channel, shown.pixels)
     rank_by = rank_by_ui()
-    slots = Slots(top[2], grid, channel_slot, st.container())
+    slots = Slots(predictions=top[2], grid=grid, channel=channel_slot, ranking=st.container())
     # A popover whose buttons are made only while it is open (opening it reruns this
     # view): made on every run, they cost the browser time on every click.
-    saves = st.popover("Save this view", icon=":material/download:", key="saves", on_change="rerun")
+    saves = st.popover(
+        "Save this view", icon=":material/download:", key=SAVES_KEY, on_change="rerun"
+    )
     if saves.open:
         with saves:
             downloads_ui(ctx, shown, layer, channel, norm)
@@ -167,24 +217,28 @@ def image_ui(ctx: Context, layer: str, norm: str, channel: int, rank_by: str, sl
 
     A fragment: "Another random image" reruns only this.
     """
+    view = state.current_view(ctx.dataset)
     try:
-        shown = shown_image(ctx, state.current_view(ctx.dataset))
+        pixels, caption = input_image(view, ctx)
+        sent = get_image_view(
+            ctx.choice, view.layers, pixels, layer, norm, channel, rank_by, ctx.loaded.classes
+        )
     except ValueError as error:  # not for a dataset image; an upload reruns the whole view
         st.error(f"{error} Choose another image or model.", icon=":material/error:")
         next_image_ui()
         return
-    input_ui(shown.pixels, shown.caption)
-    note_view(ctx, shown.pixels)
-    maps = shown.features.maps[layer]
+    input_ui(pixels, caption)
+    note_view(ctx, pixels)
     with slots.grid:
-        grid_ui(maps, norm)
-    if shown.features.probabilities is not None:
+        map_view_ui(sent.grid, key="grid")
+    if sent.predictions is not None:
         with slots.predictions:
-            predictions_ui(shown.features.probabilities, ctx.loaded.classes)
+            st.html(sent.predictions)
     with slots.channel:
-        channel_map_ui(maps, layer, channel, shown.features.seen)
+        # "How is this value computed?": a click explains that point, below the maps.
+        map_view_ui(sent.channel, key="channel_map", on_pick=explain_point)
     with slots.ranking:
-        ranking_ui(maps, layer, rank_by)
+        st.html(sent.ranking)
     state.sync_url()  # the entrypoint's call does not run on a fragment's own reruns
 
 
@@ -204,7 +258,7 @@ def next_image() -> None:
     session = st.session_state
     elsewhere = session.get(state.UPLOAD_KEY) is not None or PICK_KEY in session
     state.next_seed()
-    if elsewhere or session.get(CARD_KEY) or session.get("saves"):
+    if elsewhere or session.get(CARD_KEY) or session.get(SAVES_KEY):
         st.rerun(VIEW_FRAGMENT)
 
 
@@ -262,13 +316,7 @@ def pickers_ui(layers: tuple[str, ...], mode: str) -> tuple[str, str]:
     return layer, norm
 
 
-def grid_ui(maps: np.ndarray, norm: str) -> None:
-    """Every channel of the layer, values on hover when they are few enough to send."""
-    with_values = maps.size <= GRID_VALUES_LIMIT
-    map_view_ui(map_view_data(maps, per=norm, with_values=with_values), key="grid")
-
-
-def likeliest(probabilities: np.ndarray, classes: list[str]) -> tuple[list[str], np.ndarray]:
+def likeliest(probabilities: np.ndarray, classes: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """The ten likeliest classes and their probabilities: in class order for a handful
     (digits), else by rank."""
     order = np.argsort(probabilities)[::-1][:10]
@@ -277,19 +325,17 @@ def likeliest(probabilities: np.ndarray, classes: list[str]) -> tuple[list[str],
     return [classes[i] for i in order], probabilities[order]
 
 
-def predictions_ui(probabilities: np.ndarray, classes: list[str]) -> None:
+def predictions_html(probabilities: np.ndarray, classes: Sequence[str]) -> str:
     """The network's answer and the other likely classes, as bars."""
     names, shown = likeliest(probabilities, classes)
     best = names[int(np.argmax(shown))]
-    st.html(
-        bars_html(
-            names,
-            shown,
-            title=f"The network says: {best} ({probabilities.max():.0%})",
-            value_name="probability",
-            highlight=best,
-            percent=True,
-        )
+    return bars_html(
+        names,
+        shown,
+        title=f"The network says: {best} ({probabilities.max():.0%})",
+        value_name="probability",
+        highlight=best,
+        percent=True,
     )
 
 
@@ -313,19 +359,15 @@ def channel_picker_ui(count: int) -> int:
     )
 
 
-def channel_map_ui(maps: np.ndarray, layer: str, channel: int, seen: np.ndarray) -> None:
-    """The chosen channel enlarged, and beside it laid over the image: one component."""
-    map_view_ui(
-        map_view_data(
-            maps[channel : channel + 1],
-            title=f"{layer}, channel {channel}",
-            colorbar=True,
-            # Over the image as the network saw it: resized and centre-cropped.
-            under=seen,
-            under_title=f"Channel {channel} laid over the image",
-        ),
-        key="channel_map",
-        on_pick=explain_point,  # "How is this value computed?", explained below
+def channel_data(maps: np.ndarray, layer: str, channel: int, seen: np.ndarray) -> dict:
+    """The chosen channel enlarged, and beside it laid over the image: one map view."""
+    return map_view_data(
+        maps[channel : channel + 1],
+        title=f"{layer}, channel {channel}",
+        colorbar=True,
+        # Over the image as the network saw it: resized and centre-cropped.
+        under=seen,
+        under_title=f"Channel {channel} laid over the image",
     )
 
 
@@ -350,20 +392,18 @@ def rank_by_ui() -> str:
     )
 
 
-def ranking_ui(maps: np.ndarray, layer: str, rank_by: str) -> None:
+def ranking_html(maps: np.ndarray, layer: str, rank_by: str) -> str:
     """The layer's channels ranked by mean or max activation, dead ones greyed."""
     stats = figures.channel_stats(maps)
     order = stats.ranked(rank_by)
-    st.html(
-        bars_html(
-            order.tolist(),
-            stats.measure(rank_by)[order],
-            title=f"Channels of {layer} by {rank_by} activation (hover a bar for its channel)",
-            value_name=f"{rank_by} activation",
-            flagged=stats.dead[order],
-            # In the chart, not a caption: each element costs every click.
-            note=dead_note(np.flatnonzero(stats.dead).tolist()),
-        )
+    return bars_html(
+        order.tolist(),
+        stats.measure(rank_by)[order],
+        title=f"Channels of {layer} by {rank_by} activation (hover a bar for its channel)",
+        value_name=f"{rank_by} activation",
+        flagged=stats.dead[order],
+        # In the chart, not a caption: each element costs every click.
+        note=dead_note(np.flatnonzero(stats.dead).tolist()),
     )
 
 

@@ -214,6 +214,10 @@ def init_layers(names: list[str], defaults: list[str]) -> list[str]:
     )
     if not state.get(LAYERS_KEY) or any(n not in names for n in state[LAYERS_KEY]):
         state[LAYERS_KEY] = list(defaults)
+    chosen = set(state[LAYERS_KEY])
+    in_order = [name for name in names if name in chosen]  # the network's, not the clicks'
+    if in_order != state[LAYERS_KEY]:
+        state[LAYERS_KEY] = in_order
     if state.get(LAYER_KEY) not in state[LAYERS_KEY]:
         state[LAYER_KEY] = state[LAYERS_KEY][0]
     state.setdefault(CHANNEL_KEY, 0)

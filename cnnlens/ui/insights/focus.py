@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -20,7 +21,7 @@ from cnnlens.ui.context import Context
 from cnnlens.ui.resources import pass_options
 from cnnlens.ui.runner import result_ui
 
-__all__ = ["PLAIN", "Focus", "channel_ui", "scores_chart", "stats_spec"]
+__all__ = ["PLAIN", "Focus", "channel_ui", "scores_chart", "scores_differ", "stats_spec"]
 
 PLAIN = {"displayModeBar": False}  # plotly's config for charts without a toolbar
 
@@ -87,8 +88,27 @@ def channel_ui(channels: int, layer: str) -> int:
     )
 
 
+SAME_SCORES = 0.05
+"""Scores within this share of the highest one look equal: a chart of them says nothing."""
+
+
+def scores_differ(scores: np.ndarray) -> bool:
+    """Whether the highest and lowest score differ by more than :data:`SAME_SCORES`."""
+    if len(scores) < 2:
+        return False
+    return float(scores.max() - scores.min()) > SAME_SCORES * float(np.abs(scores).max())
+
+
 def scores_chart(rows: pd.DataFrame, title: str, by: str, key: str) -> None:
-    """The example images' scores as bars."""
+    """The example images' scores as bars, or one line when they hardly differ."""
+    scores = rows["score"].to_numpy()
+    if not scores_differ(scores):
+        if len(scores):
+            st.caption(
+                f"Their {by} activations hardly differ ({scores.min():.3g} to "
+                f"{scores.max():.3g}): each excites the channel about as much."
+            )
+        return
     # HTML bars, not plotly: the page's first chart shows before plotly's code has loaded.
     with st.container(key=key):
         st.html(

@@ -9,7 +9,7 @@ import torch
 import torchvision.models as tvm
 
 from cnnlens import demo_dataset, open_model
-from cnnlens.image_features import image_features, maps_and_logits
+from cnnlens.one_image import image_features, maps_and_logits
 
 
 def _two_forwards(loaded, pixels: np.ndarray, targets: list[str]):

@@ -97,6 +97,14 @@ def image_features(
 ) -> ImageFeatures:
     """The target layers' maps, the class probabilities and the network's view of one image.
 
+    Example:
+        >>> import numpy as np
+        >>> from cnnlens import image_features, open_model
+        >>> pixels = np.zeros((28, 28), np.uint8)
+        >>> seen = image_features(open_model("demo"), pixels, ["conv_1", "conv_3"])
+        >>> seen.maps["conv_3"].shape, seen.probabilities.shape
+        ((64, 14, 14), (10,))
+
     Args:
         loaded: the model.
         pixels: the image, uint8 (H×W or H×W×3), any size: it is resized as the weights expect.
