@@ -350,32 +350,9 @@ def report(target: Target, sessions: int, clicks: int, how: How) -> float:
     return p90
 
 
-def python_of(tree: Path) -> str:
-    """The tree's own virtualenv Python, or this one."""
-    own = tree / ".venv" / "bin" / "python"
-    return str(own) if own.exists() else sys.executable
-
-
 def launch(tree: Path, script: str | None = None, env: dict[str, str] | None = None):
     """``cnnlens serve`` from ``tree`` (or ``streamlit run script`` there), healthy."""
-    port = live_app.free_port()
-    live_app.ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log_path = live_app.ARTIFACTS / f"load-{port}.log"
-    log = log_path.open("wb")
-    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tree)}
-    if script is None:
-        command = [python_of(tree), "-m", "cnnlens.ui.serve"]
-    else:
-        command = [python_of(tree), "-m", "streamlit", "run", script]
-    command += ["--server.port", str(port)]
-    process = subprocess.Popen(command, cwd=tree, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = live_app.Server(process, port, log_path, log, time.perf_counter())
-    try:
-        live_app.wait_healthy(server, timeout=180)
-    except BaseException:
-        live_app.stop_server(server)
-        raise
-    return server
+    return live_app.serve_tree(tree, env, script, log_name="load")
 
 
 def _started(stack: contextlib.ExitStack, tree: Path, script: str | None = None):

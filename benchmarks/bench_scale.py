@@ -109,36 +109,14 @@ def build_dataset(folder: Path) -> int:
         return sum(1 for _ in file) - 1
 
 
-def python_of(tree: Path) -> str:
-    """The tree's own virtualenv Python, or this one."""
-    own = tree / ".venv" / "bin" / "python"
-    return str(own) if own.exists() else sys.executable
-
-
 def launch(tree: Path, data: Path, store: Path) -> live_app.Server:
     """``cnnlens serve`` from ``tree`` on the dataset, with ``store`` as its results store."""
-    port = live_app.free_port()
-    live_app.ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log_path = live_app.ARTIFACTS / f"scale-{port}.log"
-    log = log_path.open("wb")
     env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": str(tree),
         "CNNLENS_DATA_ROOTS": str(data.parent),
         "CNNLENS_DATASET": str(data),
         "CNNLENS_CACHE_DIR": str(store),
     }
-    command = [python_of(tree), "-m", "cnnlens.ui.serve", "--server.port", str(port)]
-    began = time.perf_counter()
-    process = subprocess.Popen(command, cwd=tree, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = live_app.Server(process, port, log_path, log, began)
-    try:
-        live_app.wait_healthy(server, timeout=180)
-    except BaseException:
-        live_app.stop_server(server)
-        raise
-    return server
+    return live_app.serve_tree(tree, env, log_name="scale")
 
 
 class Browser:
@@ -319,7 +297,13 @@ for root in sys.argv[1:]:
 def row_pick_many(tree: Path, data: Path) -> tuple[float, float]:
     """Seconds per ``pick_many(seed, 12)`` at 4,000 and at 48,000 images, in ``tree``."""
     out = subprocess.run(
-        [python_of(tree), "-c", _PICK_JS, str(tree / "cnnlens" / "demo" / "MNIST"), str(data)],
+        [
+            live_app.python_of(tree),
+            "-c",
+            _PICK_JS,
+            str(tree / "cnnlens" / "demo" / "MNIST"),
+            str(data),
+        ],
         cwd=tree,
         env={**os.environ, "PYTHONPATH": str(tree)},
         capture_output=True,

@@ -117,6 +117,42 @@ def launch_server(
     return Server(process, port, log_path, log, started_at)
 
 
+def python_of(tree: Path) -> str:
+    """The tree's own virtualenv Python, or this one."""
+    own = tree / ".venv" / "bin" / "python"
+    return str(own) if own.exists() else sys.executable
+
+
+def serve_tree(
+    tree: Path, env: dict[str, str] | None = None, script: str | None = None, log_name: str = "tree"
+) -> Server:
+    """``cnnlens serve`` run from another checkout ``tree`` (or ``streamlit run script``
+    there) with its own Python and code, healthy: how a benchmark measures an older tree
+    beside this one.
+
+    Args:
+        tree: the checkout.
+        env: more environment variables (the dataset, the results store...).
+        script: instead, an app file of the tree, relative to it.
+        log_name: the log's prefix under ``test-artifacts/``.
+    """
+    port = free_port()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log_path = ARTIFACTS / f"{log_name}-{port}.log"
+    log = log_path.open("wb")
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tree)}
+    module = ["-m", "cnnlens.ui.serve"] if script is None else ["-m", "streamlit", "run", script]
+    command = [python_of(tree), *module, "--server.port", str(port)]
+    process = subprocess.Popen(command, cwd=tree, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = Server(process, port, log_path, log, time.perf_counter())
+    try:
+        wait_healthy(server, timeout=180)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
 def wait_healthy(server: Server, timeout: float = 60.0, poll: float = 0.05) -> None:
     """Block until the server's health check says "ok".
 
