@@ -14,15 +14,15 @@ import torch.nn.functional as F
 from sklearn.decomposition import PCA
 from torch import nn
 
+from cnnlens import embeddings as embedding_module
 from cnnlens.data import load_dataset
+from cnnlens.embeddings import embedding
 from cnnlens.gradcam import grad_cam
 from cnnlens.insights import (
-    Cancelled,
     LayerStats,
     Predictions,
     class_channel_matrix,
     difference,
-    embedding,
     fire_box,
     layer_stats,
     layer_stats_and_predictions,
@@ -33,7 +33,7 @@ from cnnlens.layers import layer_names
 from cnnlens.models import LoadedModel, demo_model, open_model
 from cnnlens.preprocess import to_batch, to_uint8_image
 from cnnlens.registry import InputSpec
-from cnnlens.results import from_arrays, to_arrays
+from cnnlens.results import Cancelled, from_arrays, to_arrays
 from tests.generated import write_dataset
 
 LABELS = [i % 4 for i in range(14)]
@@ -305,7 +305,7 @@ def test_tsne_keeps_well_separated_clusters_apart():
 
 
 def test_tsne_reports_its_steps_and_can_be_cancelled(stats):
-    from cnnlens.insights import TSNE_ITERATIONS, TSNE_NEIGHBOUR_STEPS, TSNE_STEPS
+    from cnnlens.embeddings import TSNE_ITERATIONS, TSNE_NEIGHBOUR_STEPS, TSNE_STEPS
 
     steps = []
     embedding(stats, method="tsne", on_progress=lambda done, total: steps.append((done, total)))
@@ -326,9 +326,7 @@ def test_tsne_reports_its_steps_and_can_be_cancelled(stats):
 
 
 def test_tsne_cancels_inside_a_large_neighbour_search():
-    from cnnlens import insights
-
-    features = np.random.default_rng(0).normal(size=(3 * insights._NEIGHBOUR_ROWS, 8))
+    features = np.random.default_rng(0).normal(size=(3 * embedding_module._NEIGHBOUR_ROWS, 8))
     steps, asked = [], []
 
     def stop() -> bool:
@@ -337,11 +335,12 @@ def test_tsne_cancels_inside_a_large_neighbour_search():
 
     with pytest.raises(Cancelled, match=f"finding neighbours \\(4,096 of {len(features):,}\\)"):
         embedding(features, "tsne", on_progress=lambda d, t: steps.append(d), should_stop=stop)
-    assert steps == [0, insights.TSNE_NEIGHBOUR_STEPS // 3, 2 * insights.TSNE_NEIGHBOUR_STEPS // 3]
+    third = embedding_module.TSNE_NEIGHBOUR_STEPS // 3
+    assert steps == [0, third, 2 * embedding_module.TSNE_NEIGHBOUR_STEPS // 3]
 
 
 def test_tsne_neighbours_are_the_exact_nearest():
-    from cnnlens.insights import _nearest_neighbours
+    from cnnlens.embeddings import _nearest_neighbours
 
     points = np.random.default_rng(1).normal(size=(300, 5))
     indices, distances = _nearest_neighbours(points, 7, lambda d, t: None, None)

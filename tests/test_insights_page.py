@@ -13,7 +13,8 @@ from sklearn.decomposition import PCA
 
 from cnnlens import insights
 from cnnlens.data import load_dataset
-from cnnlens.insights import EmbeddingSpec, LayerStatsSpec
+from cnnlens.embeddings import EmbeddingSpec, embedding
+from cnnlens.insights import LayerStatsSpec
 from cnnlens.layers import layer_names
 from cnnlens.models import demo_model, open_model
 from cnnlens.preprocess import to_batch
@@ -303,7 +304,7 @@ def test_tsne_runs_on_the_page_and_a_cancelled_one_waits_until_asked(digits):
     at.button(key="insights_embedding_go").click().run()
     assert not at.exception
     stats = insights.layer_stats(open_model("demo"), load_dataset(digits), "conv_3")
-    expected = insights.embedding(stats, method="tsne", seed=0)
+    expected = embedding(stats, method="tsne", seed=0)
     points = np.full((len(LABELS), 2), np.nan)
     for trace in chart(at, "embedding")["data"]:
         points[np.asarray(trace["customdata"], dtype=int)] = np.column_stack(

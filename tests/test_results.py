@@ -12,10 +12,10 @@ import pytest
 
 from cnnlens import insights
 from cnnlens.data import load_dataset
+from cnnlens.embeddings import EmbeddingSpec, embedding
 from cnnlens.export import ParquetSpec
 from cnnlens.insights import (
     ClassMatrixSpec,
-    EmbeddingSpec,
     LayerStats,
     LayerStatsSpec,
     Predictions,
@@ -131,7 +131,7 @@ def test_the_insight_specs_give_what_their_functions_give(digits, tmp_path):
         rtol=1e-4,
     )
     points = store.run(EmbeddingSpec(stats_spec))
-    np.testing.assert_allclose(points, insights.embedding(stats), atol=1e-5)
+    np.testing.assert_allclose(points, embedding(stats), atol=1e-5)
     plain = LayerStatsSpec(loaded, dataset, "conv_3")  # the same result: one key
     assert ResultStore(tmp_path).peek(EmbeddingSpec(plain)) is not None
 

@@ -7,7 +7,8 @@ import numpy as np
 import streamlit as st
 
 from cnnlens import figures
-from cnnlens.insights import EmbeddingSpec, LayerStats, labels_name_classes, top_images
+from cnnlens.embeddings import EmbeddingSpec
+from cnnlens.insights import LayerStats, labels_name_classes, top_images
 from cnnlens.ui.examples import PER_ROW, examples_ui
 from cnnlens.ui.insights.focus import Focus, channel_ui
 from cnnlens.ui.plain_words import plain_words
