@@ -25,6 +25,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from cnnlens.data import Dataset, Problem
 from cnnlens.models import LoadedModel
+from cnnlens.one_image import maps_and_logits
 from cnnlens.preprocess import decode_as_input, scale_uint8_batch, to_uint8_batch
 from cnnlens.registry import InputSpec
 
@@ -172,9 +173,13 @@ class _Extraction:
         loaded = self.loaded
         with torch.inference_mode():
             batch = scale_uint8_batch(pixels, loaded.spec, loaded.device, loaded.dtype)
-            maps = self._extract(batch)
+            if not self.predict:
+                maps, probabilities = self._extract(batch), None
+            else:  # one forward to the end, the targets kept on the way
+                maps, logits = maps_and_logits(loaded, batch, self.targets)
+                probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
             features = {name: pool_maps(value, self.pool) for name, value in maps.items()}
-            return features, loaded.probabilities(batch) if self.predict else None
+            return features, probabilities
 
 
 class _Item(NamedTuple):

@@ -383,3 +383,25 @@ def test_one_pass_summarises_every_chosen_layer_and_classifies(digits, tmp_path,
     assert again.peek(spec.predictions) is not None
     one_pass = ["conv_3", "conv_1,conv_2,conv_4,pool_4 +answers"]
     assert counted == [*one_pass, "conv_1", "conv_2", "conv_4", "pool_4"]  # the references
+
+
+def test_a_result_reaches_the_disk_before_its_name_and_the_name_before_save_returns(
+    tmp_path, monkeypatch
+):
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(handle: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{handle}")
+        events.append("sync folder" if os.path.isdir(path) else f"sync {Path(path).suffix}")
+        real_fsync(handle)
+
+    def replace(source, target) -> None:
+        events.append(f"rename to {Path(target).suffix}")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    ResultStore(tmp_path).save("k", arrays(1.0))
+    # As SQLite's and Git's writers do: data, then the rename, then the folder's entry.
+    assert events == ["sync .partial", "rename to .npz", "sync folder"]
