@@ -33,6 +33,7 @@ __all__ = [
     "check_channels",
     "count_channels",
     "layer_channels",
+    "plain_module",
 ]
 
 LARGEST_DEFAULT_SIDE = 128
@@ -97,6 +98,21 @@ class KnownInput:
         if isinstance(size, bool) or not isinstance(size, int) or size < 8:
             raise ValueError(f"size must be a whole number of pixels, at least 8; got {size!r}.")
         return size
+
+
+def plain_module(model: nn.Module | LoadedModel) -> nn.Module:
+    """The model as a plain ``nn.Module``: a LoadedModel's own model (never its private
+    copy, whose hooks and forwards belong to that copy).
+
+    Raises:
+        TypeError: if ``model`` is neither.
+    """
+    from cnnlens.models import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        return model.model
+    KnownInput.of(model)  # the TypeError for anything else
+    return model
 
 
 @contextlib.contextmanager

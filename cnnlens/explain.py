@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens.borrow import borrowed_copy
-from cnnlens.private_copy import ModuleNotRun, PrivateCopy, Stop, tensor_output
+from cnnlens.private_copy import ModuleNotRun, PrivateCopy, Stop, check_batch, tensor_output
 
 if TYPE_CHECKING:
     from cnnlens.models import LoadedModel
@@ -797,9 +797,11 @@ def padded_input(
         The padded channel and the mask of its padding cells.
 
     Raises:
-        ValueError: for a layer that is not a Conv2d or does not run, or a channel
-            outside its input.
+        TypeError: if ``x`` is not a tensor.
+        ValueError: for a layer that is not a Conv2d or does not run, a channel outside
+            its input, or an ``x`` that is not one image (1×C×H×W) or holds NaN.
     """
+    check_batch(x, one_image=True, name="padded_input")
     with borrowed_copy(model, share_tensors=True) as (source, layers, _):
         path = layers.path(layer)
         conv = source.model.get_submodule(path)

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image, ImageColor, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 from cnnlens import figures
 from cnnlens.results import Cancelled, DatasetSpec, Run
@@ -37,6 +39,7 @@ __all__ = [
 
 _META_KEY = "__meta__"
 _NORMS = ("channel", "layer")
+_LEGEND_HEIGHT = 30  # the white strip under an exported grid: a colour ramp and words
 
 
 def maps_npz(maps: dict[str, np.ndarray], meta: dict) -> bytes:
@@ -63,21 +66,53 @@ def maps_npz(maps: dict[str, np.ndarray], meta: dict) -> bytes:
     return buffer.getvalue()
 
 
-def grid_png(maps: np.ndarray, per: str = "channel", colorscale: str = "Viridis") -> bytes:
-    """One layer's channels as a PNG grid, coloured as the dashboard shows them.
+def grid_png(maps: np.ndarray, per: str = "channel", colorscale: str | None = None) -> bytes:
+    """One layer's channels as a PNG grid, coloured as the dashboard shows them
+    (:class:`cnnlens.figures.MapColours`), with a legend under it.
 
     Maps smaller than 64 pixels on a side are scaled up (nearest) so each tile stays visible.
+    The legend strip says what the colours mean and, per layer, the values at the ends;
+    the PNG's ``Legend`` text chunk says the same.
 
     Args:
         maps: C×H×W activations.
-        per: ``"channel"`` or ``"layer"`` normalisation (see :func:`cnnlens.figures.scale_maps`).
-        colorscale: a plotly colorscale name.
+        per: ``"channel"``: each tile on its own scale; ``"layer"``: one scale for all.
+        colorscale: a plotly colorscale name instead of the convention's ramp.
 
     Raises:
         ValueError: for the reasons of :func:`cnnlens.figures.montage_png`.
     """
     side = max(np.shape(maps)[1:], default=1)
-    return figures.montage_png(maps, per=per, colorscale=colorscale, scale=max(1, 64 // side))
+    png = figures.montage_png(maps, per=per, colorscale=colorscale, scale=max(1, 64 // side))
+    colours = figures.map_colours(maps)
+    if per == "layer":
+        reach = float(colours.reach(np.asarray(maps, dtype=np.float64), "layer").max())
+        scale = f"one scale for the layer, {-reach if colours.signed else 0:.4g} to {reach:.4g}"
+    else:
+        scale = "each tile on its own scale, to its largest value"
+    ramp = figures.colorscale_colours(colorscale or colours.colorscale, 256)
+    return _with_legend(png, ramp, f"{colours.words} · {scale}")
+
+
+def _with_legend(png: bytes, ramp: list[str], words: str) -> bytes:
+    """The picture with a white strip under it: the colour ramp, low to high, and words."""
+    grid = Image.open(io.BytesIO(png)).convert("RGB")
+    font = ImageFont.load_default(size=14)
+    text_width = int(ImageDraw.Draw(grid).textlength(words, font=font))
+    strip = len(ramp)
+    width = max(grid.width, strip + text_width + 30)
+    picture = Image.new("RGB", (width, grid.height + _LEGEND_HEIGHT), "white")
+    picture.paste(grid, (0, 0))
+    draw = ImageDraw.Draw(picture)
+    top = grid.height + 8
+    for x, colour in enumerate(ramp):
+        draw.line([(10 + x, top), (10 + x, top + 13)], fill=ImageColor.getrgb(colour))
+    draw.text((strip + 20, top - 1), words, fill=(30, 30, 30), font=font)
+    info = PngInfo()
+    info.add_text("Legend", words)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", pnginfo=info, compress_level=6)
+    return buffer.getvalue()
 
 
 EXPORTS_MAX_MB = 2048.0

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,8 +44,10 @@ from cnnlens.borrow import (
     channel_list,
     check_channels,
     count_channels,
+    plain_module,
 )
-from cnnlens.private_copy import PrivateCopy
+from cnnlens.layers import meta_copy
+from cnnlens.private_copy import MODEL_FAILURES, PrivateCopy
 from cnnlens.results import Cancelled, ModelSpec, Run
 
 if TYPE_CHECKING:
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LARGEST_DEFAULT_SIDE",
+    "MEMORY_LIMIT",
     "RECIPE_VERSION",
     "ChannelImageSpec",
     "ChannelImagesSpec",
@@ -63,6 +67,11 @@ __all__ = [
 
 RECIPE_VERSION = 1
 """Bump when :func:`visualize` changes its images: stored tiles of older recipes are never read."""
+
+MEMORY_LIMIT = 2_000_000_000
+"""The most bytes (2 GB) one group of :func:`visualize` may take for its forward and its
+gradient. A group that would take more is split; an image that takes more alone is
+refused, with the largest side that fits."""
 
 # Lucid's ImageNet colour correlation (the square root of its SVD), scaled so that its
 # largest column has norm 1: independent noise per row becomes natural-looking colour.
@@ -115,7 +124,8 @@ def visualize(
         steps: optimisation steps (256-512 in Lucid).
         seed: the seed of every random draw: the same seed gives the same images.
         negative: lower the channel's mean instead: what the channel is most against.
-        batch_size: channels optimised together; more channels go in several groups.
+        batch_size: channels optimised together, at most: more channels go in several
+            groups, and so do fewer where a group would take more than :data:`MEMORY_LIMIT`.
         on_progress: called with ``(steps done, steps in all)`` after each step.
         should_stop: asked before each step; ``True`` stops with :class:`Cancelled`.
 
@@ -127,7 +137,9 @@ def visualize(
     Raises:
         ValueError: for an unknown layer, a channel out of range (the message
             names the valid range), a layer without 2-D or 4-D output, a size that
-            does not fit the network, or a bad number of steps, size or batch.
+            does not fit the network or needs more than :data:`MEMORY_LIMIT` for one
+            image (the message names the largest side that fits), or a bad number of
+            steps, size or batch.
         TypeError: for a model that is neither, or channels that are not integers.
         Cancelled: if ``should_stop()`` returned True.
     """
@@ -138,6 +150,7 @@ def visualize(
     with borrowed_copy(model) as (copy, layers, spec):
         side = spec.side(size)
         path = layers.path(layer)
+        batch_size = _group_size(model, layer, path, spec, side, copy.dtype, batch_size)
         check_channels(layer, chosen, count_channels(copy, layer, path, spec, side))
         groups = [chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size)]
         progress = _Progress(steps * len(groups), on_progress, should_stop)
@@ -158,6 +171,84 @@ def default_side(model: nn.Module | LoadedModel) -> int:
         ValueError: for a plain ``nn.Module``, which has no input size.
     """
     return KnownInput.of(model).side()
+
+
+class _Reached(Exception):
+    """Ends a meta forward at its target module."""
+
+
+def _image_bytes(
+    model: nn.Module, path: str, channels: int, dtype: torch.dtype
+) -> Callable[[int], int | None]:
+    """The bytes one image's forward keeps up to a module, for an image side, from a
+    forward on the meta device (nothing is computed): the input and every distinct output
+    (an in-place op's counted once). ``None`` where the meta device cannot run it."""
+    probe = meta_copy(model).eval()
+    kept: list[torch.Tensor] = []
+
+    def record(name: str, module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and not any(output is seen for seen in kept):
+            kept.append(output)
+        if name == path:
+            raise _Reached
+
+    for name, module in probe.named_modules():
+        module._forward_hooks.clear()  # the copy's: the caller's own hooks never see meta tensors
+        module._forward_pre_hooks.clear()
+        if name:
+            module.register_forward_hook(partial(record, name))
+
+    def measure(side: int) -> int | None:
+        kept.clear()
+        x = torch.empty((1, channels, side, side), device="meta", dtype=dtype)
+        try:
+            with torch.no_grad():
+                probe(x)
+        except _Reached:
+            pass
+        except (*MODEL_FAILURES, TypeError, ValueError):
+            return None  # a forward the meta device cannot run; the real one says why
+        return (x.numel() + sum(t.numel() for t in kept)) * x.element_size()
+
+    return measure
+
+
+def _group_size(
+    model: nn.Module | LoadedModel,
+    layer: str,
+    path: str,
+    spec: KnownInput,
+    side: int,
+    dtype: torch.dtype,
+    batch_size: int,
+) -> int:
+    """Channels optimised together: ``batch_size``, or fewer where their forward and its
+    gradient would take more than :data:`MEMORY_LIMIT`.
+
+    Raises:
+        ValueError: for an image that takes more alone, naming the largest side that fits.
+    """
+    if spec.channels is None:
+        return batch_size  # count_channels says why nothing can be painted
+    measure = _image_bytes(plain_module(model), path, spec.channels, dtype)
+    one = measure(side)
+    if one is None:
+        return batch_size
+    need = 2 * one  # the outputs and their gradients
+    if need > MEMORY_LIMIT:
+        low, high = 8, side  # memory grows with the side: the largest side that fits
+        while low < high:
+            middle = (low + high + 1) // 2
+            if 2 * (measure(middle) or 0) <= MEMORY_LIMIT:
+                low = middle
+            else:
+                high = middle - 1
+        raise ValueError(
+            f"A {side}×{side}-pixel image for {layer} needs about {need / 1e9:,.1f} GB for "
+            f"its forward and gradient, more than the {MEMORY_LIMIT / 1e9:g} GB bound "
+            f"(MEMORY_LIMIT): choose size={low} or less."
+        )
+    return max(1, min(batch_size, MEMORY_LIMIT // need))
 
 
 def _check_counts(**counts: int) -> None:

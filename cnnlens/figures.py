@@ -4,6 +4,10 @@ Pure numpy, Pillow and plotly; never imports streamlit or torch. Each function t
 arrays and returns a ``go.Figure`` or PNG bytes; the pages decide how to show them. The
 Feature maps page's grid and bars, which must repaint on every click without plotly, are
 built from these PNGs in ``cnnlens.ui.map_view`` and ``cnnlens.ui.bars``.
+
+Every map is coloured by one convention, :class:`MapColours` (chosen by
+:func:`map_colours`): values that go below zero blue, white at zero, red above; values
+never below zero dark at zero to bright yellow; laid over an image, see-through at zero.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ from plotly.exceptions import PlotlyError
 __all__ = [
     "BAR_COLOUR",
     "DEAD_COLOUR",
+    "DIVERGING",
     "GAP_RGB",
     "HIGHLIGHT_COLOUR",
     "IMAGE_HEIGHT",
     "MAX_PNG_SIDE",
+    "SEQUENTIAL",
+    "SIGNED_GAP_RGB",
     "ChannelStats",
+    "MapColours",
     "bar_figure",
     "channel_figure",
     "channel_stats",
@@ -40,15 +48,17 @@ __all__ = [
     "grid_shape",
     "image_figure",
     "image_png",
+    "map_colours",
     "montage",
     "montage_png",
     "overlay_figure",
-    "scale_maps",
     "tile_at",
 ]
 
 GAP_RGB = (240, 240, 240)
 """Colour of the gaps and unused tiles in a PNG montage."""
+SIGNED_GAP_RGB = (128, 128, 128)
+"""The same in a montage of signed maps, where near-white means zero."""
 
 BAR_COLOUR = "#636EFA"
 HIGHLIGHT_COLOUR = "#EF553B"
@@ -172,36 +182,152 @@ def colorscale_colours(colorscale: str, count: int) -> list[str]:
     )
 
 
-# --- arrays -----------------------------------------------------------------------------
+# --- the colour convention --------------------------------------------------------------
+
+SEQUENTIAL = "Viridis"
+"""The ramp of maps that are never below zero: dark purple at zero, through blue and green,
+to bright yellow at the top; its lightness rises steadily with the value."""
+DIVERGING = "RdBu_r"
+"""The ramp of maps that go below zero: blue below zero, white at zero, red above."""
+_CUT_SAMPLES = 65  # colours of a colorscale cut to a range: a 1/64 step, at least
 
 
-def scale_maps(maps: np.ndarray, per: str = "channel") -> np.ndarray:
-    """Scales feature maps to [0, 1].
+@dataclass(frozen=True)
+class MapColours:
+    """The one colour convention of every map cnnlens draws, on its pages and in its exports.
+
+    Values that go below zero (a convolution before its ReLU, batch norm, a difference of
+    two maps) are *signed*: blue below zero, white at zero, red above (``DIVERGING``), so
+    zero looks the same whatever a channel's bias. Values that never go below zero (after
+    a ReLU or pooling, Grad-CAM) go from dark at zero to bright yellow at the top
+    (``SEQUENTIAL``). Either way zero is fixed, and the ramp's end is the largest value
+    (in size) of each channel or of the whole layer, as the "Colour scale" control says.
+    Laid over an image, the same colours are see-through at zero and grow opaque away
+    from it.
+
+    Attributes:
+        signed: whether the values go below zero.
+    """
+
+    signed: bool
+
+    @property
+    def colorscale(self) -> str:
+        """The plotly colorscale name of the ramp."""
+        return DIVERGING if self.signed else SEQUENTIAL
+
+    @property
+    def words(self) -> str:
+        """What the colours mean, for a legend."""
+        if self.signed:
+            return "blue: below zero · white: zero · red: above zero"
+        return "dark: zero, nothing found · brighter: stronger"
+
+    @property
+    def overlay_words(self) -> str:
+        """What the colours mean laid over an image, for a legend."""
+        if self.signed:
+            return "see-through at zero · blue below, red above, more opaque further from zero"
+        return "see-through at zero · brighter and more opaque as the value grows"
+
+    def reach(self, maps: np.ndarray, per: str = "channel") -> np.ndarray:
+        """The value at the ramp's end: the largest size (absolute value) of each channel
+        (``per="channel"``, C×1×1) or of all of them (``per="layer"``, 1×1×1)."""
+        if per not in _SCALE_MODES:
+            raise ValueError(f"per must be 'channel' or 'layer', not {per!r}.")
+        axis = (1, 2) if per == "channel" else None
+        return np.abs(maps).max(axis=axis, keepdims=True)
+
+    def places(self, values: np.ndarray, reach: np.ndarray | float) -> np.ndarray:
+        """Each value's place on the ramp, 0 to 1: ``0.5 + v / 2m`` when signed (zero in
+        the middle), else ``v / m`` (zero at the start), for a reach ``m`` (broadcast);
+        where ``m`` is 0, zero's place."""
+        values = np.asarray(values)
+        work = values.astype(np.promote_types(values.dtype, np.float32), copy=False)
+        reach = np.asarray(reach, dtype=work.dtype) * (2 if self.signed else 1)
+        place = np.divide(
+            work, reach, out=np.zeros(np.broadcast(work, reach).shape, work.dtype), where=reach > 0
+        )
+        if self.signed:
+            place += 0.5
+        return np.clip(place, 0, 1, out=place)
+
+    def units(
+        self, maps: np.ndarray, per: str = "channel", reach: float | None = None
+    ) -> np.ndarray:
+        """The :meth:`places` of C×H×W maps on the reach of each channel or of the layer.
+
+        Args:
+            maps: C×H×W values.
+            per: ``"channel"``: each channel on its own reach; ``"layer"``: one reach.
+            reach: the reach of every channel instead (one channel shown alone on its
+                layer's reach).
+
+        Returns:
+            A float32 C×H×W array in [0, 1]; a channel of zeros sits at zero's colour.
+
+        Raises:
+            ValueError: If ``per`` is unknown, the maps are not C×H×W, or hold NaN/inf.
+            TypeError: If the maps do not hold real numbers.
+        """
+        array = check_maps(maps)
+        _check_finite(array, "The feature maps")
+        if reach is None:
+            reach = self.reach(array, per)
+        return self.places(array, reach).astype(np.float32, copy=False)
+
+    def alpha(self, places: np.ndarray) -> np.ndarray:
+        """An overlay's opacity at each place on the ramp: 0 at zero, 1 at the ends."""
+        places = np.asarray(places, dtype=np.float64)
+        return np.abs(2 * places - 1) if self.signed else places
+
+    def plotly(self, low: float, high: float, overlay: bool = False) -> dict:
+        """A heatmap's ``colorscale``, ``zmin`` and ``zmax`` for values from ``low`` to
+        ``high``, coloured as :meth:`places` colours them on the reach of that range: the
+        ramp is cut to the range, so that zero keeps its colour.
+
+        Args:
+            low, high: the lowest and highest value shown.
+            overlay: ``rgba`` colours, see-through at zero (see :meth:`alpha`).
+        """
+        start, end = self.places(np.array([low, high]), max(abs(low), abs(high)))
+        stops = np.linspace(start, end, _CUT_SAMPLES)
+        corners = [p for p, _ in _colorscale(self.colorscale)] + ([0.5] if self.signed else [])
+        stops = np.unique([*stops, *(p for p in corners if start < p < end)])
+        colours = pcolors.sample_colorscale(
+            _named_colorscale(self.colorscale), stops.tolist(), colortype="tuple"
+        )
+        alphas = self.alpha(stops) if overlay else [None] * len(stops)
+        span = end - start
+        places = (stops - start) / span if span > 0 else np.zeros(len(stops))
+        scale = [[float(p), _css(c, a)] for p, c, a in zip(places, colours, alphas, strict=True)]
+        if len(scale) == 1:  # one value: one colour
+            scale.append([1.0, scale[0][1]])
+        return {"colorscale": scale, "zmin": low, "zmax": high if high > low else low + 1}
+
+
+def _css(colour: tuple[float, float, float], alpha: float | None) -> str:
+    """A colour of 0..1 channels as CSS ``rgb()``, or ``rgba()`` with an opacity."""
+    r, g, b = (round(255 * c) for c in colour)
+    return f"rgb({r},{g},{b})" if alpha is None else f"rgba({r},{g},{b},{alpha:.4f})"
+
+
+def map_colours(values: np.ndarray, signed: bool | None = None) -> MapColours:
+    """The convention for these values: signed (diverging) when one of them is below zero.
+
+    Decide it once for everything drawn together (a whole layer, both maps compared) so
+    that their colours mean the same.
 
     Args:
-        maps: C×H×W activations.
-        per: ``"channel"`` scales each channel by its own min..max, so every channel uses the
-            full colour range; ``"layer"`` uses the min..max over all channels, so channels
-            compare with each other.
-
-    Returns:
-        A float32 C×H×W array in [0, 1]; a constant channel (or layer) becomes all zeros.
-
-    Raises:
-        ValueError: If ``per`` is unknown, the maps are not C×H×W, or hold NaN/inf.
-        TypeError: If the maps do not hold real numbers.
+        values: the values to be coloured, any shape.
+        signed: force it: ``True`` for values signed by nature (weights, differences).
     """
-    if per not in _SCALE_MODES:
-        raise ValueError(f"per must be 'channel' or 'layer', not {per!r}.")
-    array = check_maps(maps)
-    _check_finite(array, "The feature maps")
-    work = array.astype(np.promote_types(array.dtype, np.float32), copy=False)
-    axis = (1, 2) if per == "channel" else None
-    low = work.min(axis=axis, keepdims=True)
-    span = work.max(axis=axis, keepdims=True) - low
-    scaled = work - low  # a constant channel is exactly 0 here and is left undivided
-    np.divide(scaled, span, out=scaled, where=span > 0)
-    return scaled.astype(np.float32, copy=False)
+    if signed is None:
+        signed = bool((np.asarray(values) < 0).any())  # NaN is not below zero
+    return MapColours(bool(signed))
+
+
+# --- arrays -----------------------------------------------------------------------------
 
 
 def grid_shape(channels: int, columns: int | None = None) -> tuple[int, int]:
@@ -418,7 +544,7 @@ def _image_trace(image: np.ndarray, hover: bool) -> go.Heatmap | go.Image:
 
 
 @lru_cache(maxsize=32)
-def _palette(colorscale: str) -> bytes:
+def _palette(colorscale: str, gap: tuple[int, int, int] = GAP_RGB) -> bytes:
     """The PNG palette: 255 colours sampled from the colorscale, then the gap colour."""
     samples = pcolors.sample_colorscale(
         _named_colorscale(colorscale),
@@ -426,7 +552,7 @@ def _palette(colorscale: str) -> bytes:
         colortype="tuple",
     )
     colours = np.rint(np.array(samples) * 255).astype(np.uint8)
-    return colours.tobytes() + bytes(GAP_RGB)
+    return colours.tobytes() + bytes(gap)
 
 
 # --- figures ----------------------------------------------------------------------------
@@ -460,35 +586,47 @@ def montage_png(
     per: str = "channel",
     columns: int | None = None,
     gap: int = 1,
-    colorscale: str = "Viridis",
+    colorscale: str | None = None,
     scale: int = 1,
     clear_gaps: bool = False,
+    signed: bool | None = None,
+    overlay: bool = False,
+    reach: float | None = None,
 ) -> bytes:
-    """All channels of a layer as one colour-mapped PNG: the fast path for large maps.
+    """All channels of a layer as one colour-mapped PNG, coloured by :class:`MapColours`.
 
-    The PNG is a palette image (255 colours of the colorscale, then ``GAP_RGB``); browsers
+    The PNG is a palette image (255 colours of the ramp, then ``GAP_RGB``, or
+    ``SIGNED_GAP_RGB`` for signed maps, where near-white is zero); browsers
     and ``st.image`` show it as RGB, Pillow opens it in mode "P" (``.convert("RGB")``).
 
     Args:
         maps: C×H×W activations.
-        per: ``"channel"`` or ``"layer"`` normalisation (see ``scale_maps``).
+        per: ``"channel"``: each channel on its own reach; ``"layer"``: one for all.
         columns: Tiles per row; default ``ceil(sqrt(C))``.
-        gap: Pixels between tiles, drawn in ``GAP_RGB`` like unused tiles.
-        colorscale: A plotly colorscale name.
+        gap: Pixels between tiles, drawn in the gap colour like unused tiles.
+        colorscale: A plotly colorscale name instead of the convention's ramp (its places
+            stay the convention's: zero at the middle of a signed map).
         scale: Integer nearest-neighbour upscale, for tiny maps.
         clear_gaps: Make the gaps and unused tiles transparent (the page shows
             through), as the map view does.
+        signed: Whether the maps are signed (see :func:`map_colours`); default: whether
+            a value is below zero.
+        overlay: For laying over an image: see-through at zero, opaque at the ramp's
+            ends (:meth:`MapColours.alpha`); gaps are clear.
+        reach: The value at the ramp's ends for every channel, instead of ``per``'s.
 
     Returns:
         PNG bytes of a ``scale·H'`` × ``scale·W'`` image, H'×W' being the montage's shape.
 
     Raises:
-        ValueError: If the PNG would be longer than ``MAX_PNG_SIDE`` on a side, or for the
-            reasons of ``scale_maps``.
+        ValueError: If the PNG would be longer than ``MAX_PNG_SIDE`` on a side, the
+            colorscale is unknown, or for the reasons of :meth:`MapColours.units`.
     """
     scale = _check_int(scale, "scale", 1)
-    palette = _palette(colorscale)
-    z = montage(scale_maps(maps, per), columns, gap)
+    colours = map_colours(maps, signed)
+    gap_colour = SIGNED_GAP_RGB if colours.signed else GAP_RGB
+    palette = _palette(colorscale or colours.colorscale, gap_colour)
+    z = montage(colours.units(maps, per, reach), columns, gap)
     longest = max(z.shape) * scale
     if longest > MAX_PNG_SIDE:
         raise ValueError(
@@ -504,27 +642,45 @@ def montage_png(
     png.putpalette(palette, rawmode="RGB")
     buffer = io.BytesIO()
     clear = {"transparency": _PNG_LEVELS} if clear_gaps else {}
+    if overlay:
+        clear = {"transparency": _alphas(colours.signed)}
     png.save(buffer, format="PNG", compress_level=1, **clear)
     return buffer.getvalue()
 
 
+@lru_cache(maxsize=2)
+def _alphas(signed: bool) -> bytes:
+    """An overlay palette's opacities: one per level of the ramp, then a clear gap."""
+    levels = np.linspace(0, 1, _PNG_LEVELS)
+    alpha = np.rint(MapColours(signed).alpha(levels) * 255).astype(np.uint8)
+    return alpha.tobytes() + b"\x00"
+
+
 def channel_figure(
-    map2d: np.ndarray, title: str | None = None, colorscale: str = "Viridis"
+    map2d: np.ndarray,
+    title: str | None = None,
+    colours: MapColours | None = None,
+    value_range: tuple[float, float] | None = None,
 ) -> go.Figure:
     """One channel, enlarged, with a colorbar of its raw values.
 
     Args:
         map2d: H×W activations of one channel.
         title: Optional figure title.
-        colorscale: A plotly colorscale name.
+        colours: The convention's colours; default :func:`map_colours` of the map.
+        value_range: The lowest and highest value the colours span, to give maps that
+            compare one range; default the map's own.
 
     Returns:
         A figure with one ``go.Heatmap``; hover shows x, y and the value.
     """
     array = _as_map2d(map2d)
+    _check_finite(array, "The channel map's values")
+    colours = colours or map_colours(array)
+    low, high = value_range or (float(array.min()), float(array.max()))
     trace = go.Heatmap(
         z=array,
-        colorscale=_named_colorscale(colorscale),
+        **colours.plotly(low, high),
         colorbar={"thickness": 12},
         hovertemplate="x %{x} · y %{y} · value %{z:.4g}<extra></extra>",
     )
@@ -569,17 +725,18 @@ def overlay_figure(
     image: np.ndarray,
     map2d: np.ndarray,
     opacity: float = 0.5,
-    colorscale: str = "Viridis",
     title: str | None = None,
+    colours: MapColours | None = None,
 ) -> go.Figure:
-    """A channel map resized (bilinear) to the image and laid over it.
+    """A map resized (bilinear) to the image and laid over it: see-through where the map
+    is zero, more opaque and (for a map never below zero) brighter as it grows.
 
     Args:
         image: H×W grayscale or H×W×3 uint8 RGB, as for ``image_figure``.
-        map2d: h×w activations of one channel, any size.
-        opacity: Opacity of the map layer, 0 (invisible) to 1 (opaque).
-        colorscale: A plotly colorscale name.
+        map2d: h×w values, any size.
+        opacity: Opacity of the map layer where it is strongest, 0 (invisible) to 1.
         title: Optional figure title.
+        colours: The convention's colours; default :func:`map_colours` of the map.
 
     Returns:
         A figure with the image trace and, on top, a heatmap of the H×W resized map with a
@@ -593,13 +750,13 @@ def overlay_figure(
     base = _as_image(image)
     layer = _as_map2d(map2d).astype(np.float32)
     _check_finite(layer, "The channel map's values")
-    scale = _named_colorscale(colorscale)
     height, width = base.shape[:2]
     resized = np.asarray(Image.fromarray(layer).resize((width, height), Image.Resampling.BILINEAR))
+    colours = colours or map_colours(layer)
     top = go.Heatmap(
         z=resized,
         opacity=float(opacity),
-        colorscale=scale,
+        **colours.plotly(float(resized.min()), float(resized.max()), overlay=True),
         colorbar={"thickness": 12},
         hovertemplate="x %{x} · y %{y} · value %{z:.4g}<extra></extra>",
     )
@@ -677,17 +834,20 @@ def class_matrix_figure(
     Args:
         matrix: classes × channels scores (means, or scores relative across classes).
         means: the mean activations of the same cells, for the hover.
-        relative: whether ``matrix`` is relative (a diverging colour scale around 0).
+        relative: whether ``matrix`` is relative: signed colours (:class:`MapColours`),
+            white at 0; means are signed only where one is below zero.
         title: Optional figure title.
     """
     order = preference_order(matrix)
+    z = matrix[order].to_numpy(dtype=np.float32)
+    shown = z[np.isfinite(z)]
+    low, high = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 1.0)
     trace = go.Heatmap(
-        z=matrix[order].to_numpy(dtype=np.float32),
+        z=z,
         x=[str(channel) for channel in order],
         y=[str(name) for name in matrix.index],
         customdata=means[order].to_numpy(dtype=np.float32),
-        colorscale="RdBu_r" if relative else "Viridis",
-        zmid=0 if relative else None,
+        **map_colours(shown, signed=relative or None).plotly(low, high),
         colorbar={"thickness": 12, "title": {"text": "score" if relative else "mean"}},
         hovertemplate="class %{y} · channel %{x} · mean %{customdata:.4g}<extra></extra>",
     )

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlens.private_copy import check_batch
+
 if TYPE_CHECKING:
     from cnnlens.models import LoadedModel
 
@@ -31,6 +33,23 @@ def _class_score(logits: object, class_index: int | None) -> torch.Tensor:
     elif not 0 <= class_index < classes:
         raise ValueError(f"class_index must be between 0 and {classes - 1}; got {class_index}.")
     return logits[0, class_index]
+
+
+def _whole_class(loaded: LoadedModel, class_index: object) -> int | None:
+    """The class index as an int, or ``None`` for the predicted class.
+
+    Raises:
+        TypeError: for anything but a whole number, naming the valid range.
+    """
+    if class_index is None:
+        return None
+    if isinstance(class_index, bool) or not isinstance(class_index, int | np.integer):
+        span = f" from 0 to {len(loaded.classes) - 1}" if loaded.classes else ""
+        raise TypeError(
+            f"class_index must be a whole number{span}, or None for the predicted class; "
+            f"got {class_index!r}."
+        )
+    return int(class_index)
 
 
 def grad_cam(
@@ -59,14 +78,17 @@ def grad_cam(
         An H×W float32 map in input resolution, zero where the layer holds no evidence.
 
     Raises:
-        ValueError: for an unknown layer or class, a batch of more than one image, or
-            a model that does not output class scores.
+        TypeError: for a batch that is not a tensor (a numpy array: the message says how
+            to convert it), or a class index that is not a whole number.
+        ValueError: for an unknown layer, a class out of range (the message names the
+            range), a batch that is not one 1×C×H×W image or holds NaN, an input the
+            network does not take, or a model that does not output class scores.
     """
-    if batch.dim() != 4 or batch.shape[0] != 1:
-        raise ValueError(f"Grad-CAM explains one image: pass a 1×C×H×W batch, not {batch.shape}.")
+    check_batch(batch, one_image=True, name="Grad-CAM")
+    chosen = _whole_class(loaded, class_index)
     path = loaded.layers.path(layer)
     activation, gradient = loaded.private_copy.gradient(
-        batch, path, lambda logits: _class_score(logits, class_index)
+        batch, path, lambda logits: _class_score(logits, chosen)
     )
     if activation.dim() != 4:
         raise ValueError(f"{layer} gives no feature maps; choose a convolutional layer.")

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from cnnlens.data import Dataset
     from cnnlens.models import LoadedModel
     from cnnlens.pipeline import FeatureBatch
+    from cnnlens.receptive_fields import ReceptiveField
 
 __all__ = [
     "ClassMatrixSpec",
@@ -544,41 +545,56 @@ def fire_box(
     row: Mapping[str, int],
     map_shape: tuple[int, int],
     input_size: tuple[int, int],
-    receptive_field: int | None = None,
+    receptive_field: ReceptiveField | None = None,
+    channel: int | None = None,
 ) -> tuple[int, int, int, int]:
     """The part of the input image where a channel fires, for cropping.
 
-    The map position is scaled to the input (one map cell covers ``input / map``
-    pixels); when the layer's receptive field is known the box widens to it,
-    centred on the cell, because that is all the input the value depends on.
+    With the layer's receptive field, it is the part of the image the value at that
+    map position reads, placed where the layer's windows put it. Without one (a field
+    that is unknown) it is the map cell scaled to the input: roughly where, not what
+    the value reads.
 
     Args:
         row: a mapping with the map position ``y`` and ``x`` (a :func:`top_images` row).
         map_shape: ``(height, width)`` of the layer's maps.
         input_size: ``(height, width)`` of the network's input.
-        receptive_field: the layer's receptive field in input pixels, if known
-            (see :func:`receptive_field`).
+        receptive_field: the layer's field for this input size
+            (:meth:`cnnlens.Layers.receptive_field`), if known.
+        channel: the channel, whose own field it is (channels joined from branches
+            see different parts); ``None`` for the union over all channels.
 
     Returns:
         ``(left, top, right, bottom)`` in input pixels, right and bottom exclusive,
         inside the input, as Pillow's ``Image.crop`` takes it.
 
     Raises:
-        ValueError: if the position lies outside the map.
+        ValueError: if the position lies outside the map, or the field is for another
+            input or map size.
     """
     y, x = int(row["y"]), int(row["x"])
     map_h, map_w = map_shape
     if not (0 <= y < map_h and 0 <= x < map_w):
         raise ValueError(f"Position ({y}, {x}) is outside a {map_h}×{map_w} map.")
+    if receptive_field is not None:
+        field_h, field_w = receptive_field.rows.shape[1], receptive_field.cols.shape[1]
+        if tuple(receptive_field.input_size) != tuple(input_size) or (
+            field_h not in (1, map_h) or field_w not in (1, map_w)
+        ):
+            raise ValueError(
+                f"This receptive field is for a {field_h}×{field_w} map of a "
+                f"{receptive_field.input_size[0]}×{receptive_field.input_size[1]} input, "
+                f"not a {map_h}×{map_w} map of a {input_size[0]}×{input_size[1]} one: "
+                "take the layer's field for this input size."
+            )
+        box = receptive_field.box(y, x, channel)
+        if box is not None:
+            return box
     box = []
     for position, cells, pixels in ((x, map_w, input_size[1]), (y, map_h, input_size[0])):
         step = pixels / cells
-        low, high = position * step, (position + 1) * step
-        if receptive_field is not None and receptive_field > high - low:
-            centre = (low + high) / 2
-            low, high = centre - receptive_field / 2, centre + receptive_field / 2
-        low_px = min(max(int(np.floor(low)), 0), pixels - 1)
-        box.append((low_px, min(max(int(np.ceil(high)), low_px + 1), pixels)))
+        low_px = min(max(int(np.floor(position * step)), 0), pixels - 1)
+        box.append((low_px, min(max(int(np.ceil((position + 1) * step)), low_px + 1), pixels)))
     (left, right), (top, bottom) = box
     return left, top, right, bottom
 

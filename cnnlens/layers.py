@@ -17,6 +17,8 @@ renamed layers: a block is not a layer of that recipe.
 kinds wherever a layer is asked for, checks a choice of targets (with close
 matches for a typo), finds the module a name stands for, and describes every
 layer in a table with output shapes, parameters, receptive fields and map memory.
+Receptive fields come from the executed graph (:mod:`cnnlens.receptive_fields`),
+so they are known for any network, skip connections and nested blocks included.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.modules import activation
+
+from cnnlens.receptive_fields import ReceptiveField, trace_fields
 
 __all__ = ["TABLE_COLUMNS", "Layers", "layer_names", "meta_copy", "module_names"]
 
@@ -115,30 +119,6 @@ def _renamed(layers: Sequence[nn.Module]) -> list[str]:
         taken.add(name)
         names.append(name)
     return names
-
-
-def _single(value: int | tuple[int, ...]) -> int:
-    return value[0] if isinstance(value, tuple) else value
-
-
-def _receptive_fields(stack: nn.Sequential, names: list[str]) -> dict[str, int | None]:
-    """Input pixels per side that one value of each layer sees, from kernels and strides.
-
-    ``None`` after a nested block or adaptive pooling, which have no single kernel to follow.
-    """
-    fields: dict[str, int | None] = {}
-    field: int | None = 1
-    jump = 1
-    for name, layer in zip(names, stack, strict=True):
-        kernel = getattr(layer, "kernel_size", None)
-        if kernel is not None and field is not None:
-            dilation = _single(getattr(layer, "dilation", 1))
-            field += (dilation * (_single(kernel) - 1)) * jump
-            jump *= _single(getattr(layer, "stride", 1) or _single(kernel))
-        elif any(True for _ in layer.children()) or isinstance(layer, nn.AdaptiveAvgPool2d):
-            field = None
-        fields[name] = field
-    return fields
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -229,6 +209,7 @@ class Layers:
             }
         else:
             self.names = list(self.module_names)
+        self._fields: dict[tuple[int, ...], dict[str, ReceptiveField | None]] = {}
         # Network order: by module; a renamed name before the path it stands for.
         self._order = {name: (order[path], 0) for name, path in self._paths.items()}
         for name in self.module_names:
@@ -335,20 +316,46 @@ class Layers:
         """
         return (model if model is not None else self.model).get_submodule(self.path(name))
 
-    def receptive_field(self, name: str) -> int | None:
-        """Input pixels per side that one value of a layer sees, where it can be derived.
+    def receptive_field(
+        self, name: str, input_shape: tuple[int, int, int]
+    ) -> ReceptiveField | None:
+        """The part of the input each value of a layer sees, for one input size.
 
-        Known for the layers of a renamed stack, by either name (from kernel sizes,
-        strides and dilations alone); ``None`` for other modules and after nested blocks.
+        Traced once per input size on the executed graph of the whole model (on the
+        meta device: the model is not touched), so skip connections, concatenations
+        and global pooling count. A field never leaves the image: a layer that would
+        see past it sees the whole image.
+
+        Example:
+            >>> from torchvision.models import resnet18
+            >>> from cnnlens import Layers
+            >>> layers = Layers(resnet18())
+            >>> layers.receptive_field("layer1", (3, 224, 224)).size
+            43
+            >>> layers.receptive_field("avgpool", (3, 224, 224)).whole
+            True
+
+        Args:
+            name: a renamed layer or a qualified module name.
+            input_shape: ``(channels, height, width)`` of one input image.
+
+        Returns:
+            The layer's :class:`~cnnlens.receptive_fields.ReceptiveField` (its first
+            call's, for a module called more than once); ``None`` where it is unknown:
+            an operation on the way has no rule, or the forward does not reach the
+            layer with this input.
 
         Raises:
             ValueError: for a name that is not a layer of the model.
         """
-        path = self.path(name)
-        if not self.renamed:
-            return None
-        fields = _receptive_fields(self._stack, self.names)
-        return next((fields[n] for n in self.names if self._paths[n] == path), None)
+        return self._traced(input_shape).get(self.path(name))
+
+    def _traced(self, input_shape: tuple[int, ...]) -> dict[str, ReceptiveField | None]:
+        shape = tuple(int(n) for n in input_shape)
+        fields = self._fields.get(shape)
+        if fields is None:  # two threads may both trace: the results are equal
+            fields = self._fields[shape] = trace_fields(meta_copy(self.model).eval(), shape)
+        return fields
 
     def table(self, input_shape: tuple[int, int, int]) -> pd.DataFrame:
         """Describe each layer for one input.
@@ -365,7 +372,8 @@ class Layers:
             ``children`` (whether it has submodules), ``output shape`` (such as
             ``"64×56×56"``, without the batch; ``""`` when the forward does not call
             it or its output is not a tensor), ``parameters`` (its own and its
-            descendants'), ``receptive field`` (input pixels per side, or ``None``)
+            descendants'), ``receptive field`` (input pixels per side that one
+            value sees at most, see :meth:`receptive_field`; ``None`` where unknown)
             and ``map bytes`` (one image's output in float32; 0 without a shape).
 
         Raises:
@@ -373,14 +381,15 @@ class Layers:
         """
         if self.renamed:  # the stack alone: a classifier may want another input size
             shapes = _output_shapes(self._stack, input_shape)
-            fields = _receptive_fields(self._stack, self.names)
             keys = dict(zip(self.names, self._keys, strict=True))
         else:
             shapes = _output_shapes(self.model, input_shape)
-            fields, keys = {}, self._paths
+            keys = self._paths
+        fields = self._traced(input_shape)  # a classifier that does not fit stops it there
         rows = []
         for name in self.names:
             module, shape = self.module(name), shapes.get(keys[name])
+            field = fields.get(self._paths[name])
             rows.append(
                 {
                     "layer": name,
@@ -389,11 +398,14 @@ class Layers:
                     "children": next(module.children(), None) is not None,
                     "output shape": "×".join(map(str, shape)) if shape is not None else "",
                     "parameters": sum(p.numel() for p in module.parameters()),
-                    "receptive field": fields.get(name),
+                    "receptive field": field.size if field is not None else None,
                     "map bytes": shape.numel() * 4 if shape is not None else 0,
                 }
             )
-        return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+        table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+        # None stays None where a field is unknown, not NaN in a column of floats.
+        table["receptive field"] = pd.Series([row["receptive field"] for row in rows], dtype=object)
+        return table
 
 
 def layer_names(model: nn.Module) -> list[str]:

@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from cnnlens.explain import CLASS_SCORES
 from cnnlens.layers import Layers, meta_copy
+from cnnlens.private_copy import check_batch, does_not_fit, forward_error
 
 if TYPE_CHECKING:
     from cnnlens.models import LoadedModel
@@ -169,15 +170,11 @@ def overview(
 
     Raises:
         TypeError: if ``batch`` is not a tensor.
-        ValueError: for a batch of more than one image, an input that does not fit
-            the network, or ``max_maps`` or ``top_k`` below 1.
+        ValueError: for a batch of more than one image or holding NaN, an input that does
+            not fit the network or that the model's own code fails on, or ``max_maps`` or
+            ``top_k`` below 1.
     """
-    if not isinstance(batch, torch.Tensor):
-        raise TypeError(f"batch must be a torch.Tensor, got {type(batch).__name__}.")
-    if batch.dim() != 4 or batch.shape[0] != 1:
-        raise ValueError(
-            f"The overview shows one image: pass a 1×C×H×W batch, not shape {tuple(batch.shape)}."
-        )
+    check_batch(batch, one_image=True, name="The overview")
     if max_maps < 1 or top_k < 1:
         raise ValueError(f"max_maps and top_k must be at least 1, got {max_maps} and {top_k}.")
     layers = loaded.layers
@@ -346,8 +343,8 @@ def architecture_dot(
     is not touched), so ResNet's skip connections show as edges that jump over a
     block's layers once the block is opened. A module called twice in a forward
     (the shared ReLU of a torchvision block) is drawn once per call. Without an
-    input shape, or when the meta forward fails, the nodes carry no shapes and are
-    chained in module order instead.
+    input shape, or when the meta device cannot run the forward (data-dependent ops), the
+    nodes carry no shapes and are chained in module order instead.
 
     The graph reads top to bottom (``rankdir=TB``), which suits tall networks;
     ``st.graphviz_chart`` draws it in the browser.
@@ -369,7 +366,8 @@ def architecture_dot(
 
     Raises:
         TypeError: if ``model`` is neither.
-        ValueError: if ``depth`` is below 1.
+        ValueError: if ``depth`` is below 1, the input shape does not fit the network, or
+            the model's own code fails on it (a vision transformer asserts its image size).
     """
     from cnnlens.models import LoadedModel
 
@@ -388,7 +386,11 @@ def architecture_dot(
     if input_shape is not None:
         try:
             flow, output_shape = _trace(module, units, tuple(input_shape))
-        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        except (AssertionError, LookupError, ArithmeticError) as error:  # the model's own checks
+            raise forward_error(error, (1, *input_shape)) from error
+        except (RuntimeError, TypeError, ValueError) as error:
+            if does_not_fit(error):
+                raise forward_error(error, (1, *input_shape)) from error
             flow = None  # a forward the meta device cannot run (data-dependent ops)
     if flow is None:
         flow = _Flow(units)

@@ -111,10 +111,18 @@ def image_features(
         targets: the layers.
 
     Raises:
-        ValueError: if the image does not fit the model, or a target is not a layer.
+        ValueError: if the image does not fit the model, holds NaN or infinite values,
+            or a target is not a layer.
     """
     from PIL import Image
 
+    if np.issubdtype(np.asarray(pixels).dtype, np.inexact) and not np.isfinite(pixels).all():
+        bad = int((~np.isfinite(pixels)).sum())
+        raise ValueError(
+            f"The image holds NaN (or infinite) values: {bad:,} of {np.size(pixels):,}, so "
+            "its maps and answers would mean nothing. Replace them (np.nan_to_num) or check "
+            "how the image was made."
+        )
     batch = loaded.batch(pixels)
     threads = torch.get_num_threads()  # per thread: other sessions keep theirs
     if batch[0].numel() <= _ONE_THREAD_PIXELS * batch.shape[1]:

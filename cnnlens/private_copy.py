@@ -16,12 +16,15 @@ call runs again with that target copied when captured, and so do later calls.
 
 :meth:`PrivateCopy.run_to` is the one way to run a forward to a module (stopped
 there, or going on from a replacement of its output); :class:`ModuleNotRun` is
-the one error for a module the forward did not call.
+the one error for a module the forward did not call. :func:`check_batch` is the one
+check of an input batch, and :func:`forward_error` the one sentence for a forward
+that failed on its input.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -34,7 +37,32 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["Call", "ModuleNotRun", "PrivateCopy", "Reached", "Stop", "tensor_output"]
+__all__ = [
+    "MODEL_FAILURES",
+    "Call",
+    "ModuleNotRun",
+    "PrivateCopy",
+    "Reached",
+    "Stop",
+    "check_batch",
+    "does_not_fit",
+    "forward_error",
+    "tensor_output",
+]
+
+MODEL_FAILURES = (AssertionError, LookupError, ArithmeticError, RuntimeError)
+"""What a model's own forward raises on an input it cannot take (a ViT's size assert, a
+KeyError, an IndexError, a ZeroDivisionError, torch's RuntimeErrors): turned into a
+ValueError by :func:`forward_error`. A TypeError or ValueError passes as it is: a hook
+of this module may raise one."""
+
+# Words of torch's messages for an input of the wrong size or channels ("Given groups=1,
+# weight of size [32, 1, 3, 3], expected input[1, 3, 28, 28] to have 1 channels", "mat1
+# and mat2 shapes cannot be multiplied", "Output size is too small", "running_mean should
+# contain 4 elements not 5", "The size of tensor a (3) must match the size of tensor b").
+_MISFIT = re.compile(r"size|shape|channels|dimension|must match|should contain \d+ elements", re.I)
+# ... and of its messages about something else (device, dtype, the meta device, memory).
+_NOT_MISFIT = re.compile(r"device|dtype|scalar type|meta|out of memory", re.I)
 
 
 class Stop(Exception):
@@ -81,6 +109,89 @@ def tensor_output(path: str, output: Any) -> torch.Tensor:
             "feature map; choose one of its submodules or the module that uses its output."
         )
     return output
+
+
+def check_batch(x: Any, *, one_image: bool = False, name: str = "The extractor") -> torch.Tensor:
+    """The one check of an input batch: a tensor, N×C×H×W, one image where asked, finite.
+
+    Args:
+        x: the batch.
+        one_image: whether the caller explains one image (N must be 1).
+        name: who takes the batch, for the messages ("Grad-CAM", "padded_input").
+
+    Returns:
+        ``x`` itself.
+
+    Raises:
+        TypeError: for a numpy array (the message says ``torch.from_numpy``) or any
+            other type that is not a tensor.
+        ValueError: for a tensor that is not 4-D, a batch of several images where one
+            is explained, or NaN or infinite values.
+    """
+    if not isinstance(x, torch.Tensor):
+        if type(x).__module__ == "numpy":
+            raise TypeError(
+                f"{name} takes a torch.Tensor batch (N×C×H×W), not a numpy array: convert "
+                "it with torch.from_numpy(array), or make one from an image with "
+                "loaded.batch(pixels)."
+            )
+        raise TypeError(f"{name} takes a torch.Tensor batch (N×C×H×W), got {type(x).__name__}.")
+    shape = tuple(x.shape)
+    if x.dim() != 4:
+        hint = ": add the batch dimension with x[None]" if x.dim() == 3 else ""
+        raise ValueError(
+            f"{name} takes an N×C×H×W batch, got a {x.dim()}-D tensor of shape {shape}{hint}."
+        )
+    if one_image and shape[0] != 1:
+        raise ValueError(
+            f"{name} explains one image: pass a 1×C×H×W batch, not {shape[0]} images "
+            f"(shape {shape}); take image i with x[i : i + 1]."
+        )
+    if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"The input holds NaN (or infinite) values: {bad:,} of {x.numel():,}, so every "
+            "map and answer computed from it would be NaN. Replace them "
+            "(torch.nan_to_num(x)) or check how the input was made."
+        )
+    return x
+
+
+def does_not_fit(error: BaseException) -> bool:
+    """Whether an error a forward raised is torch's for an input of the wrong size or channels."""
+    return (
+        isinstance(error, RuntimeError)
+        and not isinstance(error, NotImplementedError | torch.OutOfMemoryError)
+        and bool(_MISFIT.search(str(error)))
+        and not _NOT_MISFIT.search(str(error))
+    )
+
+
+def forward_error(error: BaseException, shape: tuple[int, ...]) -> ValueError:
+    """The clear error for a forward that failed on an input of ``shape``.
+
+    An input of the wrong size or channels (:func:`does_not_fit`) "does not fit this
+    network"; anything else the model's own code raised is named, with its likely cause.
+    """
+    if does_not_fit(error):
+        text = str(error).rstrip()
+        return ValueError(
+            f"The input of shape {shape} does not fit this network: {text.rstrip('.')}. Give "
+            "it the channels and size the model was built for (loaded.batch(pixels) makes them)."
+        )
+    said = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if isinstance(error, AssertionError) or re.search(r"size|height|width|shape", said, re.I):
+        cause = (
+            "A check in its forward refused the input, most often for its size (a vision "
+            "transformer asserts its image size): give it the size and channels the model "
+            "was built for."
+        )
+    else:
+        cause = (
+            "The error is in the model's forward, not in cnnlens: check that the input is "
+            "what the model was built for (its size, channels and value range)."
+        )
+    return ValueError(f"The model's own code failed on an input of shape {shape} ({said}). {cause}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -266,10 +377,9 @@ class PrivateCopy:
 
         Raises:
             TypeError: if ``x`` is not a tensor.
+            ValueError: if it is not N×C×H×W or holds NaN or infinite values.
         """
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"The extractor takes a torch.Tensor batch, got {type(x).__name__}.")
-        x = x.detach().to(self.device, self.dtype)
+        x = check_batch(x).detach().to(self.device, self.dtype)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -281,8 +391,10 @@ class PrivateCopy:
         the call stopped the forward early.
 
         Raises:
-            ValueError: if the input does not fit the network.
+            ValueError: if the input does not fit the network, or the model's own code
+                fails on it (:func:`forward_error`).
             RuntimeError: if the copy was closed.
+            torch.OutOfMemoryError: as the forward raises it.
         """
         if self.closed:
             raise RuntimeError("This extractor is closed; build a new one.")
@@ -291,10 +403,10 @@ class PrivateCopy:
             return self.model(x)
         except Stop:
             return None
-        except RuntimeError as error:
-            raise ValueError(
-                f"The input of shape {tuple(x.shape)} does not fit this network: {error}"
-            ) from error
+        except torch.OutOfMemoryError:
+            raise
+        except MODEL_FAILURES as error:
+            raise forward_error(error, tuple(x.shape)) from error
         finally:
             self._local.call = None
 

@@ -9,9 +9,9 @@ import streamlit as st
 from cnnlens.ui import state
 from cnnlens.ui.bars import bars_html
 from cnnlens.ui.context import page_context
-from cnnlens.ui.plain_words import plain_words
 from cnnlens.ui.image_input import get_dataset_image
 from cnnlens.ui.navigation import page
+from cnnlens.ui.plain_words import plain_words
 
 if TYPE_CHECKING:
     from cnnlens.data import Dataset

@@ -6,8 +6,9 @@ import streamlit as st
 
 from cnnlens.ui import state
 from cnnlens.ui.context import page_context
-from cnnlens.ui.plain_words import plain_words
+from cnnlens.ui.map_view import legend_html
 from cnnlens.ui.navigation import page
+from cnnlens.ui.plain_words import plain_words
 
 ctx, _ = page_context()
 
@@ -50,10 +51,15 @@ st.markdown(
 1. **Dataset**: browse the images and pick one (the same seed always picks the same image).
 2. **Layers**: see the network's layers in order and choose which ones to look inside.
 3. **Feature maps**: each small square is one *channel* of a layer, painted as a heatmap of
-   where it fired on your image. Hover to read exact values; pick a channel to enlarge it
+   where it fired on your image. Hover to read exact values; click a square to enlarge it
    and lay it over the image.
 4. **Insights**: the same layer across the whole dataset: which images excite a channel most,
    which channels each class excites, and where the network looks when it decides.
 """
+)
+st.markdown("**The colours**, the same on every page and in the saved pictures:")
+st.html(
+    legend_html(True, "Values that can go below zero (before a ReLU)")
+    + legend_html(False, "Values never below zero (after a ReLU or pooling)")
 )
 plain_words("heatmap", "convolution", "relu", "brightness", title="The words, in plain English")

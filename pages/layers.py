@@ -6,8 +6,8 @@ import streamlit as st
 
 from cnnlens.ui import state
 from cnnlens.ui.context import page_context
-from cnnlens.ui.plain_words import plain_words
 from cnnlens.ui.navigation import page
+from cnnlens.ui.plain_words import plain_words
 from cnnlens.ui.resources import get_layer_table
 
 ctx, names = page_context(with_layers=True)
@@ -50,13 +50,15 @@ columns = {
         "map memory", help="Memory the feature maps of one image take (float32)"
     ),
     "shown": st.column_config.CheckboxColumn("shown", help="Shown on the Feature maps page"),
+    "receptive field": st.column_config.NumberColumn(
+        "receptive field",
+        help="How many input pixels (per side) one value of this layer sees, skip "
+        "connections included; empty where it cannot be traced",
+    ),
 }
 
 if ctx.loaded.layers.renamed:
     table["shown"] = table["layer"].isin(chosen)
-    columns["receptive field"] = st.column_config.NumberColumn(
-        "receptive field", help="How many input pixels (per side) one value of this layer sees"
-    )
     flat = table.drop(columns=["depth", "children"])
     st.dataframe(flat, hide_index=True, column_config=columns)
 else:
@@ -68,7 +70,8 @@ else:
             for name, depth in zip(table["layer"], table["depth"], strict=True)
         ]
     )
-    shown = ["module", "layer", "type", "output shape", "parameters", "map memory", "shown"]
+    shown = ["module", "layer", "type", "output shape", "receptive field", "parameters"]
+    shown += ["map memory", "shown"]
     for block in top.to_dict("records"):
         inside = rows[rows["layer"].str.startswith(block["layer"] + ".")]
         mark = " · shown" if block["shown"] or inside["shown"].any() else ""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from cnnlens.ui.context import page_context
-from cnnlens.ui.plain_words import plain_words
 from cnnlens.ui.network_view import network_ui, switch_if_asked
+from cnnlens.ui.plain_words import plain_words
 
 switch_if_asked()
 ctx, names = page_context(with_layers=True)

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from streamlit.components.v2.bidi_component.main import _make_trigger_id
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from cnnlens import build_lens, demo_dataset, demo_model, to_batch
 from cnnlens.figures import montage
+from cnnlens.ui.value_explainer import PICK_KEY
 from tests.generated import write_dataset
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard.py")
@@ -52,12 +54,18 @@ def _decode(obj: dict) -> object:
     return obj
 
 
+def bar_snippets(at: AppTest) -> list[str]:
+    """The HTML of every bar chart: shown by ``st.html``, or by the bars that pick."""
+    picking = [json.loads(e.proto.json) for e in at.get("bidi_component")]
+    return [e.value for e in at.html] + [d["html"] for d in picking if "html" in d]
+
+
 def bars(at: AppTest, title_start: str) -> tuple[str, list[str], np.ndarray]:
     """The HTML bar chart whose title starts so: its title, bar labels and values."""
-    for element in at.html:
-        shown = re.match(r'<div style="font-weight:600[^"]*">([^<]*)</div>', element.value)
+    for snippet in bar_snippets(at):
+        shown = re.match(r'<div style="font-weight:600[^"]*">([^<]*)</div>', snippet)
         if shown and html.unescape(shown.group(1)).startswith(title_start):
-            found = re.findall(r'data-label="([^"]*)" data-value="([^"]*)"', element.value)
+            found = re.findall(r'data-label="([^"]*)" data-value="([^"]*)"', snippet)
             labels = [html.unescape(label) for label, _ in found]
             return html.unescape(shown.group(1)), labels, np.array([float(v) for _, v in found])
     raise AssertionError(f"no bar chart titled {title_start!r}")
@@ -84,6 +92,25 @@ def map_view(at: AppTest, key: str) -> dict:
     )
     data["picture"] = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["png"]))))
     return data
+
+
+def click(at: AppTest, key: str, value: object) -> AppTest:
+    """Run the page as if the component ``key`` (a map view, the ranking) had been clicked
+    and had sent ``value`` as its "picked" trigger, as the browser does."""
+    view = next(e for e in at.get("bidi_component") if e.proto.id.endswith(f"-{key}"))
+    states = at._tree.get_widget_states()
+    state = states.widgets.add()
+    state.id = _make_trigger_id(view.proto.id, "events")  # the component's own events
+    state.json_trigger_value = json.dumps([{"event": "picked", "value": value}])
+    at._run(states)
+    assert not at.exception, at.exception
+    return at
+
+
+def palette(picture_png: str) -> np.ndarray:
+    """The 256 RGB colours of a map view's palette PNG (base64)."""
+    image = Image.open(io.BytesIO(base64.b64decode(picture_png)))
+    return np.array(image.getpalette()[: 256 * 3]).reshape(256, 3)
 
 
 def assert_grid_shows(at: AppTest, expected: np.ndarray) -> None:
@@ -206,10 +233,13 @@ def test_feature_maps_grid_equals_the_lens_output_for_the_image():
     detail = map_view(at, "channel_map")
     assert detail["title"] == "conv_3, channel 5" and detail["colorbar"] is not None
     np.testing.assert_allclose(detail["maps"][0], expected[5], atol=1e-5)
-    assert (detail["low"], detail["high"]) == pytest.approx((expected[5].min(), expected[5].max()))
+    # conv_3 comes before its ReLU: its colours run from -m to m, white at zero.
+    reach = float(np.abs(expected[5]).max())
+    assert (detail["low"], detail["high"]) == pytest.approx((-reach, reach))
+    assert detail["signed"] and detail["legend"]["words"].startswith("blue: below zero")
     # Beside it, the same channel laid over the digit as the network sees it (uint8,
     # 0..255 shown as is), from the same picture and values.
-    assert detail["under_title"] == "Channel 5 laid over the image" and detail["opacity"] == 0.5
+    assert detail["under_title"] == "Channel 5 laid over the image" and detail["opacity"] == 0.8
     under = np.asarray(Image.open(io.BytesIO(base64.b64decode(detail["under"]))).convert("L"))
     np.testing.assert_array_equal(under, np.asarray(image.convert("L")))
     said, labels, probabilities = bars(at, "The network says: ")
@@ -224,11 +254,15 @@ def test_per_layer_normalisation_and_ranking():
     at = open_app("feature_maps.py", layer="conv_4", layers="conv_2,conv_4")
     at.segmented_control(key="norm").set_value("layer").run()
     maps = lens_maps(DATASET.load_image("3282.png"), "conv_4")
-    # One colour scale for the layer: the palette index is the value's place in its range.
+    # One colour scale for the layer, centred on zero (conv_4 comes before its ReLU): the
+    # palette index is the value's place from -m to m, m the layer's largest size.
     picture = map_view(at, "grid")["picture"]
-    tiles = montage((maps - maps.min()) / (maps.max() - maps.min()))
+    tiles = montage(0.5 + maps / (2 * np.abs(maps).max()))
     expected = np.where(np.isnan(tiles), 255, np.floor(np.nan_to_num(tiles) * 254 + 0.5))
     np.testing.assert_allclose(picture, expected, atol=1)
+    # The enlarged channel is on the layer's scale too, so it looks as its tile does.
+    detail = map_view(at, "channel_map")
+    assert detail["high"] == pytest.approx(float(np.abs(maps).max()))
     _, labels, scores = bars(at, "Channels of conv_4 by mean activation")
     shown = [int(label) for label in labels]
     means = maps.reshape(len(maps), -1).mean(1)
@@ -242,8 +276,62 @@ def test_per_layer_normalisation_and_ranking():
         if dead
         else "No dead channels: every channel responds somewhere on this image."
     )
-    ranking = [h.value for h in at.html if "Channels of conv_4 by" in h.value]
+    ranking = [h for h in bar_snippets(at) if "Channels of conv_4 by" in h]
     assert ranking[0].endswith(f">{note}</div>")
+
+
+def test_a_click_on_a_grid_tile_or_a_ranking_bar_chooses_that_channel():
+    at = open_app("feature_maps.py", layer="conv_2", layers="conv_1,conv_2")
+    grid = map_view(at, "grid")
+    assert grid["numbered"] and grid["chosen"] == 0  # numbers on the tiles, 0 outlined
+    click(at, "grid", {"channel": 7, "x": 3, "y": 4})
+    assert at.number_input(key="channel").value == 7
+    assert map_view(at, "channel_map")["title"] == "conv_2, channel 7"
+    assert map_view(at, "grid")["chosen"] == 7
+    # The ranking: every bar numbered under it, the chosen one highlighted; a click on one
+    # chooses its channel.
+    maps = lens_maps(DATASET.load_image("3282.png"), "conv_2")
+    _, labels, _ = bars(at, "Channels of conv_2 by mean activation")
+    (ranking,) = [h for h in bar_snippets(at) if "Channels of conv_2 by" in h]
+    written = re.findall(r"<span style=\"[^\"]*\">(\d+)</span>", ranking)
+    means = maps.reshape(len(maps), -1).mean(1, dtype=np.float64)
+    assert written == labels == [str(c) for c in np.argsort(-means, kind="stable")]
+    assert re.search(r'data-label="7"[^>]*background:#EF553B', ranking)
+    strongest = int(labels[0])
+    click(at, "ranking", labels[0])
+    assert at.number_input(key="channel").value == strongest
+    detail = map_view(at, "channel_map")
+    assert detail["title"] == f"conv_2, channel {strongest}"
+    np.testing.assert_allclose(detail["maps"][0], maps[strongest], atol=1e-5)
+
+
+def test_a_clicked_point_is_marked_on_the_enlarged_map_and_brought_into_view():
+    at = open_app("feature_maps.py", layer="conv_1", channel="2")
+    detail = map_view(at, "channel_map")
+    assert detail["point"] is None and detail["reveal"] == "value_explainer"
+    click(at, "channel_map", {"channel": 0, "x": 11, "y": 6})
+    assert at.session_state[PICK_KEY]["x"] == 11
+    assert map_view(at, "channel_map")["point"] == [11, 6]  # marked, in both panels
+    at.number_input(key="channel").set_value(3).run()  # another channel: not its point
+    assert map_view(at, "channel_map")["point"] is None
+
+
+def test_feature_maps_colour_signed_layers_around_zero_and_others_from_zero():
+    at = open_app("feature_maps.py", layer="conv_1", layers="conv_1,relu_1")
+    conv = map_view(at, "grid")
+    assert conv["signed"] and conv["legend"]["words"].startswith("blue: below zero")
+    assert tuple(palette(conv["png"])[127]) == (247, 247, 247)  # zero: white
+    at.segmented_control(key="layer").set_value("relu_1").run()
+    relu = map_view(at, "grid")
+    maps = lens_maps(DATASET.load_image("3282.png"), "relu_1")
+    assert not relu["signed"] and relu["legend"]["words"].startswith("dark: zero")
+    # Each tile from zero (index 0, Viridis' dark end) to its channel's largest value.
+    tiles = montage(maps / np.maximum(maps.max(axis=(1, 2), keepdims=True), 1e-30))
+    expected = np.where(np.isnan(tiles), 255, np.floor(np.nan_to_num(tiles) * 254 + 0.5))
+    np.testing.assert_allclose(relu["picture"], expected, atol=1)
+    assert tuple(palette(relu["png"])[0]) == (68, 1, 84)
+    detail = map_view(at, "channel_map")
+    assert not detail["signed"] and detail["low"] == 0
 
 
 def test_uploaded_image_replaces_the_dataset_image():

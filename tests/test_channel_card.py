@@ -31,6 +31,7 @@ from cnnlens.store import ResultStore
 from cnnlens.ui import channel_card
 from tests.generated import write_dataset
 from tests.test_app import bars, map_view, open_app
+from tests.test_atlas import finish_painting
 from tests.test_insights_page import reference, strongest
 
 LABELS = [i % 10 for i in range(20)]
@@ -260,6 +261,7 @@ def test_the_atlas_draws_every_channel_and_a_click_opens_its_card(digits, sent):
     assert at.subheader[0].value == "What each of the 32 channels of conv_2 looks for"
     assert not [e for e in at.get("bidi_component") if e.proto.id.endswith("-atlas")]
     at.button(key="atlas_start").click().run()
+    finish_painting(at)  # the atlas paints in the background
     assert not at.exception
     expected = expected_tiles("conv_2", list(range(32)))
     assert not ChannelImagesSpec(
@@ -300,3 +302,52 @@ def test_a_change_too_small_to_see_is_called_no_visible_effect():
         channel_card.Ablated(np.array([0.6, 0.4]), np.array([0.59995, 0.40005])), ["a", "b"], 2
     )
     assert "No visible effect" in html
+
+
+def test_the_examples_outline_the_part_the_value_reads_or_say_why_not():
+    """The outline is the gradient method's box (each crop pixel tells where it comes from:
+    red is the column × 8, green the row × 8); none, and a sentence, where the part is
+    unknown or is the whole image."""
+    import pandas as pd
+    from PIL import ImageColor
+    from torchvision.models import resnet18
+
+    from cnnlens.figures import HIGHLIGHT_COLOUR
+    from cnnlens.layers import Layers
+    from cnnlens.ui.examples import fire_crop, outline_note
+    from tests.test_receptive_fields import gradient_boxes
+
+    line_colour = np.array(ImageColor.getrgb(HIGHLIGHT_COLOUR))
+
+    def outline(crop) -> tuple[np.ndarray, ...]:
+        return np.all(np.asarray(crop) == line_colour, axis=-1).nonzero()
+
+    rows, cols = np.mgrid[0:28, 0:28]
+    pixels = np.stack([cols * 8, rows * 8, np.zeros_like(rows)], axis=-1).astype(np.uint8)
+    demo = open_model("demo")
+    field = demo.layers.receptive_field("conv_4", demo.spec.shape)
+    spots = pd.DataFrame({"y": [0, 5], "x": [3, 6]})
+    for y, x in zip(spots["y"], spots["x"], strict=True):
+        crop = np.asarray(fire_crop(pixels, {"y": y, "x": x}, (14, 14), field, 2))
+        line = outline(crop)
+        top, left, bottom, right = line[0].min(), line[1].min(), line[0].max(), line[1].max()
+        first, last = crop[top + 2, left + 2], crop[bottom - 2, right - 2]  # just inside it
+        drawn = (first[0] // 8, first[1] // 8, last[0] // 8 + 1, last[1] // 8 + 1)
+        expected = gradient_boxes(demo.model, (1, 28, 28), [("features.7", 2, y, x)])[0]
+        assert drawn == expected
+    assert outline_note("conv_4", 2, field, spots) is None
+
+    # Unknown: the map cell's surroundings, no outline, and the page says so.
+    assert not outline(fire_crop(pixels, {"y": 5, "x": 6}, (14, 14), None, 2))[0].size
+    assert outline_note("layer9", 2, None, spots) == (
+        "The part this channel sees is unknown for layer9: each image is cropped around "
+        "where the channel fires, without an outline."
+    )
+    # ResNet-18's layer4 on a 64×64 input: every value sees the whole image.
+    whole = Layers(resnet18()).receptive_field("layer4", (3, 64, 64))
+    crop = fire_crop(np.zeros((64, 64, 3), dtype=np.uint8), {"y": 1, "x": 0}, (2, 2), whole, 7)
+    assert crop.size == (64, 64) and not outline(crop)[0].size
+    note = outline_note("layer4", 7, whole, pd.DataFrame({"y": [1], "x": [0]}))
+    assert note == (
+        "At each of these spots, channel 7 of layer4 sees the whole image, so nothing is outlined."
+    )

@@ -22,6 +22,7 @@ from cnnlens.models import demo_model, open_model
 from cnnlens.parquet import extract_to_parquet
 from cnnlens.preprocess import to_batch
 from tests.generated import write_dataset
+from tests.test_figures import lightness
 
 RECIPE = {
     "dataset": "/data/MNIST",
@@ -61,35 +62,51 @@ def test_maps_npz_refuses_nothing_to_export_and_the_reserved_name():
         maps_npz({"conv_1": np.zeros((1, 2, 2))}, {"not json": object()})
 
 
-def test_grid_png_tiles_each_channel_scaled_up_with_its_own_colour_range():
+def test_grid_png_colours_signed_maps_blue_white_red_each_on_its_own_scale():
     maps = np.zeros((4, 8, 8), dtype=np.float32)
     maps[0, 2, 3] = 5.0  # one bright pixel per channel, in different places
     maps[1, 7, 0] = 0.1
     maps[2] = np.linspace(-1, 1, 64).reshape(8, 8)
-    maps[3, 0, 0] = -3.0  # channel 3's peak is 0, everywhere but one dark pixel
-    rgb = np.asarray(Image.open(io.BytesIO(grid_png(maps))).convert("RGB"))
+    maps[3, 0, 0] = -3.0  # channel 3: zero everywhere but one pixel below zero
+    image = Image.open(io.BytesIO(grid_png(maps)))
+    rgb = np.asarray(image.convert("RGB"))
     scale = 64 // 8  # small maps are enlarged to 64 px tiles
-    assert rgb.shape == ((2 * 8 + 1) * scale, (2 * 8 + 1) * scale, 3)
+    side = (2 * 8 + 1) * scale
+    assert rgb.shape[0] == side + 30 and rgb.shape[1] >= side  # the grid, a legend under it
 
     def pixel(channel: int, y: int, x: int) -> tuple[int, ...]:
         top = (channel // 2) * (8 + 1) * scale + y * scale + scale // 2
         left = (channel % 2) * (8 + 1) * scale + x * scale + scale // 2
-        return tuple(rgb[top, left])
+        return tuple(int(v) for v in rgb[top, left])
 
-    bright, dark = (253, 231, 37), (68, 1, 84)  # Viridis' two ends
-    assert pixel(0, 2, 3) == pixel(1, 7, 0) == pixel(2, 7, 7) == pixel(3, 5, 5) == bright
-    assert pixel(0, 0, 0) == pixel(1, 0, 0) == pixel(2, 0, 0) == pixel(3, 0, 0) == dark
-    assert tuple(rgb[8 * scale, 0]) == (240, 240, 240)  # the gap between tile rows
+    # Signed: white at zero, each channel's own largest value (in size) at an end.
+    red, white, blue = (103, 0, 31), (247, 247, 247), (5, 48, 97)
+    assert pixel(0, 2, 3) == pixel(1, 7, 0) == pixel(2, 7, 7) == red
+    assert pixel(2, 0, 0) == pixel(3, 0, 0) == blue
+    assert pixel(0, 0, 0) == pixel(1, 0, 0) == pixel(3, 5, 5) == white
+    assert tuple(rgb[8 * scale, 0]) == (128, 128, 128)  # the gap: not a white zero
+    assert image.text["Legend"] == (
+        "blue: below zero · white: zero · red: above zero · "
+        "each tile on its own scale, to its largest value"
+    )
+    # The legend strip runs from blue to red through white.
+    strip = rgb[side + 14, 10 : 10 + 256]
+    assert tuple(strip[0]) == blue and tuple(strip[-1]) == red
+    assert tuple(strip[128]) == pytest.approx(white, abs=4)
 
 
-def test_grid_png_per_layer_uses_one_range_for_every_channel():
+def test_grid_png_per_layer_uses_one_range_from_zero_for_maps_never_below_zero():
     maps = np.stack([np.full((2, 2), 0.0), np.full((2, 2), 1.0)]).astype(np.float32)
-    maps[0, 0, 0] = 1.0
-    rgb = np.asarray(Image.open(io.BytesIO(grid_png(maps, per="layer"))).convert("RGB"))
+    maps[0, 0, 0] = 2.0
+    image = Image.open(io.BytesIO(grid_png(maps, per="layer")))
+    rgb = np.asarray(image.convert("RGB"))
     scale = 64 // 2
     tile = (2 + 1) * scale
-    assert tuple(rgb[scale // 2, scale // 2]) == tuple(rgb[scale // 2, tile + scale // 2])
-    assert tuple(rgb[scale + scale // 2, scale // 2]) == (68, 1, 84)
+    assert tuple(rgb[scale + scale // 2, scale // 2]) == (68, 1, 84)  # zero: Viridis' dark end
+    assert tuple(rgb[scale // 2, scale // 2]) == (253, 231, 37)  # 2, the layer's largest
+    half = rgb[scale // 2, tile + scale // 2]  # 1: halfway, lighter than zero, darker than 2
+    assert lightness((68, 1, 84)) < lightness(half) < lightness((253, 231, 37))
+    assert image.text["Legend"].endswith("one scale for the layer, 0 to 2")
 
 
 def path_of(loaded, dataset, layers, folder=None, split="train", pool="mean") -> Path:

@@ -16,17 +16,21 @@ from PIL import Image
 
 from cnnlens.figures import (
     BAR_COLOUR,
+    DIVERGING,
     GAP_RGB,
     HIGHLIGHT_COLOUR,
+    SEQUENTIAL,
+    SIGNED_GAP_RGB,
+    MapColours,
     bar_figure,
     channel_figure,
     channel_stats,
     grid_shape,
     image_figure,
+    map_colours,
     montage,
     montage_png,
     overlay_figure,
-    scale_maps,
     tile_at,
 )
 
@@ -57,7 +61,7 @@ def test_module_imports_neither_streamlit_nor_torch():
     assert imported.isdisjoint({"streamlit", "torch", "matplotlib"})
 
 
-# --- scale_maps --------------------------------------------------------------------------
+# --- the colour convention ---------------------------------------------------------------
 
 HANDMADE = np.array(
     [
@@ -67,47 +71,107 @@ HANDMADE = np.array(
     ],
     dtype=np.float64,
 )
+WHITE = (247, 247, 247)  # RdBu's middle colour
 
 
-def test_scale_maps_per_channel_uses_each_channels_range():
-    result = scale_maps(HANDMADE, per="channel")
-    assert result.dtype == np.float32
-    np.testing.assert_allclose(result[0], [[0, 0.25], [0.5, 1]], rtol=0, atol=1e-7)
-    np.testing.assert_array_equal(result[1], np.zeros((2, 2)))
-    np.testing.assert_allclose(result[2], [[0, 0.25], [0.5, 1]], rtol=0, atol=1e-7)
+def lightness(rgb) -> np.ndarray:
+    """CIELAB L* (0 black .. 100 white) of sRGB colours given as 0..255 triples."""
+    unit = np.asarray(rgb, dtype=np.float64)[..., :3] / 255
+    linear = np.where(unit <= 0.04045, unit / 12.92, ((unit + 0.055) / 1.055) ** 2.4)
+    y = linear @ np.array([0.2126, 0.7152, 0.0722])
+    return np.where(y > (6 / 29) ** 3, 116 * np.cbrt(y) - 16, y * (29 / 3) ** 3)
 
 
-def test_scale_maps_per_layer_uses_the_range_over_all_channels():
-    result = scale_maps(HANDMADE, per="layer")  # min -1, max 9
-    np.testing.assert_allclose(result[0], [[0.1, 0.3], [0.5, 0.9]], rtol=0, atol=1e-7)
-    np.testing.assert_array_equal(result[1], np.zeros((2, 2)))
-    np.testing.assert_allclose(result[2], [[0.2, 0.4], [0.6, 1.0]], rtol=0, atol=1e-7)
-    assert result.max() == 1 and result.min() == 0
+def rgba_stops(colorscale: list) -> tuple[np.ndarray, np.ndarray]:
+    """The places and RGBA colours (alpha 0..1) of a plotly colorscale of rgb()/rgba()."""
+    places = np.array([float(place) for place, _ in colorscale])
+    colours = []
+    for _, colour in colorscale:
+        inside = colour[colour.index("(") + 1 : -1].split(",")
+        colours.append([float(v) for v in inside] + ([] if len(inside) == 4 else [1.0]))
+    return places, np.array(colours)
 
 
-@pytest.mark.parametrize("per", ["channel", "layer"])
-def test_scale_maps_constant_maps_become_zeros_without_warnings(per):
+def test_signed_maps_get_the_diverging_ramp_with_zero_in_the_middle():
+    colours = map_colours(HANDMADE)  # one value below zero: the whole set is signed
+    assert colours.signed and colours.colorscale == DIVERGING == "RdBu_r"
+    assert colours.words == "blue: below zero · white: zero · red: above zero"
+    per_channel = colours.units(HANDMADE, per="channel")  # reach 8, 1 and 9
+    assert per_channel.dtype == np.float32
+    np.testing.assert_allclose(per_channel[0], 0.5 + HANDMADE[0] / 16, atol=1e-7)
+    np.testing.assert_array_equal(per_channel[1], np.zeros((2, 2)))  # -1 is its own far end
+    per_layer = colours.units(HANDMADE, per="layer")  # one reach: 9
+    np.testing.assert_allclose(per_layer, 0.5 + HANDMADE / 18, atol=1e-7)
+    assert per_layer[2, 1, 1] == 1 and per_layer[0, 0, 0] == 0.5  # zero is the middle
+
+
+def test_maps_never_below_zero_get_one_ramp_from_zero_whose_lightness_rises():
+    maps = np.abs(HANDMADE)
+    colours = map_colours(maps)
+    assert not colours.signed and colours.colorscale == SEQUENTIAL == "Viridis"
+    assert colours.words == "dark: zero, nothing found · brighter: stronger"
+    np.testing.assert_allclose(colours.units(maps)[0], maps[0] / 8, atol=1e-7)  # zero at 0
+    np.testing.assert_allclose(colours.units(maps, per="layer"), maps / 9, atol=1e-7)
+    ramp = decode(montage_png(np.linspace(0, 1, 255).reshape(1, 1, 255), gap=0))[0]
+    # Steadily lighter as the value grows (two neighbouring levels may round to one colour).
+    assert np.all(np.diff(lightness(ramp)) >= 0) and np.all(np.diff(lightness(ramp[::4])) > 0)
+    assert tuple(ramp[0]) == colorscale_end("Viridis", 0)
+
+
+def test_the_kind_can_be_forced_and_zeros_take_zeros_colour_without_warnings():
+    assert map_colours(np.ones(3), signed=True).signed
+    assert map_colours(np.array([np.nan, 1.0])).signed is False  # NaN is not below zero
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = scale_maps(np.full((3, 4, 4), 7.5, dtype=np.float32), per=per)
-    np.testing.assert_array_equal(result, np.zeros((3, 4, 4), dtype=np.float32))
+        zeros = np.zeros((2, 3, 3), dtype=np.float32)
+        assert (map_colours(zeros).units(zeros) == 0).all()
+        assert (map_colours(zeros, signed=True).units(zeros) == 0.5).all()
 
 
-def test_scale_maps_leaves_the_input_alone():
+def test_units_leave_the_input_alone_and_reject_bad_input():
     maps = HANDMADE.copy()
-    scale_maps(maps)
+    map_colours(maps).units(maps)
     np.testing.assert_array_equal(maps, HANDMADE)
-
-
-def test_scale_maps_rejects_bad_input():
+    colours = MapColours(True)
     with pytest.raises(ValueError, match="per must be 'channel' or 'layer'"):
-        scale_maps(HANDMADE, per="pixel")
+        colours.units(HANDMADE, per="pixel")
     with pytest.raises(ValueError, match="C×H×W"):
-        scale_maps(HANDMADE[0])
+        colours.units(HANDMADE[0])
     with pytest.raises(ValueError, match="NaN or infinite"):
-        scale_maps(np.array([[[0.0, np.nan]]]))
+        colours.units(np.array([[[0.0, np.nan]]]))
     with pytest.raises(ValueError, match="empty"):
-        scale_maps(np.zeros((0, 3, 3)))
+        colours.units(np.zeros((0, 3, 3)))
+
+
+def test_a_plotly_colorscale_cut_to_the_range_keeps_zero_white():
+    low, high = -1.0, 3.0  # reach 3: the ramp from place 1/3 to 1
+    scale = MapColours(True).plotly(low, high)
+    assert (scale["zmin"], scale["zmax"]) == (low, high)
+    places, colours = rgba_stops(scale["colorscale"])
+    assert places[0] == 0 and places[-1] == 1 and np.all(np.diff(places) > 0)
+    zero = np.flatnonzero(np.isclose(places, (0 - low) / (high - low)))
+    assert tuple(colours[zero[0], :3]) == WHITE  # zero is white, wherever it falls
+    assert tuple(colours[-1, :3]) == colorscale_end("RdBu_r", -1)  # 3 is the red end
+    full = pcolors.sample_colorscale("RdBu_r", [1 / 3], colortype="tuple")[0]
+    np.testing.assert_allclose(colours[0, :3], np.array(full) * 255, atol=0.5)
+    one = MapColours(False).plotly(2.0, 2.0)  # one value: one colour, a range plotly takes
+    assert (one["zmin"], one["zmax"]) == (2.0, 3.0) and len(one["colorscale"]) == 2
+
+
+def test_an_overlay_is_see_through_at_zero_and_lighter_and_more_opaque_as_it_grows():
+    places, colours = rgba_stops(MapColours(False).plotly(0.0, 5.0, overlay=True)["colorscale"])
+    assert colours[0, 3] == 0  # nothing there: the image shows through
+    assert np.all(np.diff(colours[:, 3]) > 0)
+    assert np.all(np.diff(lightness(colours)) > 0)
+    np.testing.assert_allclose(colours[:, 3], places, atol=1e-4)  # alpha ∝ value
+    _, signed = rgba_stops(MapColours(True).plotly(-2.0, 2.0, overlay=True)["colorscale"])
+    assert signed[len(signed) // 2, 3] == 0 and signed[0, 3] == signed[-1, 3] == 1
+    # The PNG laid over an image in the map view: alpha by level, the gaps clear.
+    maps = np.array([[[0.0, 1.0, 2.0, 4.0]], [[0.0, 0.0, 0.0, 0.0]]])
+    rgba = np.asarray(
+        Image.open(io.BytesIO(montage_png(maps, gap=1, overlay=True))).convert("RGBA")
+    )
+    assert rgba[0, :4, 3].tolist() == [0, 64, 128, 255] and rgba[0, 4, 3] == 0
 
 
 # --- grid geometry -----------------------------------------------------------------------
@@ -188,6 +252,7 @@ def test_unknown_colorscale_is_a_clear_value_error():
 @pytest.mark.parametrize("colorscale", ["Viridis", "Viridis_r", "RdBu"])
 def test_montage_png_colours_extremes_and_gaps(colorscale):
     maps = np.random.default_rng(2).random((5, 3, 4))
+    maps[:, 1, 2] = 0  # never below zero: zero is the ramp's start, each maximum its end
     gap, scale = 1, 2
     rgb = decode(montage_png(maps, gap=gap, colorscale=colorscale, scale=scale))
     tiled = montage(maps, gap=gap)
@@ -215,6 +280,16 @@ def test_montage_png_per_layer_gives_only_the_global_max_the_top_colour():
     assert (rgb[0, 0] == top).all() and not (rgb[1, 3] == top).all()
 
 
+def test_montage_png_of_signed_maps_is_white_at_zero_with_grey_gaps():
+    maps = np.array([[[-2.0, 0.0, 1.0]], [[0.0, 0.5, -0.25]]])
+    rgb = decode(montage_png(maps, gap=1, columns=2))
+    assert tuple(rgb[0, 1]) == tuple(rgb[0, 4]) == WHITE  # zero, in both channels
+    assert tuple(rgb[0, 0]) == colorscale_end("RdBu_r", 0)  # -2: channel 0's blue end
+    assert tuple(rgb[0, 5]) == colorscale_end("RdBu_r", -1)  # 0.5: channel 1's red end
+    assert tuple(rgb[0, 3]) == SIGNED_GAP_RGB
+    assert tuple(decode(montage_png(np.abs(maps), gap=1, columns=2))[0, 3]) == GAP_RGB
+
+
 def test_montage_png_rejects_bad_scale():
     with pytest.raises(ValueError, match="scale must be at least 1"):
         montage_png(np.ones((1, 2, 2)), scale=0)
@@ -226,12 +301,18 @@ def test_montage_png_rejects_bad_scale():
 
 
 def test_channel_figure_shows_raw_values_with_a_colorbar():
-    map2d = np.arange(12, dtype=np.float32).reshape(3, 4)
+    map2d = np.arange(12, dtype=np.float32).reshape(3, 4) - 3
     fig = channel_figure(map2d, title="channel 3")
     (trace,) = fig.data
     np.testing.assert_array_equal(trace.z, map2d)
     assert trace.showscale is not False
     assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis.scaleanchor == "x"
+    # Signed: white at zero (place 3/11 of the range -3..8).
+    places, colours = rgba_stops(trace.colorscale)
+    assert (trace.zmin, trace.zmax) == (-3, 8)
+    assert tuple(colours[np.isclose(places, 3 / 11)][0, :3]) == WHITE
+    shared = channel_figure(np.abs(map2d), colours=MapColours(False), value_range=(0, 20))
+    assert (shared.data[0].zmin, shared.data[0].zmax) == (0, 20)
     with pytest.raises(ValueError, match="2-D"):
         channel_figure(np.ones((1, 3, 4)))
 
@@ -257,13 +338,15 @@ def test_image_figure_gray_is_black_to_white_and_rgb_is_an_image_trace():
 def test_overlay_resizes_the_map_to_the_image():
     image = np.zeros((28, 28), dtype=np.uint8)
     ramp = np.arange(49, dtype=np.float32).reshape(7, 7)
-    fig = overlay_figure(image, ramp, opacity=0.3, colorscale="Magma")
+    fig = overlay_figure(image, ramp, opacity=0.3)
     base, top = fig.data
     assert base.type == "heatmap" and base.hoverinfo == "skip" and base.hovertemplate is None
     assert top.z.shape == (28, 28) and top.opacity == 0.3
     assert np.all(np.diff(top.z, axis=1) >= 0) and np.all(np.diff(top.z, axis=0) >= 0)
     assert ramp.min() <= top.z.min() and top.z.max() <= ramp.max()
     assert "value" in top.hovertemplate and top.showscale is not False
+    _, colours = rgba_stops(top.colorscale)  # from 0: see-through there
+    assert colours[0, 3] == 0 and np.all(np.diff(lightness(colours)) > 0)
 
     same_size = overlay_figure(np.zeros((7, 7, 3), dtype=np.uint8), ramp)
     assert same_size.data[0].type == "image"

@@ -363,30 +363,43 @@ def test_embedding_refuses_what_it_cannot_do(stats):
 
 
 @pytest.mark.parametrize(
-    ("row", "map_shape", "field", "box"),
+    ("row", "map_shape", "box"),
     [
-        ({"y": 3, "x": 5}, (14, 14), None, (10, 6, 12, 8)),  # one map cell: 2×2 pixels
-        ({"y": 3, "x": 5}, (14, 14), 10, (6, 2, 16, 12)),  # widened to the receptive field
-        ({"y": 0, "x": 0}, (14, 14), 10, (0, 0, 6, 6)),  # clipped at the image's edge
-        ({"y": 6, "x": 6}, (7, 7), 16, (18, 18, 28, 28)),
-        ({"y": 2, "x": 1}, (28, 28), 3, (0, 1, 3, 4)),
-        ({"y": 1, "x": 2}, (3, 3), None, (18, 9, 28, 19)),  # cells of 9.33 pixels, partly covered
+        ({"y": 3, "x": 5}, (14, 14), (10, 6, 12, 8)),  # one map cell: 2×2 pixels
+        ({"y": 1, "x": 2}, (3, 3), (18, 9, 28, 19)),  # cells of 9.33 pixels, partly covered
     ],
 )
-def test_fire_box_is_the_map_cell_in_the_input_widened_to_the_receptive_field(
-    row, map_shape, field, box
-):
-    assert fire_box(row, map_shape, (28, 28), field) == box
+def test_fire_box_without_a_field_is_the_map_cell_scaled_to_the_input(row, map_shape, box):
+    assert fire_box(row, map_shape, (28, 28)) == box
 
 
-def test_fire_box_refuses_a_position_outside_the_map():
+@pytest.mark.parametrize(
+    ("layer", "y", "x"),
+    [("conv_2", 0, 0), ("conv_2", 14, 27), ("pool_2", 3, 5), ("conv_4", 6, 0), ("pool_4", 6, 6)],
+)
+def test_fire_box_is_the_part_the_value_reads_by_the_gradient_method(demo, layer, y, x):
+    from tests.test_receptive_fields import gradient_boxes
+
+    field = demo.layers.receptive_field(layer, demo.spec.shape)
+    map_shape = (field.rows.shape[1], field.cols.shape[1])
+    expected = gradient_boxes(demo.model, demo.spec.shape, [(demo.layers.path(layer), 0, y, x)])
+    assert fire_box({"y": y, "x": x}, map_shape, (28, 28), field, 0) == expected[0]
+
+
+def test_fire_box_refuses_a_position_outside_the_map_or_a_field_of_another_size(demo):
     with pytest.raises(ValueError, match=r"outside a 14×14 map"):
         fire_box({"y": 14, "x": 0}, (14, 14), (28, 28))
+    field = demo.layers.receptive_field("conv_2", demo.spec.shape)  # 28×28 maps
+    with pytest.raises(ValueError, match="take the layer's field for this input size"):
+        fire_box({"y": 1, "x": 1}, (14, 14), (28, 28), field)
 
 
 def test_receptive_fields_come_from_the_layer_table(demo):
     expected = {"conv_1": 3, "conv_2": 5, "pool_2": 6, "conv_3": 10, "conv_4": 14, "pool_4": 16}
-    assert {name: demo.layers.receptive_field(name) for name in expected} == expected
+    fields = {name: demo.layers.receptive_field(name, demo.spec.shape) for name in expected}
+    assert {name: field.size for name, field in fields.items()} == expected
+    table = demo.layers.table(demo.spec.shape).set_index("layer")
+    assert {name: table.loc[name, "receptive field"] for name in expected} == expected
 
 
 def test_uint8_image_is_the_image_the_network_sees(demo, digits):

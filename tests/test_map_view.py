@@ -51,8 +51,11 @@ def test_map_view_data_sends_the_montage_picture_and_the_raw_values():
         if where is not None and where[0] < 7:
             channel, y, x = where
             assert (channel * 4 + y) * 5 + x < raw.size
-    assert (data["low"], data["high"]) == (float(maps.min()), float(maps.max()))
-    assert data["colorbar"] is None and 250 <= data["max_height"] <= 900
+    # Signed maps: the colour scale runs from -m to m, m the largest value in size.
+    reach = float(np.abs(maps).max())
+    assert (data["low"], data["high"], data["signed"]) == (-reach, reach, True)
+    assert data["colorbar"] is None and data["legend"] is None and data["numbers"] is None
+    assert 250 <= data["max_height"] <= 900
 
 
 def test_map_view_data_of_one_channel_with_a_colorbar_and_without_values():
@@ -67,6 +70,33 @@ def test_map_view_data_of_one_channel_with_a_colorbar_and_without_values():
         map_view_data(np.full((1, 2, 2), np.nan))
 
 
+def test_the_convention_its_legend_and_the_channel_numbers_are_sent():
+    signed = np.array([[[-2.0, 0.0], [1.0, 0.5]]], dtype=np.float32)
+    data = map_view_data(signed, legend=True, colorbar=True)
+    assert data["signed"] and (data["low"], data["high"]) == (-2.0, 2.0)
+    assert data["legend"]["words"] == "blue: below zero · white: zero · red: above zero"
+    assert data["legend"]["colours"][5] == "rgb(247, 247, 247)" == data["colorbar"][5]
+    assert data["legend"]["overlay_words"].startswith("see-through at zero")
+    assert tuple(decode(base64.b64decode(data["png"]))[0, 1]) == (247, 247, 247)  # zero
+    positive = map_view_data(np.abs(signed), legend=True)
+    assert not positive["signed"] and (positive["low"], positive["high"]) == (0.0, 2.0)
+    assert positive["legend"]["words"] == "dark: zero, nothing found · brighter: stronger"
+    # Weights or differences are signed by nature, whatever their values.
+    assert map_view_data(np.abs(signed), centre=True)["signed"]
+    # One channel enlarged on its layer's scale: the reach given, not its own.
+    wider = map_view_data(np.abs(signed), reach=4.0)
+    assert (
+        wider["high"] == 4.0
+        and wider["png"]
+        == base64.b64encode(montage_png(np.abs(signed), reach=4.0, clear_gaps=True)).decode()
+    )
+    # The strongest few of a layer: each tile's channel number, for the hover and a click.
+    few = map_view_data(np.ones((3, 2, 2)), numbers=np.array([26, 5, 11]))
+    assert few["numbers"] == [26, 5, 11] and json.loads(json.dumps(few)) == few
+    with pytest.raises(ValueError, match="one channel number per map; got 2"):
+        map_view_data(np.ones((3, 2, 2)), numbers=[1, 2])
+
+
 def test_unknown_colorscale_is_a_clear_value_error():
     with pytest.raises(ValueError, match="Unknown colorscale 'Virdis'"):
         map_view_data(np.ones((1, 2, 2)), colorscale="Virdis")
@@ -79,8 +109,13 @@ def test_map_view_data_under_an_image_sends_it_as_shown_and_the_slider_start():
     data = map_view_data(ramp, under=gray, under_title="over", opacity=0.25, title="alone")
     assert json.loads(json.dumps(data)) == data and data["opacity"] == 0.25
     assert (data["title"], data["under_title"]) == ("alone", "over")  # the two panels
-    # The map as the channel view shows it.
+    # The map as the channel view shows it, and as laid over the image: see-through at
+    # zero, opaque at its largest value.
     assert base64.b64decode(data["png"]) == montage_png(ramp, clear_gaps=True)
+    over = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["overlay"]))).convert("RGBA"))
+    assert over[0, 0, 3] == 0 and over[6, 6, 3] == 255
+    assert np.all(np.diff(over[..., 3].ravel().astype(int)) >= 0)
+    np.testing.assert_array_equal(over[..., :3], decode(base64.b64decode(data["png"])))
     shown = decode(base64.b64decode(data["under"]))
     np.testing.assert_array_equal(shown[..., 0], gray)  # uint8 grayscale spans 0..255
     floats = decode(base64.b64decode(map_view_data(ramp, under=gray / 400.0)["under"]))
@@ -89,7 +124,7 @@ def test_map_view_data_under_an_image_sends_it_as_shown_and_the_slider_start():
     np.testing.assert_array_equal(
         decode(base64.b64decode(map_view_data(ramp, under=rgb)["under"])), rgb
     )
-    assert map_view_data(ramp)["under"] is None
+    assert map_view_data(ramp)["under"] is None and map_view_data(ramp)["overlay"] is None
     with pytest.raises(ValueError, match="Only one channel can be laid over an image; got 2"):
         map_view_data(np.ones((2, 7, 7)), under=gray)
     with pytest.raises(ValueError, match="opacity must be between 0 and 1"):
@@ -133,6 +168,20 @@ def test_bars_html_keeps_the_callers_order_and_greys_flagged_bars():
     expected = [0.9 / 1.15 * 100, 0.5 / 1.15 * 100, 0, 0.25 / 1.15 * 100]
     np.testing.assert_allclose(heights, expected, atol=1e-3)
     assert "bottom:0.000%" in re.findall(r'data-label="1"[^>]*', snippet)[0]
+
+
+def test_bars_html_writes_every_label_up_to_64_on_its_side_above_20():
+    def names(count: int) -> list[str]:
+        snippet = bars_html(list(range(count)), np.ones(count), "t", "v")
+        return re.findall(r"<span style=\"([^\"]*)\">(\d+)</span>", snippet)
+
+    upright = names(20)
+    assert [label for _, label in upright] == [str(i) for i in range(20)]
+    assert not any("vertical" in style for style, _ in upright)
+    turned = names(64)
+    assert [label for _, label in turned] == [str(i) for i in range(64)]
+    assert all("writing-mode:vertical-rl" in style for style, _ in turned)
+    assert names(65) == []  # too many to write: the hover names them
 
 
 def test_bars_html_percent_highlight_and_errors():

@@ -16,9 +16,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cnnlens import build_lens, demo_dataset, demo_model, open_model, to_batch
+from cnnlens.figures import MapColours, colorscale_colours
 from cnnlens.network import architecture_dot, overview
 from cnnlens.ui import network_view, state
-from tests.test_app import map_view
+from tests.test_app import click, map_view
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard.py")
 PAGES = Path(__file__).resolve().parent.parent / "pages"
@@ -64,9 +65,14 @@ def test_demo_thumbnails_equal_the_lens_maps_and_the_scores_its_softmax():
         channels = strongest(maps)
         np.testing.assert_allclose(data["maps"], maps[channels], rtol=1e-5, atol=1e-5)
         assert data["title"] == layer and data["caption"] == "×".join(map(str, maps.shape))
-        # One diverging scale centred on zero: per map, the colours span ±max |value|.
+        # Each square names its channel: the hover and a click give that number.
+        assert data["numbers"] == channels.tolist()
+        # Signed layers (before a ReLU) span ±max |value|, white at zero; the others run
+        # from zero (dark) to their largest value.
+        signed = bool((maps[channels] < 0).any())
+        assert data["signed"] == signed == layer.startswith("conv")
         assert data["high"] == pytest.approx(float(np.abs(maps[channels]).max()), rel=1e-6)
-        assert data["low"] == -data["high"]
+        assert data["low"] == (-data["high"] if signed else 0)
     np.testing.assert_allclose(map_view(at, "network_input")["maps"], batch[0].numpy(), atol=1e-6)
     with torch.no_grad():
         probabilities = torch.softmax(demo_model()(batch), dim=1)[0].numpy()
@@ -112,8 +118,8 @@ def test_clicking_a_thumbnail_opens_feature_maps_on_that_layer_and_channel(monke
     # The component calls this callback on a click: run it on a stand-in session state.
     fake: dict = {state.LAYERS_KEY: list(names)}
     monkeypatch.setattr(network_view.st, "session_state", fake)
-    callback = network_view.open_channel("relu_3", tuple(int(c) for c in shown), DEMO_LAYERS)
-    callback({"channel": 5, "x": 2, "y": 3})
+    callback = network_view.open_channel("relu_3", DEMO_LAYERS)
+    callback({"channel": int(shown[5]), "x": 2, "y": 3})  # the number the map view sends
     monkeypatch.undo()
     assert fake[state.LAYER_KEY] == "relu_3" and fake[state.CHANNEL_KEY] == int(shown[5])
     assert fake[state.LAYERS_KEY] == [n for n in DEMO_LAYERS if n in {*names, "relu_3"}]
@@ -126,3 +132,27 @@ def test_clicking_a_thumbnail_opens_feature_maps_on_that_layer_and_channel(monke
     assert detail["title"] == f"relu_3, channel {int(shown[5])}"
     lens = build_lens(demo_model(), ["relu_3"])(to_batch(image))["relu_3"][0].numpy()
     np.testing.assert_allclose(detail["maps"][0], lens[int(shown[5])], rtol=1e-5, atol=1e-5)
+
+
+def test_a_square_is_named_and_opened_by_its_channel_not_its_place():
+    """relu_2 shows its 16 strongest of 32 channels: the square in place 5 is not channel 5,
+    and the hover and the click both give its channel."""
+    at = open_page("network.py")
+    maps = build_lens(demo_model(), ["relu_2"])(to_batch(shown_image(at)))["relu_2"][0].numpy()
+    shown = strongest(maps)
+    assert shown[5] != 5
+    data = map_view(at, network_view.column_key("relu_2"))
+    assert data["numbers"][5] == int(shown[5])
+    np.testing.assert_allclose(data["maps"][5], maps[shown[5]], rtol=1e-5, atol=1e-5)
+    click(at, network_view.column_key("relu_2"), {"channel": int(shown[5]), "x": 1, "y": 1})
+    assert at.title[0].value == "Feature maps"
+    assert map_view(at, "channel_map")["title"] == f"relu_2, channel {int(shown[5])}"
+
+
+def test_the_legend_shows_both_colourings_as_the_core_gives_them():
+    at = open_page("network.py")
+    (legend,) = [h.value for h in at.html if "data-legend" in h.value]
+    for colours in (MapColours(True), MapColours(False)):
+        assert html.escape(colours.words) in legend
+        ramp = ",".join(colorscale_colours(colours.colorscale, 11))
+        assert ramp.replace(" ", "") in legend.replace(" ", "")

@@ -186,3 +186,71 @@ def test_a_stale_or_out_of_range_pick_is_cleared():
     assert any("Click a point of the enlarged map" in m.value for m in at.markdown)
     pick(at, "conv_2", 0, 5, 5)  # another layer than the one shown
     assert value_explainer.PICK_KEY not in at.session_state
+
+
+def test_the_animation_slides_over_the_input_channel_that_adds_most_and_says_the_stride():
+    """ResNet-18's layer2.0.conv1 (stride 2): at the picked point input channel 0 adds
+    exactly 0, so the animation shows the channel that adds most, then the one chosen."""
+    import torch
+    import torch.nn.functional as F
+
+    from cnnlens import open_model
+
+    layer = "layer2.0.conv1"
+    at = AppTest.from_file(APP, default_timeout=120)
+    for key, value in {"model": "resnet18", "weights": "random", "layers": layer,
+                       "layer": layer, "channel": "0"}.items():  # fmt: skip
+        at.query_params[key] = value
+    at.switch_page(str(PAGES / "feature_maps.py")).run()
+    assert not at.exception, at.exception
+    loaded = open_model("resnet18", weights="random")  # the same seeded weights as the app's
+    caption = at.main.get("image")[0].proto.imgs[0].caption
+    pixels = np.asarray(DATASET.load_image(caption.split(" · ")[0], "RGB", "train"))
+    batch = loaded.batch(pixels)
+    for row, col in [(14, 14), (5, 20), (20, 9), (3, 3)]:
+        found = explain_value(loaded, layer, batch, 0, row, col)
+        if found.per_input[0] == 0 and np.argmax(np.abs(found.per_input)) != 0:
+            break
+    assert found.per_input[0] == 0, "no point where input channel 0 adds exactly 0"
+    pick(at, layer, 0, col, row)
+
+    # The layer's input by a plain hook on the model (it returns None: the forward goes on).
+    kept = {}
+    conv = loaded.model.get_submodule(layer)
+
+    def keep(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        kept.setdefault("in", args[0].clone())
+
+    handle = conv.register_forward_hook(keep)
+    with torch.no_grad():
+        loaded.model(batch)
+    handle.remove()
+
+    def share_map(channel: int) -> np.ndarray:
+        """What one input channel adds at every point: its plane convolved with its stencil."""
+        weight = conv.weight[0:1, channel : channel + 1]
+        return F.conv2d(kept["in"][:, channel : channel + 1], weight, stride=2, padding=1)[0, 0]
+
+    def shown(channel: int) -> None:
+        views = [e for e in at.get("bidi_component") if e.proto.id.endswith("-conv_animation")]
+        data = json.loads(views[0].proto.json)
+        r, c = data["origin"]
+        out = np.array(data["output"])
+        expected = share_map(channel).numpy()[r : r + out.shape[0], c : c + out.shape[1]]
+        np.testing.assert_allclose(out, expected, atol=2e-4)
+        assert data["stride"] == [2, 2]
+        sentence = next(m.value for m in at.markdown if "Watch the stencil slide" in m.value)
+        assert f"over input channel {channel}," in sentence and "(stride 2)" in sentence
+
+    best = int(np.argmax(np.abs(found.per_input)))
+    shown(best)
+    assert share_map(best)[row, col].item() == pytest.approx(found.per_input[best], abs=1e-4)
+    assert share_map(0)[row, col].item() == 0.0
+    choice = at.selectbox(key=f"conv_animation_input_{layer}_0_{row}_{col}")
+    order = np.argsort(-np.abs(found.per_input), kind="stable")
+    assert choice.options[:3] == [
+        f"channel {i}: adds {value_explainer._number(found.per_input[i])}" for i in order[:3]
+    ]
+    choice.set_value(0).run()
+    assert not at.exception, at.exception
+    shown(0)

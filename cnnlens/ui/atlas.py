@@ -3,7 +3,10 @@ click opens that channel's card on Feature maps.
 
 Images are painted on request in groups of :data:`ATLAS_BATCH`, with progress and
 Cancel (:mod:`cnnlens.ui.runner`); each finished group is stored, so a cancelled
-atlas keeps what it drew, and the card shows the same images.
+atlas keeps what it drew, and the card shows the same images. The atlas is a
+fragment and paints in the background: the rest of the page stays usable while it
+paints (a minute or more for a large layer), and each group's tiles show as it is
+finished.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from cnnlens.ui.context import Context
 from cnnlens.ui.map_view import map_view_ui
 from cnnlens.ui.navigation import page
 from cnnlens.ui.resources import get_model, result_store
-from cnnlens.ui.runner import result_ui
+from cnnlens.ui.runner import result_ui, running
 
 __all__ = ["ATLAS_BATCH", "atlas_columns", "atlas_data", "atlas_ui", "get_channel_count"]
 
@@ -53,13 +56,33 @@ def _open_card(layer: str, point: dict[str, int]) -> None:
     st.session_state[CARD_KEY] = True
 
 
-def _painted_ui(spec: ChannelImagesSpec) -> dict[tuple[int, bool], np.ndarray]:
-    """The images painted so far, and the button that paints the rest, with its progress."""
+def _picture(found: dict[tuple[int, bool], np.ndarray], count: int, title: str) -> dict:
+    """The map view's data for the tiles found, each at its channel's place."""
+    present = sorted(channel for channel, negative in found if not negative)
+    tiles = np.stack([found[channel, False] for channel in present])
+    return atlas_data(tiles, present, count, title)
+
+
+def _so_far_ui(spec: ChannelImagesSpec, layer: str) -> None:
+    """While the atlas paints: the tiles of the groups finished so far (not clickable yet)."""
+    found = spec.found(result_store())
+    if found:
+        count = len(spec.channels)
+        st.caption(
+            f"{len(found)} of {count} channels are drawn so far; the others show as "
+            f"each group of {ATLAS_BATCH} is finished."
+        )
+        map_view_ui(_picture(found, count, f"{layer}: painting…"), key="atlas_so_far")
+
+
+def _painted_ui(spec: ChannelImagesSpec, layer: str) -> dict[tuple[int, bool], np.ndarray]:
+    """The images painted so far, and the button that paints the rest; while they are
+    painted, their progress and the tiles so far, and nothing is returned."""
     found = spec.found(result_store())
     count, drawn = len(spec.channels), len(found)
     if drawn == count:
         return found
-    if drawn:
+    if drawn and not running(spec):
         st.caption(f"{drawn} of {count} channels are drawn.")
     side = spec.tile(0).side
     painted = result_ui(
@@ -71,13 +94,21 @@ def _painted_ui(spec: ChannelImagesSpec) -> dict[tuple[int, bool], np.ndarray]:
         icon=":material/auto_awesome_mosaic:",
         help=f"Paints {side}×{side}-pixel images, {ATLAS_BATCH} channels at a time, "
         f"{spec.steps} steps each. Each finished group is kept for everyone, also if you "
-        "cancel.",
+        "cancel. The rest of the page stays usable meanwhile.",
+        in_background=True,
+        so_far=lambda: _so_far_ui(spec, layer),
     )
-    return found if painted is None else dict(zip(spec.tiles, painted, strict=True))
+    if painted is not None:
+        return dict(zip(spec.tiles, painted, strict=True))
+    return {} if running(spec) else found
 
 
+@st.fragment
 def atlas_ui(ctx: Context, layer: str) -> None:
-    """Every channel of a layer as its feature visualization; a click opens its card."""
+    """Every channel of a layer as its feature visualization; a click opens its card.
+
+    A fragment: its buttons and the painting rerun only the atlas, never the page.
+    """
     if st.session_state.pop(OPEN_CARD_KEY, False):
         st.switch_page(page("feature_maps"))  # a callback cannot switch pages
     try:
@@ -88,15 +119,18 @@ def atlas_ui(ctx: Context, layer: str) -> None:
     spec = channel_images(ctx, layer, tuple(range(count)), batch_size=ATLAS_BATCH)
     st.subheader(f"What each of the {count} channels of {layer} looks for")
     say("atlas")
-    found = _painted_ui(spec)
+    found = _painted_ui(spec, layer)
     if not found:
         return
-    present = [channel for channel, _ in spec.tiles if (channel, False) in found]
-    tiles = np.stack([found[channel, False] for channel in present])
     map_view_ui(
-        atlas_data(tiles, present, count, f"{layer}: click a channel to open its card"),
+        _picture(found, count, f"{layer}: click a channel to open its card"),
         key="atlas",
         on_pick=lambda point: _open_card(layer, point),
+        numbered=True,
+    )
+    st.caption(
+        "Each tile is a picture, not a map of values: it is coloured as the network's input "
+        "is, so a grayscale network's pictures are gray. Its number is the channel's."
     )
 
 
@@ -143,6 +177,8 @@ def atlas_data(tiles: np.ndarray, channels: list[int], count: int, title: str) -
         "low": 0.0,
         "high": 1.0,
         "colorbar": None,
+        "legend": None,
+        "numbers": None,
         "max_height": min(max(rows * 120, 250), 1200),
         "under": None,
         "opacity": 0.5,

@@ -1,20 +1,30 @@
 """Bar charts as small HTML snippets, for ``st.html``: no chart library to start.
 
 The Feature maps page draws its bars this way on every click, and the Insights page's
-first chart shows before plotly's code has loaded in the browser.
+first chart shows before plotly's code has loaded in the browser. Bars that a click
+picks (the Feature maps page's channel ranking) go through :func:`bars_ui`, a small
+component (``bars.js``): ``st.html`` only shows HTML and cannot tell Python what was
+clicked.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
 
 import numpy as np
+import streamlit as st
 
 from cnnlens.figures import BAR_COLOUR, DEAD_COLOUR, HIGHLIGHT_COLOUR
 
-__all__ = ["bars_html"]
+__all__ = ["NAMED_BARS", "bars_html", "bars_ui"]
 
 _NOTE_STYLE = "font-size:0.875rem;opacity:0.7;margin-top:0.5rem"
+NAMED_BARS = 64
+"""Up to this many bars, each one's label is written under it (upright up to 20)."""
+_UPRIGHT_NAMES = 20
 
 
 def bars_html(
@@ -33,7 +43,8 @@ def bars_html(
     """A bar chart as a small HTML snippet (for ``st.html``): no chart library to start.
 
     Bars go up from zero, or down for negative values; hovering one shows its label
-    and value. Labels are written under the bars when there are at most 20.
+    and value. Labels are written under the bars when there are at most ``NAMED_BARS``
+    (turned on their side above 20).
 
     Args:
         labels: One label per bar, in display order.
@@ -76,7 +87,7 @@ def bars_html(
             f"width:calc({width:.4f}% - 1px);bottom:{base:.3f}%;height:max({size:.3f}%,1px);"
             f'background:{colour}"></div>'
         )
-    names = _names_row(labels) if len(labels) <= 20 else ""
+    names = _names_row(labels) if len(labels) <= NAMED_BARS else ""
     return (
         f'<div style="font-weight:600;margin-bottom:0.4rem">{html.escape(title)}</div>'
         f'<div style="position:relative;height:{height}px">{"".join(bars)}'
@@ -87,13 +98,42 @@ def bars_html(
 
 
 def _names_row(labels: list) -> str:
-    """The labels written under their bars, each as wide as its bar."""
+    """The labels written under their bars, each as wide as its bar; on their side (read
+    from the bottom up) when there are too many to fit upright."""
+    upright = len(labels) <= _UPRIGHT_NAMES
+    turned = "" if upright else "writing-mode:vertical-rl;transform:rotate(180deg);"
     cells = "".join(
-        f'<div style="flex:1;min-width:0;text-align:center;overflow:hidden;'
-        f'text-overflow:ellipsis;white-space:nowrap">{html.escape(str(label))}</div>'
+        f'<div style="flex:1;min-width:0;display:flex;justify-content:center;overflow:hidden">'
+        f'<span style="{turned}overflow:hidden;text-overflow:ellipsis;white-space:nowrap">'
+        f"{html.escape(str(label))}</span></div>"
         for label in labels
     )
-    return f'<div style="display:flex;font-size:0.8rem;opacity:0.8">{cells}</div>'
+    size = "0.8rem" if upright else "0.7rem"
+    return f'<div style="display:flex;font-size:{size};opacity:0.8">{cells}</div>'
+
+
+def bars_ui(snippet: str, key: str, on_pick: Callable[[str], None]) -> None:
+    """Bars from :func:`bars_html` that a click picks: a click in a bar's column (the bar,
+    the space above it, or its label) calls ``on_pick`` with its label, before the rerun.
+
+    Its element is styled ``.st-key-<key>``.
+    """
+    component = st.components.v2.component(
+        "cnnlens_bars", js=_component_source(), isolate_styles=False
+    )
+
+    def picked() -> None:
+        label = st.session_state[key].get("picked")
+        if label is not None:
+            on_pick(str(label))
+
+    component(data={"html": snippet}, key=key, on_picked_change=picked)
+
+
+@cache
+def _component_source() -> str:
+    """``bars.js``, read once per process."""
+    return (Path(__file__).parent / "bars.js").read_text(encoding="utf-8")
 
 
 def _checked(

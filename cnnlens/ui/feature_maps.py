@@ -28,7 +28,7 @@ from streamlit.delta_generator import DeltaGenerator
 from cnnlens import export, figures
 from cnnlens.one_image import ImageFeatures, image_features
 from cnnlens.ui import state
-from cnnlens.ui.bars import bars_html
+from cnnlens.ui.bars import NAMED_BARS, bars_html, bars_ui
 from cnnlens.ui.caching import feature_cache_mb, in_memory
 from cnnlens.ui.channel_card import CARD_KEY, channel_card_ui
 from cnnlens.ui.context import Context
@@ -43,6 +43,13 @@ __all__ = ["get_features", "view_ui"]
 # Above this many values (600 kB of float32) the grid's hover names the channel,
 # x and y only; the enlarged channel below still reads out values.
 GRID_VALUES_LIMIT = 150_000
+NUMBERED_TILES = 64
+"""Up to this many channels, the grid writes each one's number on its tile."""
+EXPLAINER_KEY = "value_explainer"
+"""The container of "How is this value computed?" (``value_explainer_ui``), brought
+into view when a point of the enlarged map is clicked."""
+OVERLAY_OPACITY = 0.8
+"""The overlay slider's first value: the strongest values nearly opaque."""
 VIEW_FRAGMENT = "feature_maps_view"
 """The key of :func:`view_ui`, for callbacks that must rerun all of it."""
 SAVES_KEY = "saves"
@@ -121,9 +128,9 @@ def get_image_view(
     maps = features.maps[layer]
     probabilities = features.probabilities
     return ImageView(
-        grid=map_view_data(maps, per=norm, with_values=maps.size <= GRID_VALUES_LIMIT),
-        channel=channel_data(maps, layer, channel, features.seen),
-        ranking=ranking_html(maps, layer, rank_by),
+        grid=map_view_data(maps, per=norm, with_values=maps.size <= GRID_VALUES_LIMIT, legend=True),
+        channel=channel_data(maps, layer, channel, features.seen, norm),
+        ranking=ranking_html(maps, layer, rank_by, channel),
         predictions=None if probabilities is None else predictions_html(probabilities, classes),
     )
 
@@ -228,17 +235,27 @@ def image_ui(ctx: Context, layer: str, norm: str, channel: int, rank_by: str, sl
         next_image_ui()
         return
     input_ui(pixels, caption)
-    note_view(ctx, pixels)
+    token = note_view(ctx, pixels)
     with slots.grid:
-        map_view_ui(sent.grid, key="grid")
+        numbered = sent.grid["channels"] <= NUMBERED_TILES
+        map_view_ui(
+            sent.grid, key="grid", on_pick=choose_channel, chosen=channel, numbered=numbered
+        )
     if sent.predictions is not None:
         with slots.predictions:
             st.html(sent.predictions)
     with slots.channel:
-        # "How is this value computed?": a click explains that point, below the maps.
-        map_view_ui(sent.channel, key="channel_map", on_pick=explain_point)
+        # "How is this value computed?": a click explains that point, below the maps,
+        # marks it, and brings the explanation into view.
+        map_view_ui(
+            sent.channel,
+            key="channel_map",
+            on_pick=explain_point,
+            point=picked_point(layer, channel, token),
+            reveal=EXPLAINER_KEY,
+        )
     with slots.ranking:
-        st.html(sent.ranking)
+        bars_ui(sent.ranking, key="ranking", on_pick=choose_ranked)
     state.sync_url()  # the entrypoint's call does not run on a fragment's own reruns
 
 
@@ -260,6 +277,29 @@ def next_image() -> None:
     state.next_seed()
     if elsewhere or session.get(CARD_KEY) or session.get(SAVES_KEY):
         st.rerun(VIEW_FRAGMENT)
+
+
+def choose_channel(point: dict[str, int]) -> None:
+    """Callback of the grid and the ranking: a click chooses that channel (the whole view
+    reruns, its Channel input with it)."""
+    st.session_state[state.CHANNEL_KEY] = int(point["channel"])
+    st.rerun(VIEW_FRAGMENT)
+
+
+def choose_ranked(label: str) -> None:
+    """Callback of the ranking: a click on a bar chooses its channel."""
+    choose_channel({"channel": int(label)})
+
+
+def picked_point(layer: str, channel: int, token: tuple) -> tuple[int, int] | None:
+    """The ``(x, y)`` of the point explained below, when it is on the enlarged map shown
+    (this layer, channel and view), else ``None``."""
+    pick = st.session_state.get(PICK_KEY)
+    if not pick or pick.get("view") != token:
+        return None
+    if (pick.get("layer"), pick.get("channel")) != (layer, channel):
+        return None
+    return int(pick["x"]), int(pick["y"])
 
 
 def explain_point(point: dict[str, int]) -> None:
@@ -309,8 +349,9 @@ def pickers_ui(layers: tuple[str, ...], mode: str) -> tuple[str, str]:
         required=True,
         key=state.NORM_KEY,
         persist_state="session",
-        help="Per channel: each map uses the full colour range. "
-        "Per layer: one scale for all maps, to compare strengths.",
+        help="Per channel: each map's colours reach its own largest value, so faint maps "
+        "show too. Per layer: one scale for all maps, to compare strengths. Either way "
+        "zero keeps its colour: white, or dark purple after a ReLU.",
     )
     upload_ui(mode)
     return layer, norm
@@ -354,20 +395,29 @@ def channel_picker_ui(count: int) -> int:
         step=1,
         key=state.CHANNEL_KEY,
         persist_state="session",
-        help="Hover the grid to find a channel's number.",
+        help="Or click a square of the grid above, or a bar of the ranking below.",
         width=220,
     )
 
 
-def channel_data(maps: np.ndarray, layer: str, channel: int, seen: np.ndarray) -> dict:
-    """The chosen channel enlarged, and beside it laid over the image: one map view."""
+def channel_data(
+    maps: np.ndarray, layer: str, channel: int, seen: np.ndarray, norm: str = "channel"
+) -> dict:
+    """The chosen channel enlarged, and beside it laid over the image: one map view, in
+    its layer's colours (signed when the layer is) and, per layer, on the layer's scale."""
+    colours = figures.map_colours(maps)
+    reach = float(colours.reach(maps, "layer").max()) if norm == "layer" else None
     return map_view_data(
         maps[channel : channel + 1],
         title=f"{layer}, channel {channel}",
         colorbar=True,
+        legend=True,
+        centre=colours.signed,
+        reach=reach,
         # Over the image as the network saw it: resized and centre-cropped.
         under=seen,
         under_title=f"Channel {channel} laid over the image",
+        opacity=OVERLAY_OPACITY,
     )
 
 
@@ -392,15 +442,19 @@ def rank_by_ui() -> str:
     )
 
 
-def ranking_html(maps: np.ndarray, layer: str, rank_by: str) -> str:
-    """The layer's channels ranked by mean or max activation, dead ones greyed."""
+def ranking_html(maps: np.ndarray, layer: str, rank_by: str, channel: int | None = None) -> str:
+    """The layer's channels ranked by mean or max activation (the strongest
+    ``NAMED_BARS`` of a larger layer), each numbered, the chosen one highlighted, dead
+    ones greyed."""
     stats = figures.channel_stats(maps)
-    order = stats.ranked(rank_by)
+    order = stats.ranked(rank_by)[:NAMED_BARS]
+    more = f", the {len(order)} strongest of {len(maps)}" if len(maps) > len(order) else ""
     return bars_html(
         order.tolist(),
         stats.measure(rank_by)[order],
-        title=f"Channels of {layer} by {rank_by} activation (hover a bar for its channel)",
+        title=f"Channels of {layer} by {rank_by} activation{more} (click a bar to choose it)",
         value_name=f"{rank_by} activation",
+        highlight=channel if channel in order else None,
         flagged=stats.dead[order],
         # In the chart, not a caption: each element costs every click.
         note=dead_note(np.flatnonzero(stats.dead).tolist()),

@@ -15,18 +15,17 @@ picture and values sent.
 from __future__ import annotations
 
 import base64
-import io
-from collections.abc import Callable
+import html
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
-from PIL import Image
 
 from cnnlens import figures
 
-__all__ = ["map_view_data", "map_view_ui"]
+__all__ = ["legend_html", "map_view_data", "map_view_ui"]
 
 _GRID_GAP = 1
 _GRID_ROW_PX = 75
@@ -38,7 +37,7 @@ def map_view_data(
     maps: np.ndarray,
     per: str = "channel",
     columns: int | None = None,
-    colorscale: str = "Viridis",
+    colorscale: str | None = None,
     with_values: bool = True,
     title: str | None = None,
     colorbar: bool = False,
@@ -46,48 +45,61 @@ def map_view_data(
     under_title: str | None = None,
     opacity: float = 0.5,
     centre: bool = False,
+    numbers: Sequence[int] | None = None,
+    legend: bool = False,
+    reach: float | None = None,
 ) -> dict:
     """What the map view shows for C×H×W maps: a grid of channels, or one channel enlarged.
 
-    The colours are a ``montage_png``; hovering reads the raw value at that pixel
-    from ``values``. The browser only swaps a picture when the maps change, where a
-    plotly heatmap is drawn again from scratch.
+    The colours are a ``montage_png`` in the one convention (:class:`cnnlens.figures.
+    MapColours`): blue, white at zero, red where a value is below zero, else dark at zero
+    to bright yellow; hovering reads the raw value at that pixel from ``values``. The
+    browser only swaps a picture when the maps change, where a plotly heatmap is drawn
+    again from scratch.
 
     Args:
         maps: C×H×W activations (C = 1 for one channel).
-        per: ``"channel"`` or ``"layer"`` scaling of the colours (see
-            :func:`cnnlens.figures.scale_maps`).
+        per: ``"channel"``: each channel's colours reach its own largest value;
+            ``"layer"``: one reach for all.
         columns: Tiles per row; default ``ceil(sqrt(C))``.
-        colorscale: A plotly colorscale name.
+        colorscale: A plotly colorscale name instead of the convention's ramp.
         with_values: Send the raw values for the hover; ``False`` for large layers, whose
             hover then names the channel, x and y only.
         title: Shown above the maps.
-        colorbar: Show the colour scale with the lowest and highest raw value
-            (meaningful for one channel, or with ``per="layer"``).
+        colorbar: Show the colour scale with the values at its ends (meaningful for one
+            channel, or with ``per="layer"``): ``-m`` and ``m`` for signed maps, ``0``
+            and ``m`` for others, ``m`` being the largest value in size.
         under: An image (H×W grayscale or H×W×3 uint8 RGB, as for ``image_figure``)
             to lay one channel over, in a second panel beside the first (one
-            component, one picture and one set of values for both). The browser
-            stretches the map to the image, smoothly, and blends it with an opacity
-            slider of its own: no rerun.
+            component, one set of values for both). The browser stretches the map to
+            the image, smoothly, and blends it with an opacity slider of its own: no
+            rerun. The map laid over is see-through at zero.
         under_title: The second panel's title.
-        opacity: The slider's first value, 0 (only the image) to 1 (only the map).
-        centre: Centre the colours on zero, for a diverging colorscale such as
-            ``"RdBu_r"``: zero is the scale's middle colour, and the largest absolute
-            value (per channel or per layer) its end; ``low``/``high`` are then
-            ``-m`` and ``m``.
+        opacity: The slider's first value, 0 (only the image) to 1 (the map as opaque as
+            the convention makes it).
+        centre: The maps are signed by nature (weights, differences): the diverging
+            colours, centred on zero, even where no value is below zero.
+        numbers: The channel number of each tile, when the tiles are not channels
+            ``0..C-1`` (the strongest few of a layer): the hover names it and a click
+            reports it.
+        legend: Write what the colours mean under the maps.
+        reach: The value at the colours' ends for every map, instead of ``per``'s (one
+            channel enlarged on its layer's scale).
 
     Returns:
         A JSON-ready dict: ``png`` (base64), ``channels``, ``height``, ``width``,
         ``columns``, ``gap``, ``values`` (base64 little-endian float32, C·H·W in C
-        order, or ``None``), ``title``, ``low``/``high`` (the raw range) and
-        ``colorbar``: a list of CSS colours from low to high, or ``None``,
-        ``max_height``: the tallest it should be drawn, in CSS pixels, ``under``:
-        the image as a base64 PNG (grayscale spans black to white as in
-        ``image_figure``), or ``None``, ``under_title`` and ``opacity``.
+        order, or ``None``), ``title``, ``low``/``high`` (the values at the colour
+        scale's ends), ``signed``, ``colorbar``: a list of CSS colours from low to high,
+        or ``None``, ``legend``: ``{"colours", "words", "overlay_words"}`` or ``None``, ``numbers``,
+        ``max_height``: the tallest it should be drawn, in CSS pixels, ``under``: the
+        image as a base64 PNG (grayscale spans black to white as in ``image_figure``),
+        or ``None``, ``overlay``: the maps as laid over it (base64 PNG with opacity),
+        ``under_title`` and ``opacity``.
 
     Raises:
         ValueError: for the reasons of ``montage_png``, an image under more than one
-            channel, or an opacity outside [0, 1].
+            channel, ``numbers`` not one per channel, or an opacity outside [0, 1].
         TypeError: for an RGB image that is not uint8, or an opacity that is not a number.
     """
     array = figures.check_maps(maps).astype(np.float32, copy=False)
@@ -95,20 +107,22 @@ def map_view_data(
     channels, height, width = array.shape
     if under is not None and channels != 1:
         raise ValueError(f"Only one channel can be laid over an image; got {channels}.")
+    if numbers is not None and len(numbers) != channels:
+        raise ValueError(f"numbers must give one channel number per map; got {len(numbers)}.")
+    colours = figures.map_colours(array, signed=centre or None)
+    shown = {"per": per, "reach": reach, "columns": columns, "gap": _GRID_GAP}
+    shown["signed"] = colours.signed
     # Checks the values are finite (in float32) and the colorscale is known.
-    png = figures.montage_png(
-        array, per=per, columns=columns, gap=_GRID_GAP, colorscale=colorscale, clear_gaps=True
-    )
-    low, high = float(array.min()), float(array.max())
-    if centre:
-        png, reach = _centred_png(array, per, columns, colorscale)
-        low, high = -reach, reach
+    png = figures.montage_png(array, colorscale=colorscale, clear_gaps=True, **shown)
+    if reach is None:
+        reach = float(colours.reach(array, "layer").max())
+    ramp = colorscale or colours.colorscale
     rows, columns = figures.grid_shape(channels, columns)
     values = None
     if with_values:
         values = base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode()
     return {
-        "png": base64.b64encode(png).decode(),
+        "png": _b64(png),
         "channels": channels,
         "height": height,
         "width": width,
@@ -116,30 +130,50 @@ def map_view_data(
         "gap": _GRID_GAP,
         "values": values,
         "title": title,
-        "low": low,
-        "high": high,
-        "colorbar": figures.colorscale_colours(colorscale, _COLORBAR_STOPS) if colorbar else None,
+        "low": -reach if colours.signed else 0.0,
+        "high": reach,
+        "signed": colours.signed,
+        "colorbar": figures.colorscale_colours(ramp, _COLORBAR_STOPS) if colorbar else None,
+        "legend": _legend(colours, ramp) if legend else None,
+        "numbers": None if numbers is None else [int(n) for n in numbers],
         "max_height": _tallest(channels, rows),
-        "under": None if under is None else base64.b64encode(figures.image_png(under)).decode(),
+        "under": None if under is None else _b64(figures.image_png(under)),
+        "overlay": None if under is None else _b64(_overlay_png(array, colorscale, shown)),
         "under_title": under_title,
         "opacity": float(opacity),
     }
 
 
-def _centred_png(
-    array: np.ndarray, per: str, columns: int | None, colorscale: str
-) -> tuple[bytes, float]:
-    """The montage PNG with zero at the colorscale's middle, and the largest absolute value."""
-    axis = (1, 2) if per == "channel" else None
-    reach = np.abs(array).max(axis=axis, keepdims=True)
-    unit = np.divide(array, 2 * reach, out=np.zeros_like(array), where=reach > 0) + 0.5
-    z = figures.montage(unit, columns, _GRID_GAP)
-    levels = np.nan_to_num(z * (figures._PNG_LEVELS - 1) + 0.5, nan=figures._PNG_LEVELS)
-    png = Image.fromarray(levels.astype(np.uint8))
-    png.putpalette(figures._palette(colorscale), rawmode="RGB")
-    buffer = io.BytesIO()
-    png.save(buffer, format="PNG", compress_level=1, transparency=figures._PNG_LEVELS)
-    return buffer.getvalue(), float(reach.max())
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
+
+
+def _overlay_png(array: np.ndarray, colorscale: str | None, shown: dict) -> bytes:
+    """The maps as laid over an image: see-through at zero, opaque at the ramp's ends."""
+    return figures.montage_png(array, colorscale=colorscale, overlay=True, **shown)
+
+
+def _legend(colours: figures.MapColours, ramp: str) -> dict:
+    """What the colours mean, in words, beside a strip of the ramp."""
+    return {
+        "colours": figures.colorscale_colours(ramp, _COLORBAR_STOPS),
+        "words": colours.words,
+        "overlay_words": colours.overlay_words,
+    }
+
+
+def legend_html(signed: bool, which: str) -> str:
+    """One colouring of the convention as a line of HTML: its ramp, then ``which`` maps
+    it colours and what its colours mean."""
+    colours = figures.MapColours(signed)
+    ramp = ", ".join(figures.colorscale_colours(colours.colorscale, _COLORBAR_STOPS))
+    return (
+        f'<div data-legend="{"signed" if signed else "sequential"}" '
+        'style="display:flex;align-items:center;gap:0.5rem;font-size:0.85rem">'
+        '<div style="flex:0 0 120px;height:10px;border-radius:2px;'
+        f'background:linear-gradient(to right,{ramp})"></div>'
+        f"<span>{html.escape(which)}: {html.escape(colours.words)}</span></div>"
+    )
 
 
 def _tallest(channels: int, rows: int) -> int:
@@ -157,7 +191,14 @@ def _component_source(suffix: str) -> str:
 
 
 def map_view_ui(
-    data: dict, key: str, on_pick: Callable[[dict[str, int]], None] | None = None
+    data: dict,
+    key: str,
+    on_pick: Callable[[dict[str, int]], None] | None = None,
+    *,
+    chosen: int | None = None,
+    point: tuple[int, int] | None = None,
+    numbered: bool = False,
+    reveal: str | None = None,
 ) -> None:
     """Show feature maps from :func:`map_view_data`, values on hover.
 
@@ -167,7 +208,13 @@ def map_view_ui(
         data: what :func:`map_view_data` made.
         key: the element's key.
         on_pick: makes the maps clickable: a click calls it, before the rerun, with the
-            point clicked, ``{"channel": c, "x": x, "y": y}`` in map coordinates.
+            point clicked, ``{"channel": c, "x": x, "y": y}`` in map coordinates (``c``
+            the tile's number from ``data["numbers"]``, else its place).
+        chosen: the channel whose tile is outlined.
+        point: ``(x, y)``: a cell of the first map marked, in every panel.
+        numbered: write each tile's channel number on it.
+        reveal: the key of an element to scroll into view once a click's rerun has
+            drawn the point it picked (the explanation of that point).
     """
     # Registering the same definition again is free and silent; doing it here
     # registers it with whichever runtime runs this script (AppTest makes several).
@@ -177,6 +224,8 @@ def map_view_ui(
         css=_component_source(".css"),
         isolate_styles=False,
     )
+    marks = {"chosen": chosen, "point": None if point is None else list(point)}
+    data = {**data, **marks, "numbered": numbered, "reveal": reveal}
     if on_pick is None:
         component(data=data, key=key)
         return

@@ -4,9 +4,11 @@ A sequential CNN (the demo, VGG, AlexNet) shows one column per layer, from the
 input to the class scores, as CNN Explainer lays out its own tiny network; any
 other network shows the same strip over its top-level stages, and its
 architecture graph (drawn in the browser by Streamlit's bundled Graphviz) with a
-depth slider. Each column's maps are map views (``cnnlens.ui.map_view``) on one
-diverging colour scale centred on zero; clicking one opens that layer and channel
-on the Feature maps page.
+depth slider. Each column's maps are map views (``cnnlens.ui.map_view``) in the one
+colour convention (:class:`cnnlens.figures.MapColours`): blue, white at zero, red for a
+layer whose values go below zero, dark to bright yellow for one whose values never do;
+hovering names a map's channel, and clicking one opens that layer and channel on the
+Feature maps page.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import streamlit as st
 from cnnlens.ui import state
 from cnnlens.ui.caching import in_memory
 from cnnlens.ui.image_input import input_image
-from cnnlens.ui.map_view import map_view_data, map_view_ui
+from cnnlens.ui.map_view import legend_html, map_view_data, map_view_ui
 from cnnlens.ui.navigation import page
 from cnnlens.ui.resources import get_model
 
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
     from cnnlens.ui.context import Context
 
 __all__ = [
-    "COLORSCALE",
     "DEPTH_KEY",
     "SCALE_KEY",
     "column_data",
@@ -46,8 +47,6 @@ __all__ = [
     "thumbnails",
 ]
 
-COLORSCALE = "RdBu_r"
-"""Blue for negative values, white at zero, red for positive ones."""
 SCALE_KEY = "network_scale"
 DEPTH_KEY = "network_depth"
 _SWITCH_KEY = "_network_open_feature_maps"
@@ -139,23 +138,23 @@ def thumbnails(maps: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def column_data(column: Column, per: str) -> dict:
-    """The map view data of one column: its maps as thumbnails on a diverging scale."""
+    """The map view data of one column: its maps as thumbnails, each named by its channel."""
     small, factor = thumbnails(column.maps)
     shape = "×".join(map(str, column.shape))
     data = map_view_data(
         small,
         per="channel" if per == "map" else "layer",
         columns=min(THUMB_COLUMNS, len(small)),
-        colorscale=COLORSCALE,
         with_values=factor == 1,
         title=column.name,
-        centre=True,
+        # The shown maps are the strongest few: the hover and a click name their channels.
+        numbers=column.channels.tolist(),
     )
     return {**data, "max_height": min(data["max_height"], 8 * 60), "caption": shape}
 
 
-def open_channel(layer: str, channels: tuple[int, ...], names: list[str]) -> Callable:
-    """A callback for a column's thumbnails: open the clicked map on Feature maps.
+def open_channel(layer: str, names: list[str]) -> Callable:
+    """A callback for a column's thumbnails: open the clicked channel on Feature maps.
 
     The layer joins the view's layers (the Feature maps page shows only those), in
     network order; the page switch itself happens in the next run (a callback cannot).
@@ -166,7 +165,7 @@ def open_channel(layer: str, channels: tuple[int, ...], names: list[str]) -> Cal
         chosen = set(ss.get(state.LAYERS_KEY) or ()) | {layer}
         ss[state.LAYERS_KEY] = [name for name in names if name in chosen]
         ss[state.LAYER_KEY] = layer
-        ss[state.CHANNEL_KEY] = int(channels[point["channel"]])
+        ss[state.CHANNEL_KEY] = int(point["channel"])  # the map view's channel number
         ss[_SWITCH_KEY] = True
 
     return picked
@@ -200,8 +199,9 @@ def network_ui(ctx: Context, names: list[str]) -> None:
             default="map",
             key=SCALE_KEY,
             persist_state="session",
-            help="Per map: each square uses the full colour range. "
-            "Per layer: one range for a whole column, to compare its maps.",
+            help="Per map: each square's colours reach its own largest value. "
+            "Per layer: one scale for a whole column, to compare its maps. Either way "
+            "zero keeps its colour.",
         )
         st.html(_legend())
     try:
@@ -216,14 +216,13 @@ def network_ui(ctx: Context, names: list[str]) -> None:
 
 
 def _legend() -> str:
-    return (
-        '<div style="display:flex;align-items:center;gap:0.5rem;font-size:0.85rem">'
-        "<span>negative</span>"
-        '<div style="width:160px;height:10px;border-radius:2px;background:linear-gradient('
-        'to right,#053061,#4393c3,#f7f7f7,#d6604d,#67001f)"></div>'
-        "<span>positive</span><span style='opacity:0.7'>· white is zero · click a square "
-        "to open it on Feature maps</span></div>"
-    )
+    """Both colourings of the strip, and what a click does."""
+    rows = [
+        legend_html(True, "Layers whose values go below zero (convolution, batch norm)"),
+        legend_html(False, "Layers never below zero (after ReLU, pooling)"),
+    ]
+    note = "<div style='opacity:0.7'>Click a square to open it on Feature maps.</div>"
+    return f'<div style="font-size:0.85rem;display:grid;gap:0.2rem">{"".join(rows)}{note}</div>'
 
 
 def strip_ui(columns: list[Column], views: dict[str, dict], names: list[str], random: bool) -> None:
@@ -244,7 +243,7 @@ def column_ui(column: Column, data: dict | None, names: list[str], random: bool)
         return
     pick = None
     if column.kind == "maps":
-        pick = open_channel(column.name, tuple(int(c) for c in column.channels), names)
+        pick = open_channel(column.name, names)
     map_view_ui(data, key=column_key(column.name), on_pick=pick)
     more = column.total - len(column.channels)
     note = f"{data['caption']}" + (f" · +{more} more" if more else "")

@@ -18,9 +18,14 @@ seed always picks the same images, so a colleague who types the same seed sees
 the same thing. The **test** images have no label: the network has to guess.
 """,
     "heatmap": """
-A **heatmap** paints each number as a colour. Here bright yellow means a high
-value, dark purple a low one. In a feature map, bright marks the places where
-the network found the pattern that channel looks for.
+A **heatmap** paints each number as a colour, the same way on every page and
+in the saved pictures. Where a layer's values can go below zero (a convolution
+before its ReLU, batch norm), **white** is zero, **red** is above zero and
+**blue** below it: the deeper the colour, the further from zero. Where values
+are never below zero (after a ReLU or pooling), **dark purple** is zero,
+nothing found, and the colour brightens through blue and green to **yellow**
+for the strongest. In a feature map, red or bright yellow marks the places
+where the network found the pattern that channel looks for.
 """,
     "convolution": """
 A **convolution layer** slides many small filters (3×3 pixels here) over the
@@ -36,24 +41,32 @@ channel so values stay in a useful range. **Pooling** keeps the largest value in
 each 2×2 square, halving the map's size, so later layers see a wider area.
 """,
     "brightness": """
-**Bright** means a strong response; **dark** means none. A conv or batch-norm
-layer comes before its ReLU, so its values can be negative: there the darkest
-places are where the image looks most unlike the pattern. With *per channel*
-normalisation each map uses its full colour range, so faint channels are
-visible too; with *per layer* all maps share one scale, so you can compare how
-strongly channels respond. A **dead** channel is zero everywhere for this image.
+**Red** (before a ReLU) or **bright yellow** (after it) means a strong response.
+A conv or batch-norm layer comes before its ReLU, so its values can be
+negative: **blue** places are where the image looks most unlike the pattern,
+and **white** is zero. A channel's own bias can tint a whole empty background
+light red or light blue: that is the bias, not a pattern. After the ReLU every
+negative value is zero, **dark purple**. With *per channel* each map's colours
+reach its own largest value, so faint channels are visible too; with *per
+layer* all maps share one scale, so you can compare how strongly channels
+respond. Laid over the image, a map is see-through where it is zero. A **dead**
+channel is zero everywhere for this image.
 """,
     "top_images": """
 **Top images** are the images of the whole dataset that make one channel fire
 most strongly: they show what pattern the channel has learned to look for.
 Each crop is the part of the image the channel's strongest value depends on
-(its **receptive field**); below it, the channel's map, all on one colour scale.
+(its **receptive field**); below it, the channel's map, coloured as on Feature
+maps and all on one scale.
 """,
     "class_matrix": """
 The **class × channel** table averages each channel over all images of a class.
-A bright cell means the channel responds to that class more than to others:
-the layer has a detector that helps tell that class apart. Click a cell to see
-the images of that class that excite that channel most.
+*Compared across classes*, a **red** cell means the channel responds to that
+class more than to the others, **blue** less, **white** as much: a column with
+one red cell is a detector that helps tell that class apart. *Mean activation*
+paints the averages themselves, dark purple at zero to yellow for the
+strongest (blue, white and red where averages go below zero). Click a cell to
+see the images of that class that excite that channel most.
 """,
     "embedding": """
 The **embedding map** places every image as a point so that images the layer
@@ -66,13 +79,16 @@ Draw a box or lasso around points to see those images.
     "gradcam": """
 **Grad-CAM** shows where in the image the chosen layer holds the evidence for a
 class: each channel is weighted by how much raising it would raise that class's
-score, and the weighted maps are added up. Bright places pushed the network
-towards the class; dark ones did not. Deep layers give the clearest pictures.
+score, and the weighted maps are added up. Laid over the image, the evidence is
+see-through where there is none, and grows more opaque and brighter (purple,
+then green, then yellow) where there is more: yellow places pushed the network
+hardest towards the class. Deep layers give the clearest pictures.
 """,
     "compare": """
-**Compare** puts two images side by side on the same channel. The difference
-map is the first image's map minus the second's: red where the first image
-excites the channel more, blue where the second one does.
+**Compare** puts two images side by side on the same channel, on one scale and
+coloured as on Feature maps. The difference map is the first image's map minus
+the second's: red where the first image excites the channel more, blue where
+the second one does, white where both are equal.
 """,
     "network": """
 The **network** turns an image into an answer in steps, from left to right.
@@ -83,10 +99,14 @@ and their size. The last column is the answer: how sure the network is of each
 class. Click a small square to open it on the Feature maps page.
 """,
     "network_colours": """
-**Red** means a positive value (the pattern is there), **blue** a negative one
-(the opposite of the pattern), **white** zero. *Per map*: each square uses the
-full colour range, so faint maps show too. *Per layer*: all squares of a column
-share one range, so you can see which maps respond most.
+The squares are coloured as on Feature maps. A layer whose values go below zero
+(a convolution, batch norm): **red** above zero (the pattern is there), **blue**
+below (the opposite of the pattern), **white** zero. A layer never below zero
+(after a ReLU, pooling): **dark purple** is zero, brightening to **yellow** for
+the strongest. The input column follows the same rule. *Per map*: each square's
+colours reach its own largest value, so faint maps show too. *Per layer*: all
+squares of a column share one scale, so you can see which maps respond most.
+Hover a square for its channel's number.
 """,
     "network_graph": """
 This network is not a simple chain of steps, so it is drawn as a **graph**:
@@ -150,8 +170,10 @@ the pixels: red weights want light there, blue weights want dark.
     "atlas": """
 The **channel atlas** shows, for every channel of the layer, the picture the
 network paints when asked to make that channel fire as much as it can. Channels
-with similar pictures look for similar patterns. Click a picture to open that
-channel's card on the Feature maps page: its strongest images and what it does.
+with similar pictures look for similar patterns. The pictures are images, not
+maps of values: a network that reads gray images paints in gray. The number on
+each is its channel. Click a picture to open that channel's card on the Feature
+maps page: its strongest images and what it does.
 """,
 }
 

@@ -29,7 +29,6 @@ __all__ = [
     "get_layer_names",
     "get_layer_table",
     "get_model",
-    "get_receptive_field",
     "pass_options",
     "result_store",
     "warm_up_in_background",
@@ -86,12 +85,6 @@ def get_layer_table(choice: ModelChoice) -> pd.DataFrame:
     """The layers with their output shapes, parameters and map memory for the model's input."""
     loaded = get_model(choice)
     return loaded.layers.table(loaded.spec.shape)
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def get_receptive_field(choice: ModelChoice, layer: str) -> int | None:
-    """A layer's receptive field in input pixels, where it can be derived."""
-    return get_model(choice).layers.receptive_field(layer)
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)

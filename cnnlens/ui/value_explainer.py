@@ -30,10 +30,12 @@ if TYPE_CHECKING:
 __all__ = [
     "PICK_KEY",
     "VIEW_KEY",
+    "animation_sentence",
     "grid_html",
     "note_view",
     "pick_class",
     "pick_value",
+    "slide_order",
     "value_explainer_ui",
     "view_token",
 ]
@@ -370,29 +372,73 @@ def _conv_ui(found: Any, ctx: Context, pixels: np.ndarray, map_shape: tuple[int,
 
 
 def animation_ui(found: Any, ctx: Context, pixels: np.ndarray, map_shape: tuple[int, int]) -> None:
-    """The play button: the stencil slides over the first input channel."""
-    first = int(found.input_channels[0])
-    padded = get_padded_input(ctx.choice, pixels, found.layer, first)
+    """The play button: the stencil slides over the input channel that adds the most at
+    the clicked point, or over the one chosen in the list."""
+    order = slide_order(found)
+    position = order[0]
+    if len(order) > 1:
+        position = st.selectbox(
+            "Input channel to slide over",
+            order,
+            format_func=lambda i: (
+                f"channel {int(found.input_channels[i])}: adds {_number(found.per_input[i])}"
+            ),
+            # One list per point: a new click starts again from the channel that adds most.
+            key=f"conv_animation_input_{found.layer}_{found.channel}_{found.row}_{found.col}",
+            help="By what each input channel adds at the clicked point, largest first.",
+        )
+    padded = get_padded_input(ctx.choice, pixels, found.layer, int(found.input_channels[position]))
     single = len(found.per_input) == 1
     data = animation_data(
         padded.plane,
         padded.padding,
-        found.kernel[0],
+        found.kernel[position],
         found.stride,
         found.dilation,
         map_shape,
         (found.row, found.col),
         bias=found.bias if single else 0.0,
     )
-    st.markdown(
-        f"**Watch the stencil slide** over input channel {int(found.input_channels[0])}"
-        + (
-            " (this layer reads only this one, so the output is the layer's map)."
-            if single
-            else f" (only this channel's share: the layer adds up all {len(found.per_input)})."
-        )
-    )
+    st.markdown(animation_sentence(found, position))
     conv_animation_ui(data, key="conv_animation")
+
+
+def slide_order(found: Any) -> list[int]:
+    """The input channels (positions in ``found.input_channels``) by what they add at the
+    point, largest first by size (either sign); ties keep channel order."""
+    return np.argsort(-np.abs(found.per_input), kind="stable").tolist()
+
+
+def animation_sentence(found: Any, position: int) -> str:
+    """The line above the animation: which input channel, its share, and the steps when
+    the stencil does not move one cell at a time."""
+    count = len(found.per_input)
+    text = f"**Watch the stencil slide** over input channel {int(found.input_channels[position])}"
+    if count == 1:
+        text += " (this layer reads only this one, so the output is the layer's map)."
+    else:
+        adds = _number(found.per_input[position])
+        most = position == slide_order(found)[0]
+        text += f", which adds the most here: {adds}" if most else f", which adds {adds} here"
+        text += f" (only this channel's share: the layer adds up all {count})."
+    return f"{text} {_steps_words(found.stride, found.dilation)}".rstrip()
+
+
+def _steps_words(stride: tuple[int, int], dilation: tuple[int, int]) -> str:
+    """How the stencil moves and spreads, in words, when either is not one cell."""
+    parts = []
+    if tuple(stride) != (1, 1):
+        if stride[0] == stride[1]:
+            parts.append(f"jumps {stride[0]} cells at each step (stride {stride[0]})")
+        else:
+            parts.append(
+                f"jumps {stride[0]} rows down and {stride[1]} columns across "
+                f"(stride {stride[0]}×{stride[1]})"
+            )
+    if tuple(dilation) != (1, 1):
+        step = f"{dilation[0]}" if dilation[0] == dilation[1] else f"{dilation[0]}×{dilation[1]}"
+        parts.append(f"reads cells {step} apart (dilation {step})")
+    return f"The stencil {' and '.join(parts)}." if parts else ""
 
 
 def _batchnorm_ui(found: Any, ctx: Context, pixels: np.ndarray, _shape: tuple) -> None:

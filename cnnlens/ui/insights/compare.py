@@ -107,21 +107,24 @@ def compared_ui(
     # One colour range for both maps, so equal colours mean equal values.
     low = float(min(first[2].min(), second[2].min()))
     high = float(max(first[2].max(), second[2].max()))
+    colours = figures.map_colours(np.stack([first[2], second[2]]))
     images, charts = st.columns(3), st.columns(3)
     for column, (image, caption, map2d), key, name in (
         (0, first, "compare_a", "First"),
         (1, second, "compare_b", "Second"),
     ):
         images[column].image(image, caption=f"{name}: {caption}", width=160)
-        figure = figures.channel_figure(map2d, title=title)
-        figure.data[0].update(zmin=low, zmax=high)
+        figure = figures.channel_figure(map2d, title, colours, value_range=(low, high))
         charts[column].plotly_chart(figure, config=PLAIN, key=key, theme=None)
     images[2].markdown(
         "**First minus second**: red where the first image excites the channel more, "
         "blue where the second does."
     )
+    change = difference(first[2], second[2])
+    reach = float(np.abs(change).max())
     figure = figures.channel_figure(
-        difference(first[2], second[2]), title="First minus second", colorscale="RdBu_r"
+        change, "First minus second", figures.map_colours(change, signed=True), (-reach, reach)
     )
-    figure.data[0].zmid = 0  # white where both are equal
+    figure.data[0].zmid = 0  # white where both are equal, in the colour bar's middle
     charts[2].plotly_chart(figure, config=PLAIN, key="compare_diff", theme=None)
+    st.caption(f"The two maps: {colours.words}. The difference: white where both are equal.")

@@ -84,7 +84,16 @@ def gradcam_section(focus: Focus) -> None:
     with left:
         st.image(pixels, caption=caption, width="stretch")
         class_index = _class_ui(classes)
-        opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="gradcam_opacity")
+        opacity = st.slider(
+            "Overlay opacity",
+            0.0,
+            1.0,
+            0.8,
+            0.05,
+            key="gradcam_opacity",
+            help="How opaque the strongest evidence is; where there is none, the image "
+            "always shows through.",
+        )
     try:
         with st.spinner("Tracing the decision back…"):
             overlay = get_grad_cam(ctx.choice, pixels, layer, class_index)
@@ -97,11 +106,11 @@ def gradcam_section(focus: Focus) -> None:
                 overlay.pixels,
                 overlay.cam,
                 opacity=opacity,
-                colorscale="Inferno",
                 title=f"Where {layer} holds the evidence for {classes[overlay.class_index]}",
             ),
             config=PLAIN,
             key="gradcam",
             theme=None,
         )
+        st.caption(f"Evidence: {figures.map_colours(overlay.cam).overlay_words}.")
     plain_words("gradcam")
