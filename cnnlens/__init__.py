@@ -6,7 +6,8 @@ image, ``image_features``; of any batch, ``build_extractor`` / ``build_lens``),
 summarise a layer over a dataset (``layer_stats``, ``summarise``) and read it
 (``top_images``, ``class_channel_matrix``, ``embedding``), see how the network
 computes (``overview``, ``architecture_dot``, ``explain_value``), where it looks
-(``grad_cam``), what a channel looks for and does (``visualize``, ``ablate``,
+(``attribute``, eleven methods; ``grad_cam``) and whether to believe it
+(``faithfulness``, ``sanity_check``), what a channel looks for and does (``visualize``, ``ablate``,
 ``ablation_by_class``), and export (``features_parquet``). Dataset-wide results
 are also specs (``LayerStatsSpec``...) that a ``ResultStore`` computes once and keeps.
 
@@ -57,6 +58,20 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "cnnlens.embeddings": ("EmbeddingSpec", "embedding"),
     "cnnlens.gradcam": ("grad_cam",),
+    "cnnlens.attribution": (
+        "AttributionMap",
+        "OcclusionScores",
+        "attribute",
+        "cam_layer",
+        "occlusion_scores",
+    ),
+    "cnnlens.faithfulness_metrics": (
+        "FaithfulnessCurve",
+        "FaithfulnessSpec",
+        "faithfulness",
+        "most_faithful",
+    ),
+    "cnnlens.sanity": ("SanityStep", "sanity_check"),
     "cnnlens.explain": ("ValueExplanation", "explain_value"),
     "cnnlens.network": ("architecture_dot", "overview"),
     "cnnlens.feature_visualization": ("ChannelImageSpec", "ChannelImagesSpec", "visualize"),

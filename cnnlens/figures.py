@@ -52,6 +52,7 @@ __all__ = [
     "montage",
     "montage_png",
     "overlay_figure",
+    "overlay_png",
     "tile_at",
 ]
 
@@ -761,6 +762,57 @@ def overlay_figure(
         hovertemplate="x %{x} · y %{y} · value %{z:.4g}<extra></extra>",
     )
     return _figure([_image_trace(base, hover=False), top], title, IMAGE_HEIGHT, image=True)
+
+
+def overlay_png(
+    image: np.ndarray,
+    map2d: np.ndarray,
+    opacity: float = 0.8,
+    side: int | None = None,
+    dim: float = 0.5,
+) -> bytes:
+    """A map's evidence laid over an image, as one RGB PNG: the overlay of
+    :func:`overlay_figure` without plotly, for a page that shows many at once.
+
+    Only the map's positive part is drawn (evidence *for*), on the non-negative ramp
+    from the image itself at zero to opaque yellow at the map's largest value.
+
+    Args:
+        image: H×W grayscale or H×W×3 uint8 RGB.
+        map2d: h×w values, resized (bilinear) to the image.
+        opacity: Opacity where the map is strongest, 0 to 1.
+        side: Enlarge (nearest neighbour, whole multiples) until the longer side
+            reaches at least this many pixels; default as it is.
+        dim: The image's brightness under the map, 0 to 1: a white digit dimmed to
+            grey lets yellow evidence on its strokes stand out. 1 keeps it as it is.
+
+    Raises:
+        ValueError: If ``opacity`` is outside [0, 1], an array has the wrong shape, or
+            the map holds NaN or infinite values.
+    """
+    check_opacity(opacity)
+    check_opacity(dim)
+    base = _as_image(image)
+    if base.ndim == 2:
+        png = Image.open(io.BytesIO(image_png(base)))
+        base = np.asarray(png.convert("RGB"))
+    base = base.astype(np.float32) * dim
+    layer = _as_map2d(map2d).astype(np.float32)
+    _check_finite(layer, "The map's values")
+    height, width = base.shape[:2]
+    resized = np.asarray(Image.fromarray(layer).resize((width, height), Image.Resampling.BILINEAR))
+    colours = MapColours(signed=False)
+    places = colours.places(np.maximum(resized, 0), float(resized.max(initial=0.0)))
+    palette = np.frombuffer(_palette(SEQUENTIAL), np.uint8).reshape(-1, 3)[:_PNG_LEVELS]
+    tint = palette[np.rint(places * (_PNG_LEVELS - 1)).astype(np.int64)].astype(np.float32)
+    alpha = (colours.alpha(places) * opacity)[..., None].astype(np.float32)
+    mixed = np.rint(base * (1 - alpha) + tint * alpha).astype(np.uint8)
+    if side is not None and max(height, width) < side:
+        times = -(-side // max(height, width))
+        mixed = mixed.repeat(times, axis=0).repeat(times, axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(mixed).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def bar_figure(

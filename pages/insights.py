@@ -1,4 +1,4 @@
-"""Insights: what a layer does across the whole dataset, and where the network looks.
+"""Insights: what a layer does across the whole dataset.
 
 Each section lives in its own module under ``cnnlens/ui/insights/`` (the atlas in
 ``cnnlens/ui/atlas.py``); the current view's exports are on the Feature maps page.
@@ -15,7 +15,6 @@ from cnnlens.ui.insights.class_matrix import matrix_section
 from cnnlens.ui.insights.compare import compare_section
 from cnnlens.ui.insights.embedding_map import embedding_section
 from cnnlens.ui.insights.focus import Focus
-from cnnlens.ui.insights.gradcam_view import gradcam_section
 from cnnlens.ui.insights.parquet_export import parquet_ui
 from cnnlens.ui.insights.top_images import top_section
 
@@ -23,7 +22,6 @@ SECTIONS = {
     "top": ("Top images", top_section),
     "matrix": ("Classes × channels", matrix_section),
     "embedding": ("Embedding map", embedding_section),
-    "gradcam": ("Grad-CAM", gradcam_section),
     "compare": ("Compare", compare_section),
     "atlas": ("Channel atlas", lambda focus: atlas_ui(focus.ctx, focus.layer)),
 }
@@ -58,8 +56,8 @@ page_view = state.current_view(page_ctx.dataset)
 st.title("Insights")
 st.markdown(
     "What a layer does across **the whole dataset**: which images excite each channel, "
-    "which channels each class excites, how the layer arranges the images; and, for the "
-    "current image, where the network looks when it decides."
+    "which channels each class excites, how the layer arranges the images. Where the "
+    "network looks in the current image when it decides is on **Where it looks**."
 )
 chosen_section, chosen_layer = choices_ui(page_view)
 SECTIONS[chosen_section][1](Focus(page_ctx, page_view, chosen_layer))

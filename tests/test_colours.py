@@ -1,4 +1,4 @@
-"""The one colour convention on the Insights page (Grad-CAM, Compare, classes × channels),
+"""The one colour convention on the Insights page (Compare, classes × channels),
 through AppTest: signed values white at zero, others from dark at zero, overlays
 see-through at zero. Expected colours come from independent references (CIELAB
 lightness, RdBu's white), the values from the demo model run here."""
@@ -13,7 +13,7 @@ import pytest
 from cnnlens.figures import MapColours
 from tests.generated import write_dataset
 from tests.test_app import chart, open_app
-from tests.test_figures import WHITE, lightness, rgba_stops
+from tests.test_figures import WHITE, rgba_stops
 from tests.test_insights_page import LABELS, PAGE, reference
 
 
@@ -33,19 +33,6 @@ def colour_at(trace: dict, value: float) -> np.ndarray:
     hit = np.flatnonzero(np.isclose(places, place, atol=1e-9))
     assert hit.size, f"no stop at {value} (place {place})"
     return colours[hit[0]]
-
-
-def test_grad_cam_is_see_through_at_zero_and_lighter_and_more_opaque_as_evidence_grows(digits):
-    at = open_app(PAGE, layers="conv_4", layer="conv_4")
-    at.segmented_control(key="insights_section").set_value("gradcam").run()
-    top = chart(at, "gradcam")["data"][1]
-    assert top["zmin"] == float(top["z"].min()) == 0 and top["zmax"] == float(top["z"].max())
-    places, colours = rgba_stops(top["colorscale"])
-    assert colours[0, 3] == 0  # no evidence: the image shows through
-    np.testing.assert_allclose(colours[:, 3], places, atol=1e-4)  # opacity ∝ the value
-    assert np.all(np.diff(lightness(colours)) > 0)  # weak evidence never the brightest
-    assert top["opacity"] == 0.8
-    assert any("see-through at zero" in c.value for c in at.caption)
 
 
 def test_compare_colours_both_maps_on_one_signed_scale_and_the_difference_white_at_zero(digits):

@@ -31,6 +31,7 @@ from cnnlens.figures import (
     montage,
     montage_png,
     overlay_figure,
+    overlay_png,
     tile_at,
 )
 
@@ -357,6 +358,32 @@ def test_overlay_resizes_the_map_to_the_image():
 def test_overlay_rejects_opacity_outside_0_1(opacity):
     with pytest.raises(ValueError, match="opacity must be between 0 and 1"):
         overlay_figure(np.zeros((4, 4)), np.ones((2, 2)), opacity=opacity)
+
+
+def test_overlay_png_shows_the_dimmed_image_at_zero_and_the_ramps_top_at_full_opacity():
+    image = np.tile(np.arange(0, 256, 32, dtype=np.uint8), (8, 1))  # 0..224, gray
+    evidence = np.zeros((8, 8), np.float32)
+    evidence[2, 3], evidence[5, 6] = 2.0, 1.0
+    evidence[6, 1] = -5.0  # evidence against: not drawn
+    picture = np.asarray(Image.open(io.BytesIO(overlay_png(image, evidence, 1.0, dim=0.5))))
+    assert picture.shape == (8, 8, 3)
+    dimmed = np.rint(image * 0.5)  # a uint8 image is shown as it is (0 black, 255 white)
+    no_evidence = np.ones((8, 8), bool)
+    no_evidence[2, 3] = no_evidence[5, 6] = False
+    for channel in range(3):
+        np.testing.assert_array_equal(picture[..., channel][no_evidence], dimmed[no_evidence])
+    assert tuple(picture[2, 3]) == colorscale_end(SEQUENTIAL, -1)  # the top, fully opaque
+    half = picture[5, 6].astype(float)  # half the top: half the ramp's colour, half the image
+    assert lightness(half) < lightness(picture[2, 3])
+
+
+def test_overlay_png_enlarges_small_images_by_whole_multiples():
+    picture = Image.open(
+        io.BytesIO(overlay_png(np.zeros((28, 28), np.uint8), np.ones((7, 7)), side=224))
+    )
+    assert picture.size == (224, 224)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        overlay_png(np.zeros((4, 4), np.uint8), np.ones((4, 4)), dim=2)
 
 
 def test_overlay_rejects_non_numeric_opacity():

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from sklearn.decomposition import PCA
 
 from cnnlens import insights
@@ -138,43 +137,6 @@ def test_the_embedding_is_the_pca_of_channel_means_with_mistakes_marked(digits):
         np.testing.assert_allclose(points[:, axis], sign * expected[:, axis], atol=1e-4)
     np.testing.assert_array_equal(crosses, ref["predicted"] != np.array(LABELS))
     assert any(f"of {len(LABELS)} images are classified wrongly" in c.value for c in at.caption)
-
-
-def hand_grad_cam(image, layer: str, target: int) -> np.ndarray:
-    model = demo_model()
-    for module in model.modules():
-        if getattr(module, "inplace", False):
-            module.inplace = False
-    kept = {}
-    index = layer_names(model).index(layer)
-    model.features[index].register_forward_hook(lambda m, i, out: kept.update(act=out))
-    logits = model(to_batch(image))
-    (gradient,) = torch.autograd.grad(logits[0, target], kept["act"])
-    cam = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * kept["act"]).sum(1, keepdim=True))
-    return F.interpolate(cam, size=(28, 28), mode="bilinear")[0, 0].detach().numpy()
-
-
-def test_grad_cam_overlays_the_evidence_for_the_answer_or_a_chosen_class(digits):
-    at = open_app(PAGE, layers="conv_1,conv_4", layer="conv_4")
-    at.segmented_control(key="insights_section").set_value("gradcam").run()
-    dataset = load_dataset(digits)
-    image = dataset.load_image(dataset.pick(128))
-    with torch.no_grad():
-        answer = int(demo_model()(to_batch(image)).argmax())
-    overlay = chart(at, "gradcam")
-    assert title(overlay) == f"Where conv_4 holds the evidence for {answer}"
-    np.testing.assert_array_equal(overlay["data"][0]["z"], np.asarray(image))
-    np.testing.assert_allclose(
-        overlay["data"][1]["z"], hand_grad_cam(image, "conv_4", answer), atol=1e-5
-    )
-
-    other = (answer + 1) % 10
-    at.selectbox(key="gradcam_class").set_value(other).run()
-    overlay = chart(at, "gradcam")
-    assert title(overlay) == f"Where conv_4 holds the evidence for {other}"
-    np.testing.assert_allclose(
-        overlay["data"][1]["z"], hand_grad_cam(image, "conv_4", other), atol=1e-5
-    )
 
 
 def test_compare_shows_both_maps_and_their_difference(digits):

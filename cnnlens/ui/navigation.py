@@ -14,6 +14,7 @@ PAGES = {
     "layers": ("Layers", ":material/stacks:"),
     "network": ("Network", ":material/account_tree:"),
     "feature_maps": ("Feature maps", ":material/grid_view:"),
+    "where_it_looks": ("Where it looks", ":material/center_focus_strong:"),
     "insights": ("Insights", ":material/insights:"),
 }
 """Each page's file name under ``pages/`` (without ``.py``): its title and icon."""

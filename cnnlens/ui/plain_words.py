@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-__all__ = ["WORDS", "plain_words"]
+__all__ = ["METHOD_SENTENCES", "WORDS", "method_words", "plain_words"]
 
 WORDS = {
     "dataset": """
@@ -76,13 +76,31 @@ image the network classifies wrongly. **PCA** keeps the broad layout and is
 instant; **t-SNE** and **UMAP** keep close neighbours together but take longer.
 Draw a box or lasso around points to see those images.
 """,
-    "gradcam": """
-**Grad-CAM** shows where in the image the chosen layer holds the evidence for a
-class: each channel is weighted by how much raising it would raise that class's
-score, and the weighted maps are added up. Laid over the image, the evidence is
-see-through where there is none, and grows more opaque and brighter (purple,
-then green, then yellow) where there is more: yellow places pushed the network
-hardest towards the class. Deep layers give the clearest pictures.
+    "attribution": """
+An **attribution map** says which parts of the image the network's answer rests
+on. Each method asks the question its own way (through one late layer, the
+**CAMs**; or through the pixels themselves), so the maps differ. Laid over the
+image, a map is see-through where it finds no evidence and grows more opaque and
+brighter (purple, then green, then yellow) where there is more: yellow places
+pushed the network hardest towards the class. Hover a method's name for what it
+does. Different maps of one answer are not all right: the two checks under each
+one say how far to believe it.
+""",
+    "faithfulness": """
+**Faithfulness** asks whether the map marks what the network really uses.
+*Deletion* removes the pixels the map ranks highest first and watches the
+class's probability: if it falls fast (a small area under the curve, near 0),
+the map found what mattered. *Insertion* puts those pixels back first into a
+blurred image: a fast rise (a large area, near 1) is good. One image says
+little; the table at the bottom measures each method over many images of your
+own data.
+""",
+    "sanity": """
+The **sanity check** (Adebayo et al., 2018) gives the network random weights
+and draws the map again. A map that explains the network must change: it
+should not still match the first one. When it barely changes (rank correlation
+ρ of 0.5 or more), the method mostly draws the image itself, its edges and
+bright parts, whatever the network learned: it is flagged.
 """,
     "compare": """
 **Compare** puts two images side by side on the same channel, on one scale and
@@ -178,7 +196,38 @@ maps page: its strongest images and what it does.
 }
 
 
+METHOD_SENTENCES = {
+    "gradcam": "weighs each channel of a late layer by how much the answer grows with it "
+    "on average, and adds up the channels' maps.",
+    "gradcam++": "like Grad-CAM, but weighs each place by how much it adds on its own, so "
+    "several objects of one class all show.",
+    "xgradcam": "like Grad-CAM, with each channel's weight scaled by where the channel "
+    "fires, which makes the map sum to the answer's change more closely.",
+    "layercam": "keeps, at each place, only the channels that raise the answer there: "
+    "finer maps, and it works on early layers too.",
+    "hirescam": "multiplies each channel's map by its own gradient place by place, so the "
+    "map shows exactly the places the layer's evidence comes from.",
+    "scorecam": "blanks the image outside each channel's map and asks the network again: "
+    "no gradients, one forward per channel, slow on big layers.",
+    "eigencam": "the layer's main pattern (its first principal component); it ignores the "
+    "class, so it shows what the layer sees, not why it chose.",
+    "saliency": "how much the answer changes when each pixel changes a little (the "
+    "gradient): sharp but noisy.",
+    "smoothgrad": "the saliency of 25 noisy copies of the image, averaged: less noise.",
+    "integrated_gradients": "adds up the gradients on the way from a black image to this "
+    "one: the map's sum is the answer's change from black to this image.",
+    "occlusion": "covers each part of the image with a grey square and measures how much "
+    "the answer drops: slow, but it asks the network directly.",
+}
+"""What each method does, in one plain sentence after its name."""
+
+
 def plain_words(*topics: str, title: str = "What am I looking at?") -> None:
     """A collapsible explanation in plain words, for people who do not program."""
     with st.expander(title, icon=":material/help:"):
         st.markdown("\n".join(WORDS[topic] for topic in topics))
+
+
+def method_words(titles: dict[str, str]) -> str:
+    """Every attribution method in one plain sentence each, as a Markdown list."""
+    return "\n".join(f"- **{titles[m]}** {sentence}" for m, sentence in METHOD_SENTENCES.items())

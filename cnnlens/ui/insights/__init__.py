@@ -3,7 +3,6 @@
 - :mod:`~cnnlens.ui.insights.top_images`: the images that excite a channel most;
 - :mod:`~cnnlens.ui.insights.class_matrix`: which channels each class excites;
 - :mod:`~cnnlens.ui.insights.embedding_map`: every image placed by what the layer sees;
-- :mod:`~cnnlens.ui.insights.gradcam_view`: where the network looks, on the current image;
 - :mod:`~cnnlens.ui.insights.compare`: two images side by side on one channel;
 - :mod:`cnnlens.ui.atlas`: every channel as the image it looks for;
 - :mod:`~cnnlens.ui.insights.parquet_export`: the dataset's features as a file.
