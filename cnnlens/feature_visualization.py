@@ -19,6 +19,26 @@ by ``(seed, channel)``, so a channel's image does not depend on which other
 channels shared its batch (beyond floating-point rounding), and the same seed
 gives the same image.
 
+Lucid's images often say little: the mean of a linear channel is largest for a
+uniform image (7 of 8 of the demo's ``conv_1`` channels are white or black
+squares). With a prior of the dataset's own images
+(:func:`~cnnlens.priors.image_prior`) two more methods make images that
+look like the data, through the same views:
+
+- ``"pca"``, the default where a prior is given (the cheap form of Nguyen et
+  al. 2016's generator prior): the mean image plus the dataset's principal
+  components, each coefficient bounded by tanh to 3 standard deviations and the
+  whole vector to 0.7 of a real image's typical length. On the demo's
+  ``conv_1`` and ``conv_2`` it draws digit strokes (3s, 0s, 6s): no uniform
+  image, and the network places them nearer real digits than Lucid's.
+- ``"maco"`` (Fel et al. 2023): the dataset's average magnitude spectrum with
+  the phase optimised; sharp textures. Its mask (:func:`visualize_with_masks`)
+  adds up the gradient's magnitude on the image over the steps, as MACO does.
+
+Both raise the rectified output where an activation follows the layer
+(:func:`_rectified`). ``diversity=k`` paints k images per channel, pushed apart
+by Lucid's diversity objective on the layer's Gram matrices.
+
 :class:`ChannelImageSpec` is one channel's image as a result the store keeps
 (:mod:`cnnlens.store`), so a channel atlas and a channel card share tiles, and
 everyone and every restart reuses them; :class:`ChannelImagesSpec` is an atlas of
@@ -47,6 +67,7 @@ from cnnlens.borrow import (
     plain_module,
 )
 from cnnlens.layers import meta_copy
+from cnnlens.priors import ImagePrior, ImagePriorSpec
 from cnnlens.private_copy import MODEL_FAILURES, PrivateCopy
 from cnnlens.results import Cancelled, ModelSpec, Run
 
@@ -55,14 +76,18 @@ if TYPE_CHECKING:
     from cnnlens.store import ResultStore
 
 __all__ = [
+    "DEFAULT_METHOD",
     "LARGEST_DEFAULT_SIDE",
     "MEMORY_LIMIT",
+    "METHODS",
     "RECIPE_VERSION",
     "ChannelImageSpec",
     "ChannelImagesSpec",
+    "Visualization",
     "default_side",
     "to_uint8",
     "visualize",
+    "visualize_with_masks",
 ]
 
 RECIPE_VERSION = 1
@@ -90,6 +115,21 @@ _SCALES = (0.9, 1.1)
 _DEGREES = 10.0
 _DRAWS = 6  # per step: jitter x, y; scale; angle; fine jitter x, y
 
+METHODS = ("lucid", "pca", "maco")
+"""The ways :func:`visualize` makes an image: Lucid's recipe; the dataset's principal
+components (Nguyen et al. 2016's cheap prior); MACO's phase with the dataset's magnitude
+spectrum (Fel et al. 2023)."""
+
+DEFAULT_METHOD = "pca"
+"""The method :func:`visualize` uses when it is given a prior (``"lucid"`` without one)."""
+
+PCA_BOUND = 3.0
+"""The most a principal component's coefficient may reach, in standard deviations."""
+
+_RADIUS = 0.7  # the coefficients' largest norm, in sqrt(k) standard deviations
+_METHOD_VERSIONS = {"pca": 1, "maco": 1}  # bump one when its images change
+_DIVERSITY = 1.0  # the diversity term's weight, relative to the channels' mean objective
+
 
 def visualize(
     model: nn.Module | LoadedModel,
@@ -100,6 +140,9 @@ def visualize(
     steps: int = 256,
     seed: int = 0,
     negative: bool = False,
+    method: str | None = None,
+    prior: ImagePrior | None = None,
+    diversity: int = 1,
     batch_size: int = 64,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -121,46 +164,134 @@ def visualize(
         channels: one channel or several; a 2-D output's units count as channels.
         size: the image side in pixels. Default :func:`default_side`: the
             LoadedModel's input side, at most 128; required for a plain module.
+            With a ``prior``, the prior's side.
         steps: optimisation steps (256-512 in Lucid).
         seed: the seed of every random draw: the same seed gives the same images.
         negative: lower the channel's mean instead: what the channel is most against.
-        batch_size: channels optimised together, at most: more channels go in several
-            groups, and so do fewer where a group would take more than :data:`MEMORY_LIMIT`.
+        method: how the image is made (:data:`METHODS`): ``"lucid"`` (Lucid's recipe, as
+            it always was: the layer's own mean), ``"pca"`` (the image stays in the span
+            of the dataset's principal components) or ``"maco"`` (the phase of the
+            dataset's magnitude spectrum). The last two raise the channel's rectified
+            mean where an activation follows the layer (see :func:`_rectified`), and its
+            plain mean for ``negative``. Default (``None``): :data:`DEFAULT_METHOD`
+            (``"pca"``, the most legible on the demo) when a ``prior`` is given, else
+            ``"lucid"``.
+        prior: what the dataset's images look like (:func:`~cnnlens.priors.image_prior`),
+            needed by every method but ``"lucid"``.
+        diversity: images per channel; above 1 they are pushed apart (Lucid's diversity
+            objective) and the ``diversity`` images of a channel come one after another.
+        batch_size: images optimised together, at most: more go in several groups,
+            and so do fewer where a group would take more than :data:`MEMORY_LIMIT`.
         on_progress: called with ``(steps done, steps in all)`` after each step.
         should_stop: asked before each step; ``True`` stops with :class:`Cancelled`.
 
     Returns:
-        A ``len(channels)×C×size×size`` float32 tensor on the CPU, values in [0, 1]:
-        the same on every run of a seed on the CPU, bit for bit (a GPU's
+        A ``len(channels)·diversity×C×size×size`` float32 tensor on the CPU, values in
+        [0, 1]: the same on every run of a seed on the CPU, bit for bit (a GPU's
         scatter-adds may differ in the last bits).
 
     Raises:
-        ValueError: for an unknown layer, a channel out of range (the message
-            names the valid range), a layer without 2-D or 4-D output, a size that
-            does not fit the network or needs more than :data:`MEMORY_LIMIT` for one
-            image (the message names the largest side that fits), or a bad number of
-            steps, size or batch.
+        ValueError: for an unknown layer or method, a channel out of range (the
+            message names the valid range), a layer without 2-D or 4-D output, a size
+            that does not fit the network or needs more than :data:`MEMORY_LIMIT` for
+            one image (the message names the largest side that fits), a method that
+            needs a prior without one, a prior of another model input, or a bad number
+            of steps, size, diversity or batch.
         TypeError: for a model that is neither, or channels that are not integers.
         Cancelled: if ``should_stop()`` returned True.
     """
+    return visualize_with_masks(
+        model,
+        layer,
+        channels,
+        size=size,
+        steps=steps,
+        seed=seed,
+        negative=negative,
+        method=method,
+        prior=prior,
+        diversity=diversity,
+        batch_size=batch_size,
+        on_progress=on_progress,
+        should_stop=should_stop,
+    ).images
+
+
+@dataclass(frozen=True, eq=False)
+class Visualization:
+    """Feature visualizations and where each image matters.
+
+    Attributes:
+        images: N×C×S×S float32 in [0, 1] (:func:`visualize`'s images).
+        masks: N×C×S×S float32, each image's attribution mask as MACO makes it: the
+            absolute gradient of the objective with respect to the image, added up over
+            the steps. Large where a change of the image changes the channel most.
+        method: the method that made them.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    method: str
+
+
+def visualize_with_masks(
+    model: nn.Module | LoadedModel,
+    layer: str,
+    channels: int | Sequence[int],
+    *,
+    size: int | tuple[int, int] | None = None,
+    steps: int = 256,
+    seed: int = 0,
+    negative: bool = False,
+    method: str | None = None,
+    prior: ImagePrior | None = None,
+    diversity: int = 1,
+    batch_size: int = 64,
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Visualization:
+    """:func:`visualize`'s images with their attribution masks (MACO's transparency).
+
+    Example:
+        >>> from cnnlens import demo_dataset, open_model
+        >>> from cnnlens.priors import image_prior
+        >>> demo = open_model("demo")
+        >>> prior = image_prior(demo, demo_dataset(), images=200, components=16)
+        >>> found = visualize_with_masks(demo, "conv_2", [0], method="maco", prior=prior, steps=4)
+        >>> found.images.shape == found.masks.shape
+        True
+
+    Args:
+        model, layer, channels, size, steps, seed, negative, method, prior, diversity,
+            batch_size, on_progress, should_stop: as :func:`visualize`.
+
+    Returns:
+        A :class:`Visualization`; its images equal :func:`visualize`'s.
+
+    Raises:
+        ValueError, TypeError, Cancelled: as :func:`visualize`.
+    """
+    method = _check_method(method, prior)
     chosen = channel_list(channels)
-    _check_counts(steps=steps, batch_size=batch_size)
+    _check_counts(steps=steps, batch_size=batch_size, diversity=diversity)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a whole number 0 or more, got {seed!r}.")
     with borrowed_copy(model) as (copy, layers, spec):
-        side = spec.side(size)
+        side = _checked_side(spec, size, prior, method)
         path = layers.path(layer)
-        batch_size = _group_size(model, layer, path, spec, side, copy.dtype, batch_size)
         check_channels(layer, chosen, count_channels(copy, layer, path, spec, side))
-        groups = [chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size)]
+        target = path if method == "lucid" or negative else _rectified(copy, path, spec, side)
+        per_group = _group_size(model, layer, target, spec, side, copy.dtype, batch_size)
+        per_group = max(1, per_group // diversity)  # a channel's images share a group
+        groups = [chosen[start : start + per_group] for start in range(0, len(chosen), per_group)]
+        task = _Task(copy, target, spec, side, steps, seed, negative, method, prior, diversity)
         progress = _Progress(steps * len(groups), on_progress, should_stop)
         # Whatever the caller's grad mode: the image's gradient is what is optimised.
         with torch.inference_mode(False), torch.enable_grad():
-            images = [
-                _optimise(copy, path, spec, group, side, steps, seed, negative, progress)
-                for group in groups
-            ]
-    return torch.cat(images)
+            found = [task.optimise(group, progress) for group in groups]
+    return Visualization(
+        torch.cat([images for images, _ in found]), torch.cat([masks for _, masks in found]), method
+    )
 
 
 def default_side(model: nn.Module | LoadedModel) -> int:
@@ -343,17 +474,25 @@ class _Views:
         return centred + 0.5
 
 
+def _item_generator(seed: int, channel: int, copy: int) -> torch.Generator:
+    """The generator of one image: ``(seed, channel)``'s for a channel's first image (as
+    before diversity), ``(seed, channel, copy)``'s for its others."""
+    if copy == 0:
+        return torch.Generator().manual_seed(_item_seed(seed, channel))
+    state = np.random.SeedSequence([seed, channel, copy]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+
+
 def _start(
-    channels: list[int], image_channels: int, side: int, steps: int, seed: int
+    items: list[tuple[int, int]], shape: tuple[int, ...], sd: float, steps: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each item's start spectrum and its views' random numbers, from its own generator."""
-    spectra, draws = [], []
-    shape = (image_channels, side, side // 2 + 1, 2)  # real and imaginary parts of an rfft2
-    for channel in channels:
-        generator = torch.Generator().manual_seed(_item_seed(seed, channel))
-        spectra.append(torch.randn(shape, generator=generator) * _START_SD)
+    """Each image's start parameters and its views' random numbers, from its own generator."""
+    starts, draws = [], []
+    for channel, copy in items:
+        generator = _item_generator(seed, channel, copy)
+        starts.append(torch.randn(shape, generator=generator) * sd)
         draws.append(torch.rand((steps, _DRAWS), generator=generator))
-    return torch.stack(spectra), torch.stack(draws)
+    return torch.stack(starts), torch.stack(draws)
 
 
 def _model_input(copy: PrivateCopy, spec: KnownInput) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -374,45 +513,258 @@ def _model_input(copy: PrivateCopy, spec: KnownInput) -> Callable[[torch.Tensor]
     return convert
 
 
-def _optimise(
-    copy: PrivateCopy,
-    path: str,
-    spec: KnownInput,
-    channels: list[int],
-    side: int,
-    steps: int,
-    seed: int,
-    negative: bool,
-    progress: _Progress,
-) -> torch.Tensor:
-    """One batched optimisation: one image per channel, each raising its own channel's mean.
+def _check_method(method: str | None, prior: ImagePrior | None) -> str:
+    """The method to use: the one asked for, checked, or the default for the prior given."""
+    if prior is not None and not isinstance(prior, ImagePrior):
+        raise TypeError(
+            f"prior must be an ImagePrior (cnnlens.priors.image_prior), got {type(prior).__name__}."
+        )
+    if method is None:
+        return DEFAULT_METHOD if prior is not None else "lucid"
+    if method not in METHODS:
+        raise ValueError(
+            f"Unknown method {method!r}: choose one of {', '.join(map(repr, METHODS))}."
+        )
+    if method != "lucid" and prior is None:
+        raise ValueError(
+            f"method={method!r} needs to know what the dataset's images look like: pass "
+            "prior=image_prior(model, dataset) (from cnnlens.priors), or use "
+            "method='lucid'."
+        )
+    return method
 
-    Runs with gradients enabled, outside inference mode.
+
+def _checked_side(
+    spec: KnownInput, size: int | tuple[int, int] | None, prior: ImagePrior | None, method: str
+) -> int:
+    """The image side: ``size``, or the prior's, or the model's; a prior checked to fit it.
+
+    Raises:
+        ValueError: for a prior of another side, channel count or normalisation.
     """
+    uses_prior = method != "lucid" and prior is not None
+    side = spec.side(prior.side if size is None and uses_prior else size)
+    if not uses_prior:
+        return side
+    assert prior is not None
+    mean = np.zeros(prior.channels) if spec.mean is None else np.asarray(spec.mean)
+    std = np.ones(prior.channels) if spec.std is None else np.asarray(spec.std)
+    if prior.side != side or prior.channels != spec.channels:
+        raise ValueError(
+            f"The prior holds {prior.channels}-channel images of {prior.side} px, and this "
+            f"picture is {spec.channels}-channel at {side} px: make one with "
+            f"image_prior(model, dataset, side={side})."
+        )
+    if not (np.allclose(prior.pixel_mean, mean) and np.allclose(prior.pixel_std, std)):
+        raise ValueError(
+            "The prior was made with another normalisation than this model's: make one with "
+            "image_prior(model, dataset) for this model."
+        )
+    return side
+
+
+def _rectified(copy: PrivateCopy, path: str, spec: KnownInput, side: int) -> str:
+    """The module whose output the methods other than Lucid's raise: the layer's own, or,
+    where an activation module follows it before the next convolution with an output of
+    the same shape (the demo's ``conv_1`` -> ``relu_1``, a ResNet ``conv1`` -> its ``relu``
+    after ``bn1``), that activation's. The mean of a linear channel is largest for a
+    uniform image; its rectified mean is not."""
+    from cnnlens.attribution import _ACTIVATIONS, _holder, _Record
+
     assert spec.channels is not None  # checked by count_channels
-    device = copy.device
-    start, draws = _start(channels, spec.channels, side, steps, seed)
-    spectrum = start.to(device).requires_grad_(True)
-    views = _Views(side, draws.to(device))
-    scale = _frequency_scale(side, device)
-    to_input = _model_input(copy, spec)
-    items = torch.arange(len(channels), device=device)
-    wanted = torch.tensor(channels, device=device)
-    sign = 1.0 if negative else -1.0  # the loss: minus the channel's mean, or plus it
-    optimizer = torch.optim.Adam([spectrum], lr=_LEARNING_RATE)
-    for step in range(steps):
-        progress.check()
-        output = copy.run_to(to_input(views(_image(spectrum, scale, side), step)), path).output
-        picked = output[items, wanted].float()
-        score = picked.flatten(1).mean(1) if picked.dim() > 1 else picked
-        # Each item's loss involves its own image only, so the sum's gradient is each
-        # item's own, and Adam (element-wise) moves each image as if it were alone.
-        optimizer.zero_grad(set_to_none=True)
-        (sign * score.sum()).backward()
-        optimizer.step()
-        progress.step()
-    with torch.no_grad():
-        return _image(spectrum, scale, side).float().cpu()
+    record = _Record(copy.model)
+    noise = torch.rand((1, spec.channels, side, side), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        copy.run(copy.prepare(noise), record)
+    fired = record.fired
+    index = next((i for i, call in enumerate(fired) if call.path == path), None)
+    if index is None or isinstance(record.modules[path], _ACTIVATIONS):
+        return path
+    shape = getattr(fired[index].output, "shape", None)
+    for later in range(index + 1, len(fired)):
+        call = fired[later]
+        if call.conv:
+            break
+        if isinstance(record.modules[call.path], _ACTIVATIONS) and (
+            getattr(call.output, "shape", None) == shape
+        ):
+            return _holder(fired, later) or path
+    return path
+
+
+class _Lucid:
+    """Lucid's image: a 1/f-scaled spectrum, decorrelated colours, a sigmoid."""
+
+    learning_rate = _LEARNING_RATE
+    start_sd = _START_SD
+
+    @staticmethod
+    def start_shape(channels: int, side: int, prior: ImagePrior | None) -> tuple[int, ...]:
+        return (channels, side, side // 2 + 1, 2)  # real and imaginary parts of an rfft2
+
+    def __init__(self, start: torch.Tensor, side: int, prior: ImagePrior | None) -> None:
+        self.tensor = start.requires_grad_(True)
+        self.scale = _frequency_scale(side, start.device)
+        self.side = side
+
+    def image(self) -> torch.Tensor:
+        return _image(self.tensor, self.scale, self.side)
+
+
+class _FromPrior:
+    """An image in the model's input space of a prior, shown as pixels in [0, 1]."""
+
+    def __init__(self, start: torch.Tensor, side: int, prior: ImagePrior | None) -> None:
+        assert prior is not None  # checked by _check_method
+        device = start.device
+        self.tensor = start.requires_grad_(True)
+        self.prior = prior
+        self.mean = torch.from_numpy(np.array(prior.mean)).to(device)
+        self.pixel_mean = torch.from_numpy(np.array(prior.pixel_mean)).to(device).view(-1, 1, 1)
+        self.pixel_std = torch.from_numpy(np.array(prior.pixel_std)).to(device).view(-1, 1, 1)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input -> pixels, clipped to [0, 1] with the gradient passed straight
+        through, so a pixel pushed past black or white can come back."""
+        pixels = x * self.pixel_std + self.pixel_mean
+        return pixels + (pixels.clamp(0, 1) - pixels).detach()
+
+
+class _Pca(_FromPrior):
+    """Nguyen et al. 2016's cheap prior: the mean image plus the principal components, each
+    coefficient bounded by tanh to :data:`PCA_BOUND` of its standard deviation."""
+
+    learning_rate = 0.05
+    start_sd = 0.5
+
+    @staticmethod
+    def start_shape(channels: int, side: int, prior: ImagePrior | None) -> tuple[int, ...]:
+        assert prior is not None
+        return (len(prior.deviations),)
+
+    def __init__(self, start: torch.Tensor, side: int, prior: ImagePrior | None) -> None:
+        super().__init__(start, side, prior)
+        components = torch.from_numpy(np.array(self.prior.components)).to(start.device)
+        deviations = torch.from_numpy(np.array(self.prior.deviations)).to(start.device)
+        self.basis = components * deviations[:, None]
+
+    def span(self) -> torch.Tensor:
+        """The image in the model's input space, before clipping: in the components' span."""
+        return self.combine(self.tensor)
+
+    def combine(self, raw: torch.Tensor) -> torch.Tensor:
+        """The mean image plus the components weighted by bounded coefficients."""
+        coefficients = PCA_BOUND * torch.tanh(raw / PCA_BOUND)
+        # A real image's coefficients (in standard deviations) have a norm of about
+        # sqrt(k): a longer vector is shrunk to it, so the image keeps a real one's energy.
+        typical = _RADIUS * coefficients.shape[-1] ** 0.5
+        norms = coefficients.norm(dim=-1, keepdim=True)
+        coefficients = coefficients * (typical / norms.clamp(min=typical))
+        return self.mean + (coefficients @ self.basis).view(-1, *self.mean.shape)
+
+    def image(self) -> torch.Tensor:
+        return self.pixels(self.span())
+
+
+class _Maco(_FromPrior):
+    """MACO: the dataset's average magnitude spectrum, with the phase optimised (the mean
+    brightness, the zero frequency, kept as the dataset's)."""
+
+    learning_rate = 0.1
+    start_sd = 1.0
+
+    @staticmethod
+    def start_shape(channels: int, side: int, prior: ImagePrior | None) -> tuple[int, ...]:
+        return (channels, side, side // 2 + 1)
+
+    def __init__(self, start: torch.Tensor, side: int, prior: ImagePrior | None) -> None:
+        super().__init__(start, side, prior)
+        self.magnitude = torch.from_numpy(np.array(self.prior.spectrum)).to(start.device)
+        self.free = torch.ones_like(self.magnitude)
+        self.free[:, 0, 0] = 0
+        self.side = side
+
+    def image(self) -> torch.Tensor:
+        spectrum = torch.polar(self.magnitude, self.tensor * self.free)
+        return self.pixels(torch.fft.irfft2(spectrum, s=(self.side, self.side), norm="ortho"))
+
+
+_PARAMETERISATIONS: dict[str, Any] = {
+    "lucid": _Lucid,
+    "pca": _Pca,
+    "maco": _Maco,
+}
+
+
+def _similarity(output: torch.Tensor, diversity: int) -> torch.Tensor:
+    """Lucid's diversity term: the mean cosine similarity of the Gram matrices (of the
+    feature vectors, for a 2-D output) of each channel's images, summed over channels."""
+    features = output.float()
+    if features.dim() == 4:
+        flat = features.reshape(features.shape[0], features.shape[1], -1)
+        features = flat @ flat.transpose(1, 2) / flat.shape[-1]
+    grams = F.normalize(features.reshape(-1, diversity, features[0].numel()), dim=2)
+    similarity = grams @ grams.transpose(1, 2)
+    off = ~torch.eye(diversity, dtype=torch.bool, device=similarity.device)
+    return similarity[:, off].mean(1).sum()
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One call's settings: what each group of channels is optimised with."""
+
+    copy: PrivateCopy
+    path: str
+    spec: KnownInput
+    side: int
+    steps: int
+    seed: int
+    negative: bool
+    method: str
+    prior: ImagePrior | None
+    diversity: int
+
+    def optimise(
+        self, channels: list[int], progress: _Progress
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batched optimisation: ``diversity`` images per channel, each raising its own
+        channel's mean; the images and their masks. Runs with gradients enabled."""
+        assert self.spec.channels is not None  # checked by count_channels
+        device = self.copy.device
+        kind = _PARAMETERISATIONS[self.method]
+        items = [(channel, copy) for channel in channels for copy in range(self.diversity)]
+        shape = kind.start_shape(self.spec.channels, self.side, self.prior)
+        start, draws = _start(items, shape, kind.start_sd, self.steps, self.seed)
+        image = kind(start.to(device), self.side, self.prior)
+        views = _Views(self.side, draws.to(device))
+        to_input = _model_input(self.copy, self.spec)
+        index = torch.arange(len(items), device=device)
+        wanted = torch.tensor([channel for channel, _ in items], device=device)
+        sign = 1.0 if self.negative else -1.0  # the loss: minus the channel's mean, or plus it
+        optimizer = torch.optim.Adam([image.tensor], lr=kind.learning_rate)
+        masks = torch.zeros((len(items), self.spec.channels, self.side, self.side), device=device)
+        for step in range(self.steps):
+            progress.check()
+            pixels = image.image()
+            pixels.retain_grad()
+            output = self.copy.run_to(to_input(views(pixels, step)), self.path).output
+            picked = output[index, wanted].float()
+            score = picked.flatten(1).mean(1) if picked.dim() > 1 else picked
+            # Each item's loss involves its own image only (the diversity term, its
+            # channel's), so Adam (element-wise) moves each as if it were alone.
+            loss = sign * score.sum()
+            if self.diversity > 1:
+                loss = loss + _DIVERSITY * score.detach().abs().mean() * _similarity(
+                    output, self.diversity
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            assert pixels.grad is not None
+            masks += pixels.grad.abs()
+            optimizer.step()
+            progress.step()
+        with torch.no_grad():
+            return image.image().float().cpu(), masks.float().cpu()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -434,7 +786,8 @@ class ChannelImageSpec(ModelSpec[np.ndarray]):
     :func:`visualize`), stored so an atlas and a channel card share it.
 
     Its key holds the model's name, weights and dtype, the layer, the channel, the
-    settings and :data:`RECIPE_VERSION`, so images of an older recipe are never read.
+    settings and :data:`RECIPE_VERSION`, so images of an older recipe are never read;
+    for a method other than ``"lucid"`` also the method, its version and the prior's key.
 
     Attributes:
         layer: the layer.
@@ -443,6 +796,11 @@ class ChannelImageSpec(ModelSpec[np.ndarray]):
         steps: optimisation steps.
         seed: the random seed.
         negative: the image that lowers the channel most.
+        method: :func:`visualize`'s method; ``"lucid"`` by default, whose tiles keep
+            the keys they always had.
+        prior: the dataset's :class:`~cnnlens.priors.ImagePriorSpec`, for every
+            method but ``"lucid"`` (``None`` for it): computed once, stored, and part
+            of the key.
     """
 
     layer: str
@@ -451,8 +809,13 @@ class ChannelImageSpec(ModelSpec[np.ndarray]):
     steps: int = 256
     seed: int = 0
     negative: bool = False
+    method: str = field(default="lucid", kw_only=True)
+    prior: ImagePriorSpec | None = field(default=None, kw_only=True)
     kind = "feature_visualization"
     version = RECIPE_VERSION
+
+    def __post_init__(self) -> None:
+        _check_spec_method(self.method, self.prior)
 
     @property
     def side(self) -> int:
@@ -468,6 +831,7 @@ class ChannelImageSpec(ModelSpec[np.ndarray]):
             "steps": int(self.steps),
             "seed": int(self.seed),
             "negative": bool(self.negative),
+            **_method_parts(self.method, self.prior),
         }
 
     @property
@@ -486,6 +850,8 @@ class ChannelImageSpec(ModelSpec[np.ndarray]):
             steps=self.steps,
             seed=self.seed,
             negative=self.negative,
+            method=self.method,
+            prior=None if self.prior is None else run.get(self.prior),
             on_progress=run.report,
             should_stop=run.should_stop,
         )
@@ -518,6 +884,7 @@ class ChannelImagesSpec(ModelSpec[np.ndarray]):
         size, steps, seed: as :class:`ChannelImageSpec`.
         negatives: which images of each channel: ``(False,)`` what excites it most,
             ``(True,)`` what it is most against, ``(False, True)`` both.
+        method, prior: as :class:`ChannelImageSpec`.
         batch_size: channels optimised together (not part of the key).
     """
 
@@ -527,6 +894,8 @@ class ChannelImagesSpec(ModelSpec[np.ndarray]):
     steps: int = 256
     seed: int = 0
     negatives: tuple[bool, ...] = (False,)
+    method: str = field(default="lucid", kw_only=True)
+    prior: ImagePriorSpec | None = field(default=None, kw_only=True)
     batch_size: int = field(default=64, kw_only=True)
     kind = "channel_images"
     version = RECIPE_VERSION
@@ -535,6 +904,7 @@ class ChannelImagesSpec(ModelSpec[np.ndarray]):
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(channel_list(self.channels)))
         _check_counts(batch_size=self.batch_size)
+        _check_spec_method(self.method, self.prior)
 
     @property
     def tiles(self) -> list[Tile]:
@@ -548,7 +918,15 @@ class ChannelImagesSpec(ModelSpec[np.ndarray]):
     def tile(self, channel: int, negative: bool = False) -> ChannelImageSpec:
         """One channel's image."""
         return ChannelImageSpec(
-            self.loaded, self.layer, channel, self.size, self.steps, self.seed, negative
+            self.loaded,
+            self.layer,
+            channel,
+            self.size,
+            self.steps,
+            self.seed,
+            negative,
+            method=self.method,
+            prior=self.prior,
         )
 
     def parts(self) -> dict[str, object]:
@@ -598,6 +976,7 @@ class ChannelImagesSpec(ModelSpec[np.ndarray]):
     def compute(self, run: Run) -> np.ndarray:
         images = self.found(run.store)
         groups = self.groups([tile for tile in self.tiles if tile not in images])
+        prior = None if self.prior is None or not groups else run.get(self.prior)
         for index, group in enumerate(groups):
             painted = visualize(
                 self.loaded,
@@ -607,6 +986,8 @@ class ChannelImagesSpec(ModelSpec[np.ndarray]):
                 steps=self.steps,
                 seed=self.seed,
                 negative=group[0][1],
+                method=self.method,
+                prior=prior,
                 batch_size=self.batch_size,
                 on_progress=_offset(run.report, index * self.steps, len(groups) * self.steps),
                 should_stop=run.should_stop,
@@ -619,6 +1000,34 @@ class ChannelImagesSpec(ModelSpec[np.ndarray]):
         pixels = np.stack([images[tile] for tile in self.tiles])
         pixels.setflags(write=False)  # stored images serve every session
         return pixels
+
+
+def _check_spec_method(method: str, prior: ImagePriorSpec | None) -> None:
+    """A stored image's method, checked: a prior is given exactly where one is needed.
+
+    Raises:
+        ValueError: for an unknown method, or a prior missing or given in vain.
+    """
+    if method not in METHODS:
+        raise ValueError(
+            f"Unknown method {method!r}: choose one of {', '.join(map(repr, METHODS))}."
+        )
+    if (method == "lucid") != (prior is None):
+        raise ValueError(
+            f"method={method!r} "
+            + (
+                "takes no prior: leave prior=None."
+                if prior is not None
+                else "needs prior=ImagePriorSpec(loaded, dataset) (cnnlens.priors)."
+            )
+        )
+
+
+def _method_parts(method: str, prior: ImagePriorSpec | None) -> dict[str, object]:
+    """The key parts of a method: none for Lucid's (its stored tiles keep their keys)."""
+    if prior is None:
+        return {}
+    return {"method": method, "method_version": _METHOD_VERSIONS[method], "prior": prior.key}
 
 
 def _offset(

@@ -462,3 +462,188 @@ def test_sigterm_stops_a_ray_run_as_it_stops_a_local_one(tmp_path):
     err = err.decode()
     assert process.returncode == 143, err
     assert "Stopped: the finished groups are kept in" in err and "Traceback" not in err
+
+
+# --- methods with a prior of the dataset's images -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prior(demo):
+    from cnnlens.priors import image_prior
+
+    return image_prior(demo, demo_dataset(), images=300, components=16)
+
+
+@pytest.mark.parametrize("method", ["pca", "maco"])
+def test_each_method_gives_the_same_images_for_a_seed_and_others_for_another(demo, prior, method):
+    first = visualize(demo, "conv_2", [0, 5], steps=8, method=method, prior=prior)
+    again = visualize(demo, "conv_2", [0, 5], steps=8, method=method, prior=prior)
+    other = visualize(demo, "conv_2", [0, 5], steps=8, method=method, prior=prior, seed=1)
+    assert first.shape == (2, 1, 28, 28) and first.dtype == torch.float32
+    assert first.min() >= 0 and first.max() <= 1
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    alone = visualize(demo, "conv_2", [5], steps=8, method=method, prior=prior)
+    torch.testing.assert_close(alone[0], first[1], atol=1e-5, rtol=0)
+
+
+def test_without_a_method_a_prior_picks_the_default_and_no_prior_lucid(demo, prior):
+    assert visualize_module.DEFAULT_METHOD == "pca"
+    assert torch.equal(
+        visualize(demo, "conv_2", [1], steps=4, prior=prior),
+        visualize(demo, "conv_2", [1], steps=4, prior=prior, method="pca"),
+    )
+    assert torch.equal(
+        visualize(demo, "conv_2", [1], steps=4),
+        visualize(demo, "conv_2", [1], steps=4, method="lucid"),
+    )
+
+
+def test_pca_images_lie_in_the_span_of_the_components_where_not_clipped(demo, prior):
+    images = visualize(demo, "conv_2", [0, 3], steps=16, method="pca", prior=prior)
+    basis = torch.from_numpy(prior.components).double().T  # 784×16
+    mean = torch.from_numpy(prior.mean).double().flatten()
+    for image in images.double().flatten(1):
+        inside = (image > 1e-6) & (image < 1 - 1e-6)
+        assert inside.sum() > 4 * basis.shape[1]  # enough pixels to pin 16 coefficients
+        fit = torch.linalg.lstsq(basis[inside], (image - mean)[inside, None]).solution
+        residual = (basis[inside] @ fit)[:, 0] - (image - mean)[inside]
+        assert residual.abs().max() < 1e-4
+        # Clipped pixels are the span image clipped: past 0 or 1 there.
+        span = mean + (basis @ fit)[:, 0]
+        assert (span[image <= 1e-6] < 1e-4).all() and (span[image >= 1 - 1e-6] > 1 - 1e-4).all()
+
+
+def test_the_maco_mask_is_the_gradient_magnitude_added_up_over_the_steps(demo, prior):
+    """Three steps by hand: the dataset's magnitude, the phase, Lucid's views, the rectified
+    output of conv_2 (relu_2) on a fresh copy of the demo CNN, Adam."""
+    found = visualize_module.visualize_with_masks(
+        demo, "conv_2", [4], steps=3, method="maco", prior=prior, seed=2
+    )
+    [start], [draws] = visualize_module._start([(4, 0)], (1, 28, 15), 1.0, 3, seed=2)
+    phase = start[None].clone().requires_grad_(True)
+    magnitude = torch.from_numpy(prior.spectrum)
+    free = torch.ones_like(magnitude)
+    free[:, 0, 0] = 0  # the mean brightness stays the dataset's
+    views = visualize_module._Views(28, draws[None])
+    network = demo_model().features[: CONV_2 + 2]  # conv_2 and its ReLU
+    optimizer = torch.optim.Adam([phase], lr=0.1)
+    mask = torch.zeros((1, 1, 28, 28))
+
+    def image() -> torch.Tensor:
+        x = torch.fft.irfft2(torch.polar(magnitude, phase * free), s=(28, 28), norm="ortho")
+        return x + (x.clamp(0, 1) - x).detach()
+
+    for step in range(3):
+        pixels = image()
+        pixels.retain_grad()
+        loss = -network(views(pixels, step))[0, 4].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        mask += pixels.grad.abs()
+        optimizer.step()
+    torch.testing.assert_close(found.masks, mask, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(found.images, image().detach(), rtol=0, atol=1e-5)
+    assert found.method == "maco" and found.masks.sum() > 0
+
+
+def test_diversity_gives_k_different_images_per_channel_and_one_is_the_plain_call(demo, prior):
+    plain = visualize(demo, "conv_2", [0, 2], steps=8, method="pca", prior=prior)
+    one = visualize(demo, "conv_2", [0, 2], steps=8, method="pca", prior=prior, diversity=1)
+    assert torch.equal(plain, one)
+    three = visualize(demo, "conv_2", [0, 2], steps=8, method="pca", prior=prior, diversity=3)
+    assert three.shape == (6, 1, 28, 28)
+    again = visualize(demo, "conv_2", [0, 2], steps=8, method="pca", prior=prior, diversity=3)
+    assert torch.equal(three, again)
+    for group in three.view(2, 3, -1):
+        distances = torch.cdist(group, group)
+        assert distances[~torch.eye(3, dtype=torch.bool)].min() > 1.0  # pixels, L2
+
+
+def test_the_rectified_output_is_the_activation_that_follows_a_layer(demo):
+    with visualize_module.borrowed_copy(demo) as (copy, layers, spec):
+        found = {
+            name: visualize_module._rectified(copy, layers.path(name), spec, 28)
+            for name in ("conv_1", "relu_1", "conv_2", "pool_2", "conv_4")
+        }
+    assert found == {
+        "conv_1": "features.1",
+        "relu_1": "features.1",
+        "conv_2": "features.3",
+        "pool_2": "features.4",
+        "conv_4": "features.8",
+    }
+
+
+def test_methods_with_a_prior_leave_the_callers_model_untouched(prior):
+    model = demo_model().train()
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    before = hooks(model)
+    for method in ("pca", "maco"):
+        images = visualize(model, "conv_2", [1], steps=3, method=method, prior=prior)
+        assert images.shape == (1, 1, 28, 28)  # the prior's side: no size needed
+    assert hooks(model) == before and model.training
+    assert all(p.grad is None for p in model.parameters())
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"method": "deepdream"}, ValueError, r"Unknown method 'deepdream': choose one of 'lucid'"),
+        ({"method": "pca"}, ValueError, r"needs .*prior=image_prior\(model, dataset\)"),
+        ({"method": "maco"}, ValueError, r"or use method='lucid'"),
+        ({"diversity": 0}, ValueError, r"diversity must be a whole number, at least 1; got 0"),
+        ({"prior": "digits"}, TypeError, r"prior must be an ImagePrior"),
+    ],
+)
+def test_bad_methods_raise_clear_errors(demo, options, error, message):
+    with pytest.raises(error, match=message):
+        visualize(demo, "conv_2", [0], steps=1, **options)
+
+
+def test_a_prior_of_another_side_or_model_is_refused(demo, prior):
+    with pytest.raises(ValueError, match=r"make one with image_prior\(model, dataset, side=20\)"):
+        visualize(demo, "conv_2", [0], size=20, steps=1, method="pca", prior=prior)
+    with pytest.raises(ValueError, match=r"3-channel at 16 px"):
+        visualize(
+            open_model("resnet18"), "layer1", [0], size=16, steps=1, method="pca", prior=prior
+        )
+
+
+def test_stored_tiles_key_the_method_and_prior_and_lucid_keeps_its_keys(demo, tmp_path):
+    from cnnlens.priors import ImagePriorSpec
+    from cnnlens.results import result_key
+
+    lucid = ChannelImageSpec(demo, "conv_1", 1, steps=8)
+    old_parts = {
+        "model": "demo",
+        "weights": demo.weights_id,
+        "dtype": "torch.float32",
+        "layer": "features.0",
+        "channel": 1,
+        "size": 28,
+        "steps": 8,
+        "seed": 0,
+        "negative": False,
+    }
+    assert lucid.key == result_key(kind="feature_visualization", version=1, **old_parts)
+    digits = demo_dataset()
+    priors = [ImagePriorSpec(demo, digits, images=n, components=8) for n in (60, 61)]
+    keys = {
+        lucid.key,
+        ChannelImageSpec(demo, "conv_1", 1, steps=8, method="pca", prior=priors[0]).key,
+        ChannelImageSpec(demo, "conv_1", 1, steps=8, method="maco", prior=priors[0]).key,
+        ChannelImageSpec(demo, "conv_1", 1, steps=8, method="pca", prior=priors[1]).key,
+    }
+    assert len(keys) == 4
+    store = ResultStore(tmp_path)
+    tiles = store.run(
+        ChannelImagesSpec(demo, "conv_2", (0, 1), steps=8, method="pca", prior=priors[0])
+    )
+    expected = visualize(demo, "conv_2", [0, 1], steps=8, method="pca", prior=store.run(priors[0]))
+    np.testing.assert_array_equal(tiles, to_uint8(expected))
+    with pytest.raises(ValueError, match=r"needs prior=ImagePriorSpec\(loaded, dataset\)"):
+        ChannelImageSpec(demo, "conv_1", 1, method="pca")
+    with pytest.raises(ValueError, match=r"Unknown method 'x'"):
+        ChannelImagesSpec(demo, "conv_1", (1,), method="x")
