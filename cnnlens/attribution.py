@@ -48,6 +48,7 @@ __all__ = [
     "OcclusionScores",
     "attribute",
     "cam_layer",
+    "check_target",
     "occlusion_scores",
 ]
 
@@ -228,7 +229,12 @@ def _whole(name: str, value: object, least: int = 1) -> int:
     return int(value)
 
 
-def _check_target(target: object) -> int | None:
+def check_target(target: object) -> int | None:
+    """A class to explain as an int, or ``None`` for the predicted class.
+
+    Raises:
+        TypeError: for anything but a whole number.
+    """
     if target is None:
         return None
     if isinstance(target, bool) or not isinstance(target, int | np.integer):
@@ -956,7 +962,7 @@ def attribute(
     given |= dict(seed=seed, steps=steps, baseline=baseline, window=window, stride=stride)
     options = _checked_options(method, given)
     check_batch(x, one_image=True, name=TITLES[method])
-    chosen = _check_target(target)
+    chosen = check_target(target)
     if layer is not None and method in INPUT_METHODS:
         raise ValueError(
             f"{TITLES[method]} reads the input, not a layer: leave layer=None, or choose a "

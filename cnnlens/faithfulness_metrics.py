@@ -41,7 +41,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
 from torch import nn
 
-from cnnlens.attribution import METHODS, TITLES, attribute
+from cnnlens.attribution import METHODS, TITLES, attribute, check_target
 from cnnlens.borrow import borrowed_copy
 from cnnlens.private_copy import PrivateCopy, check_batch
 from cnnlens.registry import SEED
@@ -154,17 +154,6 @@ def _check_attribution(attribution: object, x: torch.Tensor) -> np.ndarray:
             "The attribution holds NaN or infinite values; rank pixels by a finite map."
         )
     return values
-
-
-def _check_target(target: object) -> int | None:
-    if target is None:
-        return None
-    if isinstance(target, bool) or not isinstance(target, int | np.integer):
-        raise TypeError(
-            f"target must be a whole number (a class index), or None for the predicted class; "
-            f"got {target!r}."
-        )
-    return int(target)
 
 
 # --- the perturbed images --------------------------------------------------------------------
@@ -395,7 +384,7 @@ def faithfulness(
     steps = _check_steps(steps)
     check_batch(x, one_image=True, name="Faithfulness")
     ranks = _ranks(_check_attribution(attribution, x))
-    chosen = _check_target(target)
+    chosen = check_target(target)
     images = _curve_images(x.detach(), ranks, metric, steps, noise, seed)
     with borrowed_copy(model, share_tensors=True) as (copy, _, _):
         return _curve(metric, _probabilities(copy, images), chosen)

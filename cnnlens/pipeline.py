@@ -38,6 +38,7 @@ __all__ = [
     "load_pixels",
     "local_source",
     "map_shapes",
+    "pixel_batches",
     "pool_maps",
 ]
 
@@ -300,6 +301,35 @@ def _in_threads(batches: _SplitBatches, threads: int) -> Iterator[_Item]:
             future.cancel()
         pool.shutdown(wait=True)
         torch.set_num_threads(previous)  # torch's default for threads started later
+
+
+def pixel_batches(
+    dataset: Dataset,
+    filenames: list[str],
+    split: str,
+    spec: InputSpec,
+    *,
+    batch_size: int,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[tuple[torch.Tensor | None, list[int], int]]:
+    """The decoded pixels of these files, batch after batch, in order, for a pass that runs
+    the network its own way (with gradients: relevance).
+
+    Decoded as every pass decodes them (:func:`load_batch`), in ``workers`` DataLoader
+    processes when asked; an unreadable image is left out.
+
+    Yields:
+        ``(pixels, positions, count)``: the batch's pixels (``None`` when none could be
+        read), the positions in ``filenames`` of the images read, and how many files the
+        batch covered.
+    """
+    batches = _SplitBatches(dataset, filenames, split, spec, batch_size, None)
+    loader = DataLoader(
+        batches, batch_size=None, num_workers=workers, collate_fn=_as_is, pin_memory=pin_memory
+    )
+    for item in loader:
+        yield item.pixels, item.items, len(item.items) + len(item.bad)
 
 
 def _check_run(pool: str, batch_size: int, workers: int) -> None:

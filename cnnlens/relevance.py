@@ -40,8 +40,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
 
 from cnnlens.insights import Predictions, PredictionsSpec, top_images
 from cnnlens.results import Cancelled, DatasetSpec, Derived, Run
@@ -51,7 +49,6 @@ if TYPE_CHECKING:
     from cnnlens.insights import LayerStats
     from cnnlens.models import LoadedModel
     from cnnlens.private_copy import PrivateCopy
-    from cnnlens.registry import InputSpec
 
 __all__ = [
     "ChannelRelevance",
@@ -154,52 +151,21 @@ _Decoded = tuple[torch.Tensor | None, list[int], int]
 """A decoded batch: its pixels (``None`` if no image was read), their positions, its size."""
 
 
-class _PixelBatches(TorchDataset):
-    """One item per batch of a split: its decoded pixels and which images they are.
-
-    Decoded as every dataset pass decodes them (:func:`cnnlens.pipeline.load_batch`),
-    in DataLoader worker processes when asked; an unreadable image is left out.
-    """
-
-    def __init__(
-        self, dataset: Dataset, filenames: list[str], split: str, spec: InputSpec, batch_size: int
-    ) -> None:
-        self.dataset = dataset
-        self.filenames = filenames
-        self.split = split
-        self.spec = spec
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.filenames) // self.batch_size)
-
-    def __getitem__(self, index: int) -> _Decoded:
-        from cnnlens.pipeline import load_batch
-
-        start = index * self.batch_size
-        names = self.filenames[start : start + self.batch_size]
-        pixels, read, _ = load_batch(self.dataset, names, self.split, self.spec)
-        return pixels, [start + position for position in read], len(names)
-
-
-def _as_is(item: _Decoded) -> _Decoded:
-    """The loader's collate function: each item is already a batch."""
-    return item
-
-
 def _batches(
     loaded: LoadedModel, dataset: Dataset, filenames: list[str], split: str, options: dict
 ) -> Iterator[_Decoded]:
     """The decoded batches of a split, in order: ``(pixels, positions read, images)``."""
-    batches = _PixelBatches(dataset, filenames, split, loaded.spec, options["batch_size"])
-    loader = DataLoader(
-        batches,
-        batch_size=None,
-        num_workers=options["workers"],
-        collate_fn=_as_is,
+    from cnnlens.pipeline import pixel_batches
+
+    return pixel_batches(
+        dataset,
+        filenames,
+        split,
+        loaded.spec,
+        batch_size=options["batch_size"],
+        workers=options["workers"],
         pin_memory=loaded.device.type == "cuda",
     )
-    return iter(loader)
 
 
 def _check_pass(

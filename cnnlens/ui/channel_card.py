@@ -2,10 +2,16 @@
 data, and what it does.
 
 The card answers three questions about one channel, each in a plain sentence:
-what it looks for (its feature visualization and the negative one), where it
-fires in the data (its strongest dataset examples) and what it does (the
+what it looks for (a picture made from the dataset's own typical shapes, with
+Lucid's recipe beside it for comparison), where it fires in the data and where it
+matters (its strongest dataset examples beside the ones where it adds most to the
+network's answer, and the strongest one accentuated) and what it does (the
 prediction with the channel set to zero, over this image and over the dataset;
 for the first convolution, its kernel weights).
+
+The legible picture needs the dataset's image prior (:class:`~cnnlens.priors.ImagePriorSpec`),
+learned once per dataset and model input: by itself for a small input (at most
+:data:`SMALL_SIDE` pixels), on request for a large one.
 
 Everything long is started by a button and drawn by :mod:`cnnlens.ui.runner`,
 with progress and Cancel, and kept in the results store: a stored result paints
@@ -23,18 +29,34 @@ import streamlit as st
 from cnnlens.ablation import ClassAblationSpec
 from cnnlens.feature_visualization import ChannelImagesSpec
 from cnnlens.insights import TopImagesSpec
+from cnnlens.priors import ImagePriorSpec
+from cnnlens.relevance import RelevanceSpec, TopRelevantSpec
 from cnnlens.ui import state
 from cnnlens.ui.bars import bars_html
 from cnnlens.ui.caching import in_memory
 from cnnlens.ui.context import Context
-from cnnlens.ui.examples import examples_ui
+from cnnlens.ui.examples import examples_ui, get_network_input
 from cnnlens.ui.insights.focus import stats_spec
 from cnnlens.ui.map_view import map_view_data, map_view_ui
 from cnnlens.ui.plain_words import WORDS
 from cnnlens.ui.resources import get_model, pass_options, result_store
 from cnnlens.ui.runner import result_ui
 
-__all__ = ["CARD_KEY", "SEED", "STEPS", "channel_card_ui", "channel_images", "enlarge", "say"]
+__all__ = [
+    "CARD_KEY",
+    "LEGIBLE",
+    "SEED",
+    "STEPS",
+    "Accentuated",
+    "channel_card_ui",
+    "channel_images",
+    "enlarge",
+    "get_accentuation",
+    "prior_spec",
+    "prior_ui",
+    "say",
+    "small_input",
+]
 
 STEPS = 256
 """Optimisation steps of a feature visualization (Lucid's recipe: 256-512)."""
@@ -49,6 +71,16 @@ the change, would otherwise make a rounding error look like an effect."""
 KERNEL_HEIGHT = 150  # CSS pixels of the first layer's kernel heatmap
 CARD_KEY = "channel_card"  # the card's expander: open or closed, kept across clicks
 SPLIT = "train"  # the labelled split, over which the dataset ablation is judged
+LEGIBLE = "pca"
+"""The method of the card's and the atlas's pictures where the dataset's prior is there: the
+most legible on the demo (:mod:`cnnlens.feature_visualization`)."""
+SMALL_SIDE = 64
+"""Inputs at most this many pixels wide learn their prior (and rank by relevance) by
+themselves; larger ones wait for a click."""
+ACCENTUATION_STEPS = 128
+ACCENTUATION_STRENGTH = 3.0
+LEGIBLE_CAPTION = "Made from the dataset's own shapes"
+LUCID_CAPTIONS = ("Lucid's recipe: what excites it most", "Lucid's recipe: what it fires least for")
 
 
 def say(topic: str, small: bool = True) -> None:
@@ -63,9 +95,11 @@ def channel_images(
     channels: tuple[int, ...],
     negatives: tuple[bool, ...] = (False,),
     batch_size: int = 64,
+    prior: ImagePriorSpec | None = None,
 ) -> ChannelImagesSpec:
     """The feature visualizations the card and the atlas show: the model's input side (at
-    most 128 px), :data:`STEPS` steps, seed :data:`SEED`, as ``cnnlens visualize`` stores them."""
+    most 128 px), :data:`STEPS` steps, seed :data:`SEED`, as ``cnnlens visualize`` stores them;
+    by the :data:`LEGIBLE` method with a ``prior``, else by Lucid's recipe."""
     return ChannelImagesSpec(
         ctx.loaded,
         layer,
@@ -73,8 +107,35 @@ def channel_images(
         steps=STEPS,
         seed=SEED,
         negatives=negatives,
+        method="lucid" if prior is None else LEGIBLE,
+        prior=prior,
         batch_size=batch_size,
     )
+
+
+def prior_spec(ctx: Context) -> ImagePriorSpec:
+    """The dataset's image prior at the side the card and the atlas paint."""
+    return ImagePriorSpec(ctx.loaded, ctx.dataset)
+
+
+def small_input(ctx: Context) -> bool:
+    """Whether the pictures are at most :data:`SMALL_SIDE` pixels: cheap enough to start alone."""
+    return prior_spec(ctx).image_side <= SMALL_SIDE
+
+
+def prior_ui(ctx: Context, key: str) -> ImagePriorSpec | None:
+    """The dataset's image prior once stored: learned by itself for a small input, on a
+    click for a large one, with progress and Cancel; ``None`` meanwhile."""
+    spec = prior_spec(ctx)
+    found = result_ui(
+        spec,
+        key=key,
+        start=None if small_input(ctx) else "Learn what the dataset's images look like",
+        icon=":material/photo_library:",
+        help=f"Reads up to {spec.images:,} images of the {spec.split} split once and keeps "
+        "their typical shapes, from which the legible pictures are made. Kept for everyone.",
+    )
+    return None if found is None else spec
 
 
 @dataclass(frozen=True)
@@ -163,6 +224,7 @@ def channel_card_ui(
         with does:
             does_ui(ctx, layer, channel, pixels)
         fires_ui(ctx, view, layer, channel)
+        matters_ui(ctx, view, layer, channel)
 
 
 # --- what it looks for ---------------------------------------------------------------------
