@@ -53,8 +53,10 @@ st.markdown(
 3. **Feature maps**: each small square is one *channel* of a layer, painted as a heatmap of
    where it fired on your image. Hover to read exact values; click a square to enlarge it
    and lay it over the image.
-4. **Insights**: the same layer across the whole dataset: which images excite a channel most,
-   which channels each class excites, and where the network looks when it decides.
+4. **Where it looks**: which parts of the image the network's answer rests on, by several
+   methods side by side, each checked: does it mark what the network really uses?
+5. **Insights**: the same layer across the whole dataset: which images excite a channel most,
+   which channels each class excites, and how the layer arranges the images.
 """
 )
 st.markdown("**The colours**, the same on every page and in the saved pictures:")
