@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 import cnnlens.feature_visualization as visualize_module
+from cnnlens.data import load_dataset
 from cnnlens.feature_visualization import ChannelImagesSpec
 from cnnlens.models import open_model
+from cnnlens.priors import ImagePriorSpec
 from cnnlens.store import ResultStore
 from cnnlens.ui import channel_card, runner
 from cnnlens.ui.atlas import ATLAS_BATCH
@@ -68,13 +70,17 @@ def gate(monkeypatch) -> Iterator[threading.Event]:
     opened.set()  # never leave a thread waiting
 
 
-def atlas_spec() -> ChannelImagesSpec:
-    return ChannelImagesSpec(open_model("demo"), "conv_2", tuple(range(CHANNELS)), **SETTINGS)
+def atlas_spec(root: Path) -> ChannelImagesSpec:
+    """The atlas's tiles: a small input, so drawn from the dataset's prior."""
+    demo = open_model("demo")
+    prior = ImagePriorSpec(demo, load_dataset(root))
+    channels = tuple(range(CHANNELS))
+    return ChannelImagesSpec(demo, "conv_2", channels, **SETTINGS, method="pca", prior=prior)
 
 
 def drawn(root: Path) -> int:
     """How many of the atlas's tiles the store holds."""
-    return len(atlas_spec().found(ResultStore(root.parent / "cache" / "insights")))
+    return len(atlas_spec(root).found(ResultStore(root.parent / "cache" / "insights")))
 
 
 def wait_for_tiles(root: Path, count: int, timeout: float = 30.0) -> None:

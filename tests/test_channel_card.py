@@ -1,7 +1,9 @@
 """The channel card (Feature maps) and the channel atlas (Insights) through AppTest.
 
 Every picture and bar is checked against a reference computed here: feature
-visualizations against ``visualize`` itself, ablations against a plain demo model
+visualizations against ``visualize`` itself (Lucid's and the legible method with the
+dataset's prior), relevance-ranked examples against ``top_relevant`` of a pass run
+here, the accentuated example against ``accentuate``, ablations against a plain demo model
 whose channel is zeroed by a hook of the test's own, kernels against the weights.
 """
 
@@ -22,11 +24,15 @@ from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
 import cnnlens.feature_visualization as visualize_module
+from cnnlens.accentuation import accentuate
 from cnnlens.data import load_dataset
 from cnnlens.feature_visualization import ChannelImagesSpec, to_uint8, visualize
 from cnnlens.layers import layer_names
+from cnnlens.legibility import load_pixels
 from cnnlens.models import demo_model, open_model
 from cnnlens.preprocess import to_batch
+from cnnlens.priors import ImagePriorSpec, image_prior
+from cnnlens.relevance import RelevanceSpec, top_relevant
 from cnnlens.store import ResultStore
 from cnnlens.ui import channel_card
 from tests.generated import write_dataset
@@ -78,8 +84,16 @@ def store(root: Path) -> ResultStore:
 
 
 def expected_tiles(layer: str, channels: list[int], negative: bool = False) -> np.ndarray:
-    """The feature visualizations, computed here from scratch."""
+    """Lucid's feature visualizations, computed here from scratch."""
     images = visualize(open_model("demo"), layer, channels, negative=negative, **SETTINGS)
+    return to_uint8(images)
+
+
+def expected_legible(root: Path, layer: str, channels: list[int]) -> np.ndarray:
+    """The legible pictures, with a prior of the dataset computed here from scratch."""
+    demo = open_model("demo")
+    prior = image_prior(demo, load_dataset(root))
+    images = visualize(demo, layer, channels, method="pca", prior=prior, **SETTINGS)
     return to_uint8(images)
 
 
@@ -88,7 +102,7 @@ def card_pictures(at, sent: dict[str, bytes]) -> dict[str, np.ndarray]:
     found = {}
     for element in at.main.get("image"):
         image = element.proto.imgs[0]
-        if image.caption in ("What excites it most", "What it fires least for"):
+        if image.caption in (channel_card.LEGIBLE_CAPTION, *channel_card.LUCID_CAPTIONS):
             pixels = np.asarray(Image.open(io.BytesIO(sent[Path(image.url).stem])))
             zoom = pixels.shape[0] // 28
             assert pixels.shape[:2] == (28 * zoom, 28 * zoom)
@@ -102,13 +116,12 @@ def test_the_card_draws_what_a_channel_looks_for_once_and_every_session_reuses_i
     at = open_card()
     assert any(e.label.startswith("Channel 0 of conv_1:") for e in at.expander)
     assert card_pictures(at, sent) == {}  # nothing stored: nothing drawn until asked
+    excites, least = channel_card.LUCID_CAPTIONS
     at.button(key="card_visualize_start").click().run()
     assert not at.exception
     shown = card_pictures(at, sent)
-    np.testing.assert_array_equal(shown["What excites it most"], expected_tiles("conv_1", [0])[0])
-    np.testing.assert_array_equal(
-        shown["What it fires least for"], expected_tiles("conv_1", [0], negative=True)[0]
-    )
+    np.testing.assert_array_equal(shown[excites], expected_tiles("conv_1", [0])[0])
+    np.testing.assert_array_equal(shown[least], expected_tiles("conv_1", [0], negative=True)[0])
     stored = ChannelImagesSpec(
         open_model("demo"), "conv_1", (0,), **SETTINGS, negatives=(False, True)
     )
@@ -168,7 +181,10 @@ def test_cancel_stops_the_drawing_keeps_nothing_and_waits_to_be_asked_again(digi
     assert len(updates) == 3  # stopped at the update after the click
     assert any(c.value.startswith("Stopped; what was finished is kept") for c in at.caption)
     assert at.button(key="card_visualize_start")  # waits until asked again
-    assert not list(store(digits).folder.glob("*.npz"))
+    lucid = ChannelImagesSpec(
+        open_model("demo"), "conv_1", (0,), **SETTINGS, negatives=(False, True)
+    )
+    assert lucid.missing(store(digits)) == lucid.tiles  # no picture kept
     at.run()
     assert len(updates) == 3  # a rerun does not start it by itself
 
@@ -238,7 +254,8 @@ def test_where_it_fires_shows_the_channels_strongest_images_after_one_pass(digit
     ref = reference(digits, "conv_1")
     rows, _ = strongest(ref, 4, 6)
     crops = [i.proto.imgs[0].caption for i in at.main.get("image")]
-    crops = [c for c in crops if c.startswith("img_") and "label" not in c]  # not the image
+    # Not the image, nor the relevance-ranked examples (which name the answer).
+    crops = [c for c in crops if c.startswith("img_") and "label" not in c and "says" not in c]
     assert crops == [f"{ref['filenames'][i]} · {LABELS[i]}" for i in rows]
     assert not [b for b in open_card().button if b.key == "card_examples_start"]
 
@@ -263,10 +280,12 @@ def test_the_atlas_draws_every_channel_and_a_click_opens_its_card(digits, sent):
     at.button(key="atlas_start").click().run()
     finish_painting(at)  # the atlas paints in the background
     assert not at.exception
-    expected = expected_tiles("conv_2", list(range(32)))
+    expected = expected_legible(digits, "conv_2", list(range(32)))
+    prior = ImagePriorSpec(open_model("demo"), load_dataset(digits))
     assert not ChannelImagesSpec(
-        open_model("demo"), "conv_2", tuple(range(32)), **SETTINGS
+        open_model("demo"), "conv_2", tuple(range(32)), **SETTINGS, method="pca", prior=prior
     ).missing(store(digits))
+    assert any("dataset's own typical shapes" in c.value for c in at.caption)
     atlas = map_view(at, "atlas")
     picture, step = atlas["picture"], 28 + atlas["gap"]
     assert (atlas["channels"], atlas["columns"]) == (32, 8)
@@ -283,11 +302,11 @@ def test_the_atlas_draws_every_channel_and_a_click_opens_its_card(digits, sent):
     assert any(e.label.startswith("Channel 13 of conv_2:") for e in at.expander)
     assert at.number_input(key="channel").value == 13
     assert at.segmented_control(key="layer").value == "conv_2"
-    # The card paints the tile the atlas stored at once; the negative is still to be drawn.
+    # The card paints the tile the atlas stored at once; Lucid's are still to be drawn.
     shown = card_pictures(at, sent)
-    np.testing.assert_array_equal(shown["What excites it most"], expected[13])
-    assert "What it fires least for" not in shown
-    assert at.button(key="card_visualize_start").label == "Show what it fires least for too"
+    np.testing.assert_array_equal(shown[channel_card.LEGIBLE_CAPTION], expected[13])
+    assert set(shown) == {channel_card.LEGIBLE_CAPTION}
+    assert at.button(key="card_visualize_start").label == "Compare with Lucid's recipe"
 
 
 def test_a_change_too_small_to_see_is_called_no_visible_effect():
@@ -351,3 +370,51 @@ def test_the_examples_outline_the_part_the_value_reads_or_say_why_not():
     assert note == (
         "At each of these spots, channel 7 of layer4 sees the whole image, so nothing is outlined."
     )
+
+
+def test_the_card_draws_the_legible_picture_from_the_datasets_prior(digits, sent):
+    at = open_card(layer="conv_2", channel="3")
+    # A small input: the prior is learned by itself; the picture waits to be asked.
+    prior = ImagePriorSpec(open_model("demo"), load_dataset(digits))
+    assert store(digits).peek(prior) is not None
+    assert card_pictures(at, sent) == {}
+    at.button(key="card_legible_start").click().run()
+    assert not at.exception
+    shown = card_pictures(at, sent)
+    assert set(shown) == {channel_card.LEGIBLE_CAPTION}
+    expected = expected_legible(digits, "conv_2", [3])[0]
+    np.testing.assert_array_equal(shown[channel_card.LEGIBLE_CAPTION], expected)
+    again = open_card(layer="conv_2", channel="3")  # stored: painted at once
+    np.testing.assert_array_equal(
+        card_pictures(again, sent)[channel_card.LEGIBLE_CAPTION], expected
+    )
+    assert not [b for b in again.button if b.key == "card_legible_start"]
+
+
+def test_where_it_matters_ranks_by_relevance_and_the_strongest_image_is_accentuated(
+    digits, sent, monkeypatch
+):
+    monkeypatch.setattr(channel_card, "ACCENTUATION_STEPS", 16)
+    at = open_card(layer="conv_2", channel="3")
+    demo, dataset = open_model("demo"), load_dataset(digits)
+    relevance = ResultStore(digits.parent / "reference").run(RelevanceSpec(demo, dataset, "conv_2"))
+    rows = top_relevant(relevance, 3, k=channel_card.EXAMPLES)
+    crops = [i.proto.imgs[0].caption for i in at.main.get("image")]
+    assert [c for c in crops if "says" in c] == [
+        f"{r.filename} · {r.label} · says {r.predicted}" for r in rows.itertuples()
+    ]
+    at.button(key="card_examples_start").click().run()
+    assert not at.exception
+    ref = reference(digits, "conv_2")
+    first = ref["filenames"][strongest(ref, 3, 6)[0][0]]
+    pixels = load_pixels(demo, dataset, images=[first])
+    found = accentuate(demo, "conv_2", 3, pixels[0], steps=16, strength=3.0)
+    original, image = to_uint8(torch.cat([pixels, found.image[None]]))
+    numbers = (found.distance, found.before, found.after)
+    words = channel_card.accentuation_words(channel_card.Accentuated(original, image, *numbers), 3)
+    assert words in [m.value for m in at.markdown]
+    assert f"{found.before:.3g}** to **{found.after:.3g}" in words and found.after > found.before
+    after = next(i for i in at.main.get("image") if i.proto.imgs[0].caption.startswith("Nudged"))
+    shown = np.asarray(Image.open(io.BytesIO(sent[Path(after.proto.imgs[0].url).stem])))
+    zoom = shown.shape[0] // 28
+    np.testing.assert_array_equal(shown[::zoom, ::zoom], image)

@@ -1,6 +1,9 @@
 """The channel atlas on Insights: every channel of a layer as the image it looks for; a
 click opens that channel's card on Feature maps.
 
+The tiles are drawn from the dataset's own typical shapes (the card's legible
+method) where the dataset's prior is stored or cheap to learn (a small input: the
+painting learns it first); elsewhere by Lucid's recipe, and a caption says which.
 Images are painted on request in groups of :data:`ATLAS_BATCH`, with progress and
 Cancel (:mod:`cnnlens.ui.runner`); each finished group is stored, so a cancelled
 atlas keeps what it drew, and the card shows the same images. The atlas is a
@@ -20,15 +23,31 @@ import streamlit as st
 from PIL import Image
 
 from cnnlens.feature_visualization import ChannelImagesSpec
+from cnnlens.priors import ImagePriorSpec
 from cnnlens.ui import state
-from cnnlens.ui.channel_card import CARD_KEY, channel_images, say
+from cnnlens.ui.channel_card import (
+    CARD_KEY,
+    LEGIBLE,
+    channel_images,
+    prior_spec,
+    say,
+    small_input,
+)
 from cnnlens.ui.context import Context
 from cnnlens.ui.map_view import map_view_ui
 from cnnlens.ui.navigation import page
 from cnnlens.ui.resources import get_model, result_store
 from cnnlens.ui.runner import result_ui, running
 
-__all__ = ["ATLAS_BATCH", "atlas_columns", "atlas_data", "atlas_ui", "get_channel_count"]
+__all__ = [
+    "ATLAS_BATCH",
+    "atlas_columns",
+    "atlas_data",
+    "atlas_prior",
+    "atlas_ui",
+    "drawn_by_words",
+    "get_channel_count",
+]
 
 ATLAS_BATCH = 16
 """Channels optimised together in the atlas: each finished group is stored at once."""
@@ -116,9 +135,11 @@ def atlas_ui(ctx: Context, layer: str) -> None:
     except ValueError as error:
         st.info(str(error), icon=":material/info:")
         return
-    spec = channel_images(ctx, layer, tuple(range(count)), batch_size=ATLAS_BATCH)
+    prior = atlas_prior(ctx)
+    spec = channel_images(ctx, layer, tuple(range(count)), batch_size=ATLAS_BATCH, prior=prior)
     st.subheader(f"What each of the {count} channels of {layer} looks for")
     say("atlas")
+    st.caption(drawn_by_words(prior is not None))
     found = _painted_ui(spec, layer)
     if not found:
         return
@@ -131,6 +152,30 @@ def atlas_ui(ctx: Context, layer: str) -> None:
     st.caption(
         "Each tile is a picture, not a map of values: it is coloured as the network's input "
         "is, so a grayscale network's pictures are gray. Its number is the channel's."
+    )
+
+
+def atlas_prior(ctx: Context) -> ImagePriorSpec | None:
+    """The dataset's prior for the atlas's pictures: where it is stored, or cheap to learn
+    (a small input, where the painting learns it first); else ``None``, for Lucid's recipe."""
+    spec = prior_spec(ctx)
+    if small_input(ctx) or result_store().peek(spec) is not None:
+        return spec
+    return None
+
+
+def drawn_by_words(legible: bool) -> str:
+    """Which method draws the tiles, in one sentence."""
+    if legible:
+        return (
+            "Drawn from the dataset's own typical shapes (its principal components, method "
+            f"{LEGIBLE!r}), changed until each channel fires as much as it can: each picture "
+            "stays close to what the dataset's images look like."
+        )
+    return (
+        "Drawn by Lucid's recipe, from noise: this dataset's typical shapes are not learned "
+        "yet. A channel card on Feature maps learns them (once, for everyone); the atlas "
+        "then draws from them."
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from cnnlens.ablation import ClassAblationSpec
@@ -35,11 +36,11 @@ from cnnlens.ui import state
 from cnnlens.ui.bars import bars_html
 from cnnlens.ui.caching import in_memory
 from cnnlens.ui.context import Context
-from cnnlens.ui.examples import examples_ui, get_network_input
+from cnnlens.ui.examples import examples_ui
 from cnnlens.ui.insights.focus import stats_spec
 from cnnlens.ui.map_view import map_view_data, map_view_ui
 from cnnlens.ui.plain_words import WORDS
-from cnnlens.ui.resources import get_model, pass_options, result_store
+from cnnlens.ui.resources import get_dataset, get_model, pass_options, result_store
 from cnnlens.ui.runner import result_ui
 
 __all__ = [
@@ -80,6 +81,8 @@ themselves; larger ones wait for a click."""
 ACCENTUATION_STEPS = 128
 ACCENTUATION_STRENGTH = 3.0
 LEGIBLE_CAPTION = "Made from the dataset's own shapes"
+ACCENTUATED_CAPTION = "Nudged toward what the channel wants"
+ACCENTUATE_KEY = "_card_accentuate_asked"  # session state: the accentuations asked for
 LUCID_CAPTIONS = ("Lucid's recipe: what excites it most", "Lucid's recipe: what it fires least for")
 
 
@@ -224,16 +227,49 @@ def channel_card_ui(
         with does:
             does_ui(ctx, layer, channel, pixels)
         fires_ui(ctx, view, layer, channel)
-        matters_ui(ctx, view, layer, channel)
 
 
 # --- what it looks for ---------------------------------------------------------------------
 
 
 def looks_for_ui(ctx: Context, layer: str, channel: int) -> None:
-    """The channel's feature visualization and its negative: at once when stored, else on
-    request with progress and Cancel."""
+    """The channel's picture made from the dataset's own shapes, and Lucid's pair beside it
+    for comparison: at once when stored, else on request with progress and Cancel."""
     say("card_looks_for", small=False)
+    legible_ui(ctx, layer, channel)
+    lucid_ui(ctx, layer, channel)
+    say("card_exaggeration")
+
+
+def legible_ui(ctx: Context, layer: str, channel: int) -> None:
+    """The :data:`LEGIBLE` picture, once the dataset's prior is there."""
+    prior = prior_ui(ctx, key="card_prior")
+    if prior is None:
+        return
+    spec = channel_images(ctx, layer, (channel,), prior=prior)
+    found = spec.found(result_store()).get((channel, False))
+    if found is None:
+        side = spec.tile(channel).side
+        drawn = result_ui(
+            spec,
+            key="card_legible",
+            start="Show what it looks for",
+            icon=":material/auto_awesome:",
+            help=f"Paints a {side}×{side}-pixel image from the dataset's typical shapes in "
+            f"{STEPS} small steps: seconds for a small network, a minute or more for a large "
+            "one on a CPU. Kept for everyone once done.",
+        )
+        found = None if drawn is None else drawn[0]
+    if found is None:
+        return
+    picture, words = st.columns(2)
+    picture.image(enlarge(found), caption=LEGIBLE_CAPTION, output_format="PNG", width="stretch")
+    with words:
+        say("card_legible")
+
+
+def lucid_ui(ctx: Context, layer: str, channel: int) -> None:
+    """Lucid's pictures of what excites the channel most and least, for comparison."""
     spec = channel_images(ctx, layer, (channel,), negatives=(False, True))
     tiles = spec.found(result_store())
     if len(tiles) < 2:
@@ -241,23 +277,18 @@ def looks_for_ui(ctx: Context, layer: str, channel: int) -> None:
         drawn = result_ui(
             spec,
             key="card_visualize",
-            start="Show what it fires least for too" if tiles else "Show what it looks for",
-            icon=":material/auto_awesome:",
-            help=f"Paints {side}×{side}-pixel images in {STEPS} small steps: a few seconds "
-            "for a small network, up to a minute for a large one on a CPU. The size is the "
-            "model's input, at most 128 pixels, to keep the time sane on a CPU. "
-            "Kept for everyone once done.",
+            start="Show what it fires least for too" if tiles else "Compare with Lucid's recipe",
+            icon=":material/compare:",
+            help=f"Paints {side}×{side}-pixel images from noise in {STEPS} small steps, as "
+            "Lucid did: a few seconds for a small network, up to a minute for a large one "
+            "on a CPU. Kept for everyone once done.",
         )
         if drawn is not None:
             tiles = dict(zip(spec.tiles, drawn, strict=True))
     if not tiles:
         return
-    for column, negative, caption in zip(
-        st.columns(2),
-        (False, True),
-        ("What excites it most", "What it fires least for"),
-        strict=True,
-    ):
+    say("card_lucid")
+    for column, negative, caption in zip(st.columns(2), (False, True), LUCID_CAPTIONS, strict=True):
         if (channel, negative) in tiles:
             column.image(
                 enlarge(tiles[channel, negative]),
@@ -265,13 +296,24 @@ def looks_for_ui(ctx: Context, layer: str, channel: int) -> None:
                 output_format="PNG",
                 width="stretch",
             )
-    say("card_exaggeration")
 
 
-# --- where it fires in the data ------------------------------------------------------------
+# --- where it fires in the data, where it matters -------------------------------------------
 
 
 def fires_ui(ctx: Context, view: state.View, layer: str, channel: int) -> None:
+    """The images where the channel fires most beside those where it counts most for the
+    answer; the strongest one accentuated below."""
+    fires, matters = st.columns(2, gap="large")
+    with fires:
+        rows = strongest_ui(ctx, view, layer, channel)
+    with matters:
+        relevant_ui(ctx, view, layer, channel)
+    if rows is not None and not rows.empty:
+        accentuated_ui(ctx, view.split, layer, channel, rows.iloc[0])
+
+
+def strongest_ui(ctx: Context, view: state.View, layer: str, channel: int) -> pd.DataFrame | None:
     """The channel's strongest dataset images, once the layer's dataset pass is stored."""
     say("card_fires", small=False)
     stats = stats_spec(ctx, view, layer)
@@ -284,9 +326,128 @@ def fires_ui(ctx: Context, view: state.View, layer: str, channel: int) -> None:
         "Insights page then shows this layer's channels at once too.",
     )
     if found is None:
-        return
+        return None
     rows = result_ui(TopImagesSpec(stats, channel, k=EXAMPLES, by="max"), key="card_top")
-    examples_ui(ctx, view.split, layer, rows, channel, per_row=EXAMPLES)
+    if rows is not None:
+        examples_ui(ctx, view.split, layer, rows, channel, per_row=EXAMPLES // 2)
+    return rows
+
+
+def relevant_ui(ctx: Context, view: state.View, layer: str, channel: int) -> None:
+    """The images where the channel adds most to the network's answer (gradient ×
+    activation), once the layer's relevance pass is stored."""
+    say("card_matters", small=False)
+    if ctx.loaded.classes is None:
+        st.caption(f"{ctx.info.title} has no classes, so there is no answer to count toward.")
+        return
+    spec = RelevanceSpec(
+        ctx.loaded, ctx.dataset, layer, split=view.split, **pass_options(ctx.loaded)
+    )
+    found = result_ui(
+        spec,
+        key="card_relevance",
+        start=None if small_input(ctx) else "Find where it counts most",
+        icon=":material/target:",
+        help=f"One pass over every image of the {view.split} split, with gradients: how much "
+        "each channel adds to the class the network picks. Kept for everyone.",
+    )
+    if found is None:
+        return
+    if not np.any(found.relevance[:, channel]):
+        st.info(WORDS["card_no_relevance"].strip().replace("\n", " "), icon=":material/info:")
+        return
+    rows = result_ui(TopRelevantSpec(spec, channel, k=EXAMPLES), key="card_relevant")
+    if rows is not None:
+        examples_ui(ctx, view.split, layer, rows, channel, per_row=EXAMPLES // 2)
+
+
+@dataclass(frozen=True)
+class Accentuated:
+    """A dataset image accentuated toward a channel (:func:`cnnlens.accentuation.accentuate`)."""
+
+    original: np.ndarray  # H×W or H×W×3 uint8: the image as the network sees it
+    image: np.ndarray  # the same, accentuated
+    distance: float
+    before: float
+    after: float
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its pixels take."""
+        return self.original.nbytes + self.image.nbytes
+
+
+@in_memory(32)
+def get_accentuation(
+    choice: state.ModelChoice,
+    root: str,
+    split: str,
+    filename: str,
+    layer: str,
+    channel: int,
+    steps: int,
+) -> Accentuated:
+    """A dataset image, at the model's input, changed toward what the channel wants.
+
+    Raises:
+        ValueError: for a layer without that channel, or an image that cannot be read.
+    """
+    import torch
+
+    from cnnlens.accentuation import accentuate
+    from cnnlens.feature_visualization import to_uint8
+    from cnnlens.legibility import load_pixels
+
+    loaded = get_model(choice)
+    pixels = load_pixels(loaded, get_dataset(root), split=split, images=[filename])
+    found = accentuate(
+        loaded, layer, channel, pixels[0], steps=steps, strength=ACCENTUATION_STRENGTH, seed=SEED
+    )
+    original, image = to_uint8(torch.cat([pixels, found.image[None]]))
+    return Accentuated(original, image, found.distance, found.before, found.after)
+
+
+def accentuated_ui(ctx: Context, split: str, layer: str, channel: int, row: pd.Series) -> None:
+    """The channel's strongest image beside itself accentuated, with the activation before
+    and after and how far it moved: by itself for a small input, on a click otherwise."""
+    say("card_accentuated", small=False)
+    asked = st.session_state.setdefault(ACCENTUATE_KEY, set())
+    wanted = (ctx.choice, layer, channel, row["filename"])
+    if not small_input(ctx) and wanted not in asked:
+        st.button(
+            "Accentuate its strongest image",
+            key="card_accentuate",
+            on_click=asked.add,
+            args=(wanted,),
+            icon=":material/tune:",
+            help=f"{ACCENTUATION_STEPS} small steps on one image: seconds on a GPU, up to a "
+            "minute for a large network on a CPU.",
+        )
+        return
+    try:
+        with st.spinner("Nudging the image toward what the channel wants…"):
+            found = get_accentuation(
+                ctx.choice, ctx.root, split, row["filename"], layer, channel, ACCENTUATION_STEPS
+            )
+    except ValueError as error:
+        st.error(str(error), icon=":material/error:")
+        return
+    before, after, words = st.columns([1, 1, 2])
+    for column, pixels, caption in (
+        (before, found.original, f"As it is: {row['filename']}"),
+        (after, found.image, ACCENTUATED_CAPTION),
+    ):
+        column.image(enlarge(pixels), caption=caption, output_format="PNG", width="stretch")
+    words.markdown(accentuation_words(found, channel))
+
+
+def accentuation_words(found: Accentuated, channel: int) -> str:
+    """The accentuation's numbers in one sentence."""
+    return (
+        f"Channel {channel}'s mean activation goes from **{found.before:.3g}** to "
+        f"**{found.after:.3g}**, while the image moves **{found.distance:.3g}** away (the "
+        "straight-line distance between the two, over every pixel in 0 to 1)."
+    )
 
 
 # --- what it does --------------------------------------------------------------------------

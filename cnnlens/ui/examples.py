@@ -83,7 +83,8 @@ def examples_ui(
         split: the split the rows come from.
         layer: the layer.
         rows: rows of :func:`cnnlens.insights.top_images` (``filename``, ``label``,
-            ``score`` and the strongest spot).
+            ``score`` and the strongest spot), or of :func:`cnnlens.relevance.top_relevant`,
+            whose ``predicted`` class is named too.
         channel: the channel.
         per_row: images side by side.
     """
@@ -103,8 +104,9 @@ def examples_ui(
             pixels = get_network_input(ctx.choice, ctx.root, split, row["filename"])
             crop = fire_crop(pixels, row, maps.shape[1:], field, channel)
             label = "" if row["label"] is None else f" · {row['label']}"
+            said = f" · says {row['predicted']}" if "predicted" in row else ""
             with columns[offset]:
-                st.image(crop, caption=f"{row['filename']}{label}", width="stretch")
+                st.image(crop, caption=f"{row['filename']}{label}{said}", width="stretch")
                 st.image(tiles[start + offset], caption=f"{row['score']:.3g}", width="stretch")
 
 

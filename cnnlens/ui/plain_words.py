@@ -166,16 +166,38 @@ number, and nothing is negative), then divides each by their total. Scores are
 shifted by the largest first; the chances stay the same. This is **softmax**.
 """,
     "card_looks_for": """
-**What it looks for.** The network was asked to paint the picture that makes this
-channel fire most (left), and the one it fires least for (right).
+**What it looks for.** The network was asked to change a picture until this channel
+fires as much as it can.
+""",
+    "card_legible": """
+An image made from the dataset's own typical shapes, changed until this channel fires
+as much as it can: it stays close to what the dataset's images look like, so you can
+read it like one of them.
+""",
+    "card_lucid": """
+**Lucid's recipe, for comparison:** the same question started from noise, with no
+idea of what the images look like. Often sharper, often a plain square or stripes.
 """,
     "card_exaggeration": """
 A synthesised image is the network's own exaggeration, not a photo: it shows the
 pattern the channel wants, repeated and overdone.
 """,
     "card_fires": """
-**Where it fires in the data.** The images of the dataset that make this channel
-fire most, cut to the part it looks at (outlined), with its map below.
+**Where it fires most.** The images of the dataset that make this channel fire most,
+cut to the part it looks at (outlined), with its map below.
+""",
+    "card_matters": """
+**Where it counts most for the answer.** The images where this channel adds most to
+the class the network picks (how strongly it fires times how much the answer grows
+with it), with its map below.
+""",
+    "card_no_relevance": """
+This channel adds nothing to any answer on this split: its share is zero for every
+image, so it fires (or not) without changing what the network says.
+""",
+    "card_accentuated": """
+**Its strongest image, accentuated.** The same image, nudged toward what the channel
+wants: changed only a little, so you see which of its parts the channel would like more of.
 """,
     "card_does": """
 **What it does.** We switch this channel off (set it to zero) and see how the
