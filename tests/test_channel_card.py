@@ -418,3 +418,36 @@ def test_where_it_matters_ranks_by_relevance_and_the_strongest_image_is_accentua
     shown = np.asarray(Image.open(io.BytesIO(sent[Path(after.proto.imgs[0].url).stem])))
     zoom = shown.shape[0] // 28
     np.testing.assert_array_equal(shown[::zoom, ::zoom], image)
+
+
+def test_the_cards_legible_picture_shows_its_mask_from_visualize_with_masks(digits, sent):
+    from cnnlens.feature_visualization import ChannelMaskSpec, visualize_with_masks
+    from cnnlens.figures import overlay_png
+
+    at = open_card(layer="conv_2", channel="3")
+    at.button(key="card_legible_start").click().run()
+    assert not at.exception
+    demo = open_model("demo")
+    prior = image_prior(demo, load_dataset(digits))
+    expected = visualize_with_masks(demo, "conv_2", [3], method="pca", prior=prior, **SETTINGS)
+    picture = to_uint8(expected.images)[0]
+    tile = ChannelImagesSpec(
+        demo,
+        "conv_2",
+        (3,),
+        **SETTINGS,
+        method="pca",
+        prior=ImagePriorSpec(demo, load_dataset(digits)),
+    ).tile(3)
+    mask = store(digits).peek(ChannelMaskSpec.of(tile))
+    np.testing.assert_array_equal(mask, expected.masks[0].numpy())
+    shown = [
+        np.asarray(Image.open(io.BytesIO(sent[Path(element.proto.imgs[0].url).stem])))
+        for element in at.main.get("image")
+        if element.proto.imgs[0].caption == channel_card.MASK_CAPTION
+    ]
+    overlay = overlay_png(picture, expected.masks[0].numpy().sum(0), side=channel_card.SHOWN_SIDE)
+    assert len(shown) == 1
+    np.testing.assert_array_equal(shown[0], np.asarray(Image.open(io.BytesIO(overlay))))
+    sentence = channel_card.WORDS["card_mask"].strip().replace("\n", " ")
+    assert sentence in [caption.value for caption in at.caption]

@@ -22,6 +22,7 @@ from cnnlens.cli import main
 from cnnlens.feature_visualization import (
     ChannelImageSpec,
     ChannelImagesSpec,
+    ChannelMaskSpec,
     default_side,
     to_uint8,
     visualize,
@@ -647,3 +648,65 @@ def test_stored_tiles_key_the_method_and_prior_and_lucid_keeps_its_keys(demo, tm
         ChannelImageSpec(demo, "conv_1", 1, method="pca")
     with pytest.raises(ValueError, match=r"Unknown method 'x'"):
         ChannelImagesSpec(demo, "conv_1", (1,), method="x")
+
+
+def test_pca_raises_the_rectified_mean_plus_a_share_of_the_layers_own(demo, prior):
+    """Three pca steps by hand on the demo's raw conv_1: the mean image plus the bounded
+    components, Lucid's views, relu_1's mean plus 0.1 of conv_1's own, Adam."""
+    found = visualize_module.visualize_with_masks(
+        demo, "conv_1", [5], steps=3, method="pca", prior=prior, seed=1
+    )
+    k = len(prior.deviations)
+    [start], [draws] = visualize_module._start([(5, 0)], (k,), 0.5, 3, seed=1)
+    raw = start[None].clone().requires_grad_(True)
+    basis = torch.from_numpy(prior.components) * torch.from_numpy(prior.deviations)[:, None]
+    mean = torch.from_numpy(prior.mean)
+    pixel_mean = torch.from_numpy(prior.pixel_mean).view(-1, 1, 1)
+    pixel_std = torch.from_numpy(prior.pixel_std).view(-1, 1, 1)
+    views = visualize_module._Views(28, draws[None])
+    conv = demo_model().features[0]  # conv_1, without its in-place ReLU
+    optimizer = torch.optim.Adam([raw], lr=0.05)
+    mask = torch.zeros((1, 1, 28, 28))
+
+    def image() -> torch.Tensor:
+        coefficients = 3.0 * torch.tanh(raw / 3.0)
+        typical = 0.7 * k**0.5
+        coefficients = coefficients * (
+            typical / coefficients.norm(dim=-1, keepdim=True).clamp(min=typical)
+        )
+        x = (mean + (coefficients @ basis).view(-1, *mean.shape)) * pixel_std + pixel_mean
+        return x + (x.clamp(0, 1) - x).detach()
+
+    for step in range(3):
+        pixels = image()
+        pixels.retain_grad()
+        own = conv((views(pixels, step) - pixel_mean) / pixel_std)[0, 5]
+        loss = -(torch.relu(own).mean() + 0.1 * own.mean())
+        optimizer.zero_grad()
+        loss.backward()
+        mask += pixels.grad.abs()
+        optimizer.step()
+    torch.testing.assert_close(found.images, image().detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(found.masks, mask, rtol=1e-4, atol=1e-7)
+    assert visualize_module._METHOD_VERSIONS["pca"] == 2  # its images changed: new keys
+
+
+def test_a_mask_spec_stores_visualize_with_masks_mask_and_its_picture(demo, tmp_path):
+    from cnnlens.priors import ImagePriorSpec
+
+    digits = demo_dataset()
+    prior_spec = ImagePriorSpec(demo, digits, images=60, components=8)
+    tile = ChannelImageSpec(demo, "conv_2", 3, steps=8, method="pca", prior=prior_spec)
+    spec = ChannelMaskSpec.of(tile)
+    assert spec.image.key == tile.key and spec.key != tile.key
+    store = ResultStore(tmp_path)
+    assert store.peek(tile) is None
+    mask = store.run(spec)
+    expected = visualize_module.visualize_with_masks(
+        demo, "conv_2", [3], steps=8, method="pca", prior=store.run(prior_spec)
+    )
+    assert mask.dtype == np.float32 and mask.shape == (1, 28, 28)
+    np.testing.assert_array_equal(mask, expected.masks[0].numpy())
+    np.testing.assert_array_equal(store.peek(tile), to_uint8(expected.images)[0])
+    again = ResultStore(tmp_path)  # another session: read back from disk
+    np.testing.assert_array_equal(again.peek(spec), mask)

@@ -28,7 +28,8 @@ import pandas as pd
 import streamlit as st
 
 from cnnlens.ablation import ClassAblationSpec
-from cnnlens.feature_visualization import ChannelImagesSpec
+from cnnlens.feature_visualization import ChannelImagesSpec, ChannelMaskSpec
+from cnnlens.figures import overlay_png
 from cnnlens.insights import TopImagesSpec
 from cnnlens.priors import ImagePriorSpec
 from cnnlens.relevance import RelevanceSpec, TopRelevantSpec
@@ -81,6 +82,7 @@ themselves; larger ones wait for a click."""
 ACCENTUATION_STEPS = 128
 ACCENTUATION_STRENGTH = 3.0
 LEGIBLE_CAPTION = "Made from the dataset's own shapes"
+MASK_CAPTION = "Where it matters (yellow)"
 ACCENTUATED_CAPTION = "Nudged toward what the channel wants"
 ACCENTUATE_KEY = "_card_accentuate_asked"  # session state: the accentuations asked for
 LUCID_CAPTIONS = ("Lucid's recipe: what excites it most", "Lucid's recipe: what it fires least for")
@@ -242,30 +244,48 @@ def looks_for_ui(ctx: Context, layer: str, channel: int) -> None:
 
 
 def legible_ui(ctx: Context, layer: str, channel: int) -> None:
-    """The :data:`LEGIBLE` picture, once the dataset's prior is there."""
+    """The :data:`LEGIBLE` picture with its mask laid over it, once the dataset's prior is
+    there: at once when both are stored, else on request (one run paints both)."""
     prior = prior_ui(ctx, key="card_prior")
     if prior is None:
         return
-    spec = channel_images(ctx, layer, (channel,), prior=prior)
-    found = spec.found(result_store()).get((channel, False))
-    if found is None:
-        side = spec.tile(channel).side
-        drawn = result_ui(
-            spec,
+    tile = channel_images(ctx, layer, (channel,), prior=prior).tile(channel)
+    mask_spec = ChannelMaskSpec.of(tile)
+    store = result_store()
+    found, mask = store.peek(tile), store.peek(mask_spec)
+    if mask is None:
+        side = tile.side
+        mask = result_ui(
+            mask_spec,
             key="card_legible",
-            start="Show what it looks for",
+            start="Show where it matters" if found is not None else "Show what it looks for",
             icon=":material/auto_awesome:",
             help=f"Paints a {side}×{side}-pixel image from the dataset's typical shapes in "
-            f"{STEPS} small steps: seconds for a small network, a minute or more for a large "
-            "one on a CPU. Kept for everyone once done.",
+            f"{STEPS} small steps, and notes where the channel's answer changes most: "
+            "seconds for a small network, a minute or more for a large one on a CPU. Kept "
+            "for everyone once done.",
         )
-        found = None if drawn is None else drawn[0]
-    if found is None:
-        return
-    picture, words = st.columns(2)
+        if mask is not None and found is None:
+            found = store.peek(tile)
+    if found is not None:
+        legible_picture_ui(found, mask)
+
+
+def legible_picture_ui(found: np.ndarray, mask: np.ndarray | None) -> None:
+    """The legible picture, its mask laid over it beside it (where there is one), and
+    one plain sentence for each."""
+    picture, masked = st.columns(2)
     picture.image(enlarge(found), caption=LEGIBLE_CAPTION, output_format="PNG", width="stretch")
-    with words:
-        say("card_legible")
+    if mask is not None:
+        masked.image(
+            overlay_png(found, mask.sum(0), side=SHOWN_SIDE),
+            caption=MASK_CAPTION,
+            output_format="PNG",
+            width="stretch",
+        )
+    say("card_legible")
+    if mask is not None:
+        say("card_mask")
 
 
 def lucid_ui(ctx: Context, layer: str, channel: int) -> None:

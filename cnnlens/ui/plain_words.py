@@ -174,6 +174,10 @@ An image made from the dataset's own typical shapes, changed until this channel 
 as much as it can: it stays close to what the dataset's images look like, so you can
 read it like one of them.
 """,
+    "card_mask": """
+**Where it matters:** where in the picture the channel's answer changed most while it
+was made (yellow: most).
+""",
     "card_lucid": """
 **Lucid's recipe, for comparison:** the same question started from noise, with no
 idea of what the images look like. Often sharper, often a plain square or stripes.
