@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cnnlens.attribution import METHODS, OcclusionScores, attribute, occlusion_scores
+from cnnlens.attribution import (
+    METHODS,
+    AttributionMap,
+    OcclusionScores,
+    attribute,
+    occlusion_scores,
+)
 from cnnlens.faithfulness_metrics import faithfulness
 from cnnlens.results import ModelSpec, Run
 from cnnlens.sanity import SANITY_THRESHOLD, sanity_check
@@ -136,8 +142,10 @@ def method_checks(model: LoadedModel, x: torch.Tensor, found: MethodMap) -> Meth
         faithfulness(model, x, found.map, metric, target=found.target).area
         for metric in ("deletion", "insertion")
     ]
-    layer = found.layer or None
-    steps = sanity_check(model, x, found.method, layer=layer, target=found.target, cascade=False)
+    trained = AttributionMap(
+        found.map, method=found.method, layer=found.layer or None, target=found.target
+    )
+    steps = sanity_check(model, x, found.method, cascade=False, trained=trained)
     return MethodChecks(float(areas[0]), float(areas[1]), float(steps[-1].correlation))
 
 

@@ -39,7 +39,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from cnnlens.attribution import attribute
+from cnnlens.attribution import AttributionMap, attribute
 from cnnlens.borrow import borrowed_copy, plain_module
 from cnnlens.layers import Layers
 from cnnlens.private_copy import check_batch
@@ -282,6 +282,7 @@ def sanity_check(
     target: int | None = None,
     seed: int = 0,
     cascade: bool = True,
+    trained: AttributionMap | None = None,
 ) -> list[SanityStep]:
     """Adebayo et al.'s cascading randomisation: the method's map as the weights go, top down.
 
@@ -305,6 +306,8 @@ def sanity_check(
         seed: the seed of the re-initialisation (see :func:`randomised_copies`).
         cascade: randomise step by step from the top; ``False``: one step, the whole
             network at once.
+        trained: the trained model's map of this method, when the caller has it
+            already (``layer`` and ``target`` are then its own): not made again.
 
     Returns:
         The :class:`SanityStep` of each step, top down.
@@ -313,7 +316,8 @@ def sanity_check(
         TypeError, ValueError: as :func:`cnnlens.attribution.attribute` raises them
             (unknown method, layer or class, a batch that is not one image).
     """
-    trained = attribute(model, x, method, layer=layer, target=target)
+    if trained is None:
+        trained = attribute(model, x, method, layer=layer, target=target)
     used, chosen = trained.layer, int(trained.target)
     steps = []
     for name, paths, randomised in randomised_copies(model, x, seed=seed, cascade=cascade):

@@ -41,7 +41,13 @@ from cnnlens.ui.examples import examples_ui
 from cnnlens.ui.insights.focus import stats_spec
 from cnnlens.ui.map_view import map_view_data, map_view_ui
 from cnnlens.ui.plain_words import WORDS
-from cnnlens.ui.resources import get_dataset, get_model, pass_options, result_store
+from cnnlens.ui.resources import (
+    SMALL_SIDE,
+    get_dataset,
+    get_model,
+    pass_options,
+    result_store,
+)
 from cnnlens.ui.runner import result_ui
 
 __all__ = [
@@ -76,9 +82,6 @@ SPLIT = "train"  # the labelled split, over which the dataset ablation is judged
 LEGIBLE = "pca"
 """The method of the card's and the atlas's pictures where the dataset's prior is there: the
 most legible on the demo (:mod:`cnnlens.feature_visualization`)."""
-SMALL_SIDE = 64
-"""Inputs at most this many pixels wide learn their prior (and rank by relevance) by
-themselves; larger ones wait for a click."""
 ACCENTUATION_STEPS = 128
 ACCENTUATION_STRENGTH = 3.0
 LEGIBLE_CAPTION = "Made from the dataset's own shapes"

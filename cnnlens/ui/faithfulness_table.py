@@ -22,7 +22,7 @@ from cnnlens.faithfulness_metrics import (
 )
 from cnnlens.ui import state
 from cnnlens.ui.context import Context
-from cnnlens.ui.resources import pass_options
+from cnnlens.ui.resources import SMALL_SIDE, pass_options
 from cnnlens.ui.runner import result_ui
 
 __all__ = ["IMAGES", "ONE_PASS", "faithfulness_table_ui", "table_frame"]
@@ -82,7 +82,7 @@ def faithfulness_table_ui(ctx: Context, view: state.View) -> None:
         "(*deletion*) or put back first into a blurred image (*insertion*), and the "
         "network's probability for its own answer is followed."
     )
-    small = max(ctx.loaded.spec.size) <= 64
+    small = max(ctx.loaded.spec.size) <= SMALL_SIDE
     quick = ONE_PASS if small else ("gradcam", "layercam", "saliency")
     methods, images = _choices(quick, 1 if small else 0)
     if not methods:

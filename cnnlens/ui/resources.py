@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PASS_BATCH",
+    "SMALL_SIDE",
     "get_dataset",
     "get_default_layers",
     "get_layer_names",
@@ -36,6 +37,11 @@ __all__ = [
 
 PASS_BATCH = 256
 """Images per forward pass of a dataset pass: large batches keep small CNNs busy."""
+
+SMALL_SIDE = 64
+"""Work on inputs at most this many pixels wide (a digit) starts by itself: a prior, a
+relevance pass, the slow attribution methods, the square's every place. Larger inputs
+wait for a click."""
 
 
 @st.cache_resource(max_entries=8, show_spinner="Reading the dataset folder…")

@@ -33,6 +33,7 @@ from cnnlens.ui.faithfulness_table import ONE_PASS
 from cnnlens.ui.feature_maps import predictions_html
 from cnnlens.ui.occlusion_view import occlusion_view_data, occlusion_view_ui, square_fill
 from cnnlens.ui.plain_words import METHOD_SENTENCES
+from cnnlens.ui.resources import SMALL_SIDE
 from cnnlens.ui.runner import result_ui
 
 __all__ = [
@@ -54,7 +55,7 @@ _AUTOMATIC = "automatic"
 def quick_methods(side: int) -> tuple[str, ...]:
     """The methods that compute by themselves: all on a small image, else those that take
     one forward and one backward (the others wait for a click)."""
-    return METHODS if side <= 64 else ONE_PASS
+    return METHODS if side <= SMALL_SIDE else ONE_PASS
 
 
 def choices_ui(view: state.View, classes: Sequence[str]) -> tuple[int | None, str | None, float]:
@@ -184,7 +185,7 @@ def square_ui(ctx: Context, pixels: np.ndarray) -> None:
     scores = result_ui(
         spec,
         key="looks_square",
-        start=None if side <= 64 else "Try every place of the square",
+        start=None if side <= SMALL_SIDE else "Try every place of the square",
         help=f"{-(-(side - window) // stride) + 1:,}² forwards of the network.",
     )
     if scores is None:
