@@ -1,6 +1,7 @@
-"""The dashboard as people feel it: start-up, click-to-paint, server memory, postScriptGC.
+"""The dashboard as people feel it: start-up, click-to-paint, stroke-to-paint, server
+memory, postScriptGC.
 
-    python benchmarks/bench_dashboard.py [--repeats 7] [--quick] [--start-only]
+    python benchmarks/bench_dashboard.py [--repeats 7] [--quick] [--start-only | --strokes-only]
 
 Starts dashboard servers as ``make run`` does (``python -m cnnlens.ui.serve``) and drives
 Debian's headless Chromium (``tests/live_app.py``). The demo clicks are interleaved with
@@ -11,7 +12,12 @@ Click timings are taken inside the page with ``performance.now()``: from the cli
 the animation frame after the chart (or the grid's picture) shows the new image's
 data, then to Streamlit's idle. Warm-up clicks are discarded; the table shows medians
 with min-max. The postScriptGC servers and the floor run side by side and their clicks
-are interleaved, since these machines are noisy. Not a test.
+are interleaved, since these machines are noisy. Strokes on the drawing pad (f, g) are
+drawn with the mouse, timed in the page from the stroke's pointerup to the animation
+frame that shows the last change of what follows it (Feature maps: the grid, the
+answer, the channel and the ranking; Network: every column and the class scores),
+interleaved with strokes on a floor page (``floor_stroke_app.py``: the pad and one map
+view). Not a test.
 """
 
 from __future__ import annotations
@@ -35,6 +41,14 @@ from tests import live_app  # noqa: E402
 HOME_TITLE = "See what a neural network sees"
 VGG_URL = "/feature_maps?model=vgg16&layers=pool_2&layer=pool_2"
 GOALS = {"start": 3.0, "demo": 0.25, "vgg": 0.5, "memory": 800.0}  # s, s, s, MB
+STROKE_GOALS = {"demo": 0.25, "network": 0.5}  # s: a stroke's end to everything painted
+# What follows a stroke, by page: the elements whose change ends the timing.
+WATCHED = {
+    "demo": [".st-key-grid .cnnlens-map-maps", ".st-key-channel_map .cnnlens-map-maps",
+             "[data-testid='stHtml']", ".st-key-ranking"],
+    "network": ["[class*='st-key-network_'] .cnnlens-map-maps", "[data-class]"],
+    "floor": [".st-key-grid .cnnlens-map-maps"],
+}  # fmt: skip
 PEER = {"start": "4.7 s (to idle)", "demo": "0.38 s", "memory": "850 MB"}
 
 # In-page: the epoch time (ms) of the first animation frame that shows the home title.
@@ -76,6 +90,41 @@ async ([buttonSelector, signature]) => {
 """
 
 
+# In-page: what the watched elements show (a picture's source once decoded, else the
+# element's HTML), and a listener that notes the time of the next pointerup.
+_STROKE_JS = """
+window.__watched = (selectors) => selectors.map((s) => Array.from(document.querySelectorAll(s))
+  .map((e) => e.tagName === "IMG" ? (e.complete && e.naturalWidth ? e.src : "loading")
+                                  : e.innerHTML).join("|")).join("#");
+window.__arm = (selectors) => {
+  window.__strokeEnd = null;
+  window.__before = window.__watched(selectors);
+  window.addEventListener("pointerup", () => { window.__strokeEnd = performance.now(); },
+                          { once: true, capture: true });
+};
+"""
+
+# In-page: after a stroke, the time (ms) from its pointerup to the animation frame that
+# shows the last change of the watched elements, once the run is over and 10 frames pass
+# without a change.
+_STROKE_TO_PAINT_JS = """
+async (selectors) => {
+  const idle = () => document.querySelector(
+    '[data-testid="stApp"][data-test-script-state="notRunning"]') !== null;
+  let last = window.__before, changed = null, quiet = 0;
+  const start = performance.now();
+  for (;;) {
+    await new Promise((resolve) => requestAnimationFrame(resolve));
+    const now = window.__watched(selectors);
+    if (now !== last) { last = now; changed = performance.now(); quiet = 0; } else quiet++;
+    if (changed !== null && idle() && quiet >= 10 && !now.includes("loading")) break;
+    if (performance.now() - start > 60000) throw new Error("nothing followed the stroke");
+  }
+  return changed - window.__strokeEnd;
+}
+"""
+
+
 @dataclass
 class Clicks:
     """Click-to-paint and click-to-idle seconds of one server and page."""
@@ -96,6 +145,7 @@ def new_page(browser: Any) -> Any:
     context.set_default_timeout(120_000)
     page = context.new_page()
     page.add_init_script(_SIGNATURES_JS)
+    page.add_init_script(_STROKE_JS)
     return page
 
 
@@ -163,6 +213,68 @@ def interleaved_clicks(
     return found
 
 
+def stroke_once(page: Any, pad: str, watched: list[str], at: tuple[float, float]) -> float:
+    """One mouse stroke (a short tick at ``at``, fractions of the pad) and the seconds from
+    its end to everything it changes painted; then Undo, untimed."""
+    canvas = page.locator(f".st-key-{pad}").get_by_role("img", name="Drawing pad")
+    box = canvas.bounding_box()
+    x, y = box["x"] + at[0] * box["width"], box["y"] + at[1] * box["height"]
+    page.evaluate("(selectors) => window.__arm(selectors)", watched)
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 0.12 * box["width"], y + 0.1 * box["height"], steps=8)
+    page.mouse.up()
+    seconds = page.evaluate(_STROKE_TO_PAINT_JS, watched) / 1000
+    page.locator(f".st-key-{pad}").get_by_role("button", name="Undo").click()
+    live_app.wait_idle(page, timeout=120)
+    live_app.wait_charts_drawn(page, timeout=120)
+    return seconds
+
+
+def interleaved_strokes(
+    pages: dict[str, tuple[Any, str]], repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Strokes on each page in turn (alternating which goes first), each at a new place so
+    that no result is cached; warm-up discarded. ``pages``: name -> (page, pad key)."""
+    import random
+
+    places = random.Random(0)
+    found: dict[str, list[float]] = {name: [] for name in pages}
+    names = list(pages)
+    for i in range(warmup + repeats):
+        at = (places.uniform(0.1, 0.75), places.uniform(0.1, 0.8))
+        for name in names if i % 2 == 0 else names[::-1]:
+            page, pad = pages[name]
+            seconds = stroke_once(page, pad, WATCHED[name], at)
+            if i >= warmup:
+                found[name].append(seconds)
+    return found
+
+
+def measure_strokes(browser: Any, server: live_app.Server, repeats: int, warmup: int) -> dict:
+    """(f) the demo's Feature maps pad beside the floor pad; (g) the Network page's pad."""
+    floor = live_app.launch_server(script="benchmarks/floor_stroke_app.py")
+    try:
+        live_app.wait_healthy(floor)
+        demo = new_page(browser)
+        ready = functools.partial(live_app.wait_chart, demo, "grid", timeout=120)
+        open_page(demo, server, "/feature_maps?input=draw", ready)
+        network = new_page(browser)
+        open_page(network, server, "/network?input=draw", lambda: None)
+        floor_page = new_page(browser)
+        floor_page.goto(floor.url)
+        live_app.wait_chart(floor_page, "grid", timeout=120)
+        live_app.settle(floor_page, timeout=120)
+        pages = {"demo": (demo, "pad"), "floor": (floor_page, "pad")}
+        found = interleaved_strokes(pages, repeats, warmup)
+        found |= interleaved_strokes({"network": (network, "network_pad")}, repeats, warmup)
+        for page in (demo, network, floor_page):
+            page.context.close()
+    finally:
+        live_app.stop_server(floor)
+    return found
+
+
 def verdict(value: float | None, goal: float) -> str:
     if value is None:
         return "-"
@@ -183,6 +295,7 @@ class Results:
     memory: dict[str, dict[str, float]]  # the same servers after the demo clicks
     vgg: Clicks
     memory_vgg: dict[str, float]  # the postScriptGC=false server after the VGG clicks
+    strokes: dict[str, list[float]]  # "demo", "floor" and "network": stroke to painted
 
 
 def measure(browser: Any, repeats: int, warmup: int, start_repeats: int) -> Results:
@@ -204,7 +317,7 @@ def measure(browser: Any, repeats: int, warmup: int, start_repeats: int) -> Resu
         for setting, server in servers.items():
             page = new_page(browser)
             ready = functools.partial(live_app.wait_chart, page, "grid", timeout=120)
-            open_page(page, server, "/feature_maps", ready)
+            open_page(page, server, "/feature_maps?input=image", ready)
             pages[setting] = page
         pages["floor"] = new_page(browser)
         pages["floor"].goto(floor.url)
@@ -224,10 +337,13 @@ def measure(browser: Any, repeats: int, warmup: int, start_repeats: int) -> Resu
         vgg = interleaved_clicks({"vgg": page}, "__gridSignature", repeats, warmup)["vgg"]
         memory_vgg = live_app.memory_mb(servers["false"].pid)
         page.context.close()
+
+        print(f"(f, g) strokes on the drawing pad, {repeats} each ...", flush=True)
+        strokes = measure_strokes(browser, servers["false"], repeats, warmup)
     finally:
         for server in (*servers.values(), floor):
             live_app.stop_server(server)
-    return Results(start, demo, memory, vgg, memory_vgg)
+    return Results(start, demo, memory, vgg, memory_vgg, strokes)
 
 
 Row = tuple[str, str, str, str, str]
@@ -277,6 +393,7 @@ def table(found: Results) -> list[Row]:
             (f"    postScriptGC={setting}: VmHWM / VmRSS",
              f"{memory[setting]['VmHWM']:.0f} / {mb(memory[setting]['VmRSS'])}", "", "", ""),
         ]  # fmt: skip
+    rows += stroke_rows(found.strokes)
     cost = (med(demo["true"].idle) or 0) - (med(demo["false"].idle) or 0)
     saves = memory["false"]["VmHWM"] - memory["true"]["VmHWM"]
     rows.append(
@@ -284,6 +401,21 @@ def table(found: Results) -> list[Row]:
          "", "", "")
     )  # fmt: skip
     return rows
+
+
+def stroke_rows(strokes: dict[str, list[float]]) -> list[Row]:
+    """The rows of (f) and (g)."""
+    demo, floor, network = (med(strokes[name]) for name in ("demo", "floor", "network"))
+    return [
+        ("(f) demo pad: stroke end -> grid, answer painted", median_range(strokes["demo"]),
+         f"<= {STROKE_GOALS['demo']} s", "", verdict(demo, STROKE_GOALS["demo"])),
+        ("    floor: the pad and one map view, same minutes", median_range(strokes["floor"]),
+         "", "", ""),
+        ("    demo stroke / floor stroke (medians)", f"{demo / floor:.2f}", "", "", ""),
+        ("(g) Network pad: stroke end -> every column painted",
+         median_range(strokes["network"]), f"<= {STROKE_GOALS['network']} s", "",
+         verdict(network, STROKE_GOALS["network"])),
+    ]  # fmt: skip
 
 
 def main() -> None:
@@ -294,6 +426,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--start-only", action="store_true", help="only (a), the server start to the first paint"
+    )
+    parser.add_argument(
+        "--strokes-only", action="store_true", help="only (f) and (g), strokes on the pad"
     )
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
@@ -313,6 +448,9 @@ def main() -> None:
             version = browser.version
             if args.start_only:
                 rows = start_rows(start_to_paint(browser, start_repeats))
+            elif args.strokes_only:
+                with live_app.running_server(["--runner.postScriptGC", "false"]) as server:
+                    rows = stroke_rows(measure_strokes(browser, server, repeats, warmup))
             else:
                 rows = table(measure(browser, repeats, warmup, start_repeats))
         finally:
@@ -321,12 +459,12 @@ def main() -> None:
     headers = ("measure", "median (min-max)", "goal", "torch-cam peer", "")
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
     print()
-    clicks = f"{repeats} timed clicks each ({warmup} warm-up discarded), "
-    clicks = "" if args.start_only else clicks
+    timed = f"{repeats} timed clicks and strokes each ({warmup} warm-up discarded); "
+    fresh = f"{start_repeats} fresh servers of each kind for (a); "
+    what = fresh if args.start_only else timed if args.strokes_only else timed + fresh
     print(
         f"cnnlens dashboard, headless Chromium {version}, {os.cpu_count()} CPU cores; "
-        f"{clicks}{start_repeats} fresh servers of each kind for (a); "
-        f"{time.perf_counter() - began:.0f} s in all"
+        f"{what}{time.perf_counter() - began:.0f} s in all"
         + ("  [--quick: a smoke run, not a result]" if args.quick else "")
     )
     print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())

@@ -2,7 +2,8 @@
 
 Every analysis the dashboard runs is importable from here under one name, with an
 example in its docstring: open a model and a dataset, read feature maps (of one
-image, ``image_features``; of any batch, ``build_extractor`` / ``build_lens``),
+image, ``image_features``; of any batch, ``build_extractor`` / ``build_lens``; of a
+digit drawn on a pad, ``drawing_pixels`` of a ``Drawing``),
 summarise a layer over a dataset (``layer_stats``, ``summarise``) and read it
 (``top_images``, ``class_channel_matrix``, ``embedding``), see how the network
 computes (``overview``, ``architecture_dot``, ``explain_value``), where it looks
@@ -28,6 +29,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "cnnlens.data": ("LAYOUTS", "Dataset", "Problem", "load_dataset"),
     "cnnlens.images": ("MAX_DECODED_SIDE", "MAX_IMAGE_PIXELS", "open_image", "to_mode"),
     "cnnlens.preprocess": ("to_batch",),
+    "cnnlens.drawing": ("Drawing", "drawing_pixels", "mnist_fit"),
     "cnnlens.registry": ("MODELS", "InputSpec", "ModelInfo", "model_groups", "model_info"),
     "cnnlens.models": (
         "DemoCNN",

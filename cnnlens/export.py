@@ -303,6 +303,8 @@ class Recipe:
         layer: the layer shown.
         channel: the channel shown.
         norm: ``"channel"`` or ``"layer"`` colour normalisation.
+        drawing: a digit drawn on the pad, in :meth:`cnnlens.drawing.Drawing.encode`'s
+            text, shown instead of the image; ``None`` for the image.
     """
 
     dataset: str
@@ -315,12 +317,15 @@ class Recipe:
     layer: str
     channel: int
     norm: str
+    drawing: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
         for spec in fields(self):
             value = getattr(self, spec.name)
-            if spec.name in ("seed", "channel"):
+            if spec.name == "drawing":
+                problems += _drawing_problems(value)
+            elif spec.name in ("seed", "channel"):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     problems.append(f"{spec.name} must be a whole number ≥ 0, not {value!r}")
             elif spec.name == "layers":
@@ -360,10 +365,25 @@ class Recipe:
         if not isinstance(data, dict):
             raise ValueError("A recipe is a JSON object with the view's fields.")
         names = [spec.name for spec in fields(cls)]
-        missing = [name for name in names if name not in data]
+        missing = [name for name in names if name not in data and name != "drawing"]
         unknown = sorted(set(data) - set(names))
         if missing or unknown:
             parts = [f"missing {', '.join(missing)}"] if missing else []
             parts += [f"unknown {', '.join(unknown)}"] if unknown else []
             raise ValueError(f"This recipe's fields do not match: {'; '.join(parts)}.")
         return cls(**data)
+
+
+def _drawing_problems(value: object) -> list[str]:
+    """What is wrong with a recipe's drawing (``None``, or a drawing's text)."""
+    if value is None:
+        return []
+    from cnnlens.drawing import Drawing
+
+    if not isinstance(value, str):
+        return [f"drawing must be a drawing's text or null, not {value!r}"]
+    try:
+        Drawing.decode(value)
+    except ValueError as error:
+        return [f"drawing: {error}"]
+    return []

@@ -13,7 +13,7 @@ page_ctx, _ = page_context(with_layers=True)
 st.title("Feature maps")
 # Outside the view's fragment: its text never changes, and drawing it again cost
 # 30 ms of every click.
-plain_words("heatmap", "convolution", "relu", "brightness")
+plain_words("drawing", "heatmap", "convolution", "relu", "brightness")
 view_ui(page_ctx)
 # Outside the fragment: opening a recipe may change the dataset and model, a full rerun.
 recipe_ui()

@@ -12,6 +12,9 @@ switch_if_asked()
 ctx, names = page_context(with_layers=True)
 st.title("Network")
 plain_words(
-    "network", "network_colours", *(() if ctx.loaded.layers.renamed else ("network_graph",))
+    "network",
+    "network_colours",
+    *(() if ctx.loaded.layers.renamed else ("network_graph",)),
+    "drawing",
 )
 network_ui(ctx, names)

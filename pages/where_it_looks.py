@@ -9,7 +9,7 @@ from cnnlens.attribution import METHODS, TITLES
 from cnnlens.ui import state
 from cnnlens.ui.context import page_context
 from cnnlens.ui.faithfulness_table import faithfulness_table_ui
-from cnnlens.ui.image_input import input_image
+from cnnlens.ui.image_input import input_image, input_problem_ui
 from cnnlens.ui.plain_words import method_words, plain_words
 from cnnlens.ui.where_it_looks import (
     answer_ui,
@@ -43,7 +43,7 @@ if classes is None:
 try:
     page_pixels, page_caption = input_image(page_view, page_ctx)
 except ValueError as page_error:
-    st.error(str(page_error), icon=":material/error:")
+    input_problem_ui(page_view, page_error)
     st.stop()
 answer_ui(page_ctx, page_pixels, page_caption)
 section = st.segmented_control(

@@ -27,10 +27,17 @@ PAGES = Path(__file__).resolve().parent.parent / "pages"
 DATASET = demo_dataset()
 
 
-def open_app(page: str | None = None, **query: str) -> AppTest:
+def open_app(page: str | None = None, **query: str | None) -> AppTest:
+    """The app opened as a link with this query opens it.
+
+    It opens on the dataset's image: the demo's pages start on the drawing pad, which
+    ``tests/test_drawing_pad.py`` opens with ``input=None`` (the model's default) or
+    ``input="draw"``.
+    """
     at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
+    for key, value in {"input": "image", **query}.items():
+        if value is not None:
+            at.query_params[key] = value
     if page:
         at.switch_page(str(PAGES / page))  # the first run opens it, as a shared link does
     at.run()
@@ -460,6 +467,7 @@ def test_the_url_follows_the_view_and_a_copy_reopens_it():
         "layers": "conv_1,conv_2,conv_3,conv_4",
         "layer": "conv_3",
         "channel": "5",
+        "input": "image",
     }
     copy = open_app("feature_maps.py", **url)
     assert copy.subheader[0].value == at.subheader[0].value == "conv_3: 64 channels of 14×14"

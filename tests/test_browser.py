@@ -279,7 +279,7 @@ def test_newcomer_walk(browser: Any, server: live_app.Server, tmp_path: Path) ->
     chosen.get_by_text("3282.png · label 9", exact=True).wait_for()
     live_app.settle(page)
     assert chosen.locator("img").evaluate("img => img.complete && img.naturalWidth") == 28
-    assert sidebar_caption(page) == "3282.png · label 9"
+    assert sidebar_caption(page) == "your drawing"  # the demo's input starts on the pad
     shot(page, "02-dataset-seed-128")
 
     # Another seed picks another image.

@@ -104,7 +104,7 @@ async def _click_once(port: int) -> tuple[list, list]:
         async def run(page: str = "", widget: str = "", fragment: str = "") -> list:
             back = BackMsg()
             back.rerun_script.page_script_hash = page
-            back.rerun_script.query_string = "layers=conv_1,conv_2&layer=conv_2"
+            back.rerun_script.query_string = "layers=conv_1,conv_2&layer=conv_2&input=image"
             back.rerun_script.fragment_id = fragment
             if widget:
                 trigger = back.rerun_script.widget_states.widgets.add()
@@ -171,7 +171,7 @@ def test_an_explanation_shown_goes_with_its_image_and_the_page_keeps_working(ser
     with playwright_api.sync_playwright() as playwright:
         browser = live_app.launch_browser(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(f"{server.url}/feature_maps?layer=conv_1&channel=2")
+        page.goto(f"{server.url}/feature_maps?layer=conv_1&channel=2&input=image")
         live_app.wait_chart(page, "channel_map", "conv_1, channel 2")
         live_app.settle(page, 90)
         maps = page.locator(".st-key-channel_map .cnnlens-map-clickable .cnnlens-map-maps")

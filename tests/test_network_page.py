@@ -32,7 +32,7 @@ DEMO_LAYERS = [
 
 def open_page(page: str, **query: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=90)
-    for key, value in query.items():
+    for key, value in {"input": "image", **query}.items():  # the dataset's image, not the pad
         at.query_params[key] = value
     at.switch_page(str(PAGES / page))
     at.run()

@@ -28,7 +28,8 @@ LAYERS = "conv_1,relu_1,conv_2,pool_2"
 
 def open_maps(layer: str, channel: int) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=90)
-    for key, value in {"layers": LAYERS, "layer": layer, "channel": str(channel)}.items():
+    view = {"layers": LAYERS, "layer": layer, "channel": str(channel), "input": "image"}
+    for key, value in view.items():
         at.query_params[key] = value
     at.switch_page(str(PAGES / "feature_maps.py"))
     at.run()

@@ -72,7 +72,7 @@ class Context:
                 icon=":material/error:",
             )
             st.stop()
-        show_notices(state.init_state(dataset))
+        show_notices(state.init_state(dataset, self.info.spec.mode))
         return dataset
 
     @functools.cached_property

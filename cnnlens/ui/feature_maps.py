@@ -16,7 +16,7 @@ the app holds, so they are kept once, read-only, never copied per session.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from cnnlens.ui.bars import NAMED_BARS, bars_html, bars_ui
 from cnnlens.ui.caching import feature_cache_mb, in_memory
 from cnnlens.ui.channel_card import CARD_KEY, channel_card_ui
 from cnnlens.ui.context import Context
+from cnnlens.ui.drawing_pad import get_drawn_pixels, pad_ui, source_ui
 from cnnlens.ui.image_input import input_image, upload_ui
 from cnnlens.ui.map_view import map_view_data, map_view_ui
 from cnnlens.ui.recipes import recipe_of
@@ -54,6 +55,9 @@ VIEW_FRAGMENT = "feature_maps_view"
 """The key of :func:`view_ui`, for callbacks that must rerun all of it."""
 SAVES_KEY = "saves"
 """The "Save this view" popover: open or closed."""
+PAD_KEY = "pad"
+"""The drawing pad's element."""
+_NO_MAPS_KEY = "_feature_maps_no_maps"  # the view's last run showed no maps
 
 
 @in_memory(feature_cache_mb())
@@ -177,23 +181,29 @@ def view_ui(ctx: Context) -> None:
     """
     view = state.current_view(ctx.dataset)
     top = st.columns([1.4, 3, 2])
+    with top[0]:  # here, not in image_ui: a new image sends no widget again
+        source_ui("input_feature_maps")
     with top[1]:
         layer, norm = pickers_ui(view.layers, ctx.spec.mode)
     try:
         shown = shown_image(ctx, view)
     except ValueError as error:
-        fallback_ui(top[0], ctx, view)
-        st.error(f"{error} Choose another image or model.", icon=":material/error:")
+        if view.drawing is not None:
+            message = f"{error} The answer and every map follow your pen."
+            no_maps_ui(top[0], ctx, layer, norm, lambda: st.info(message, icon=":material/draw:"))
+        else:
+            message = f"{error} Choose another image or model."
+            no_maps_ui(top[0], ctx, layer, norm, lambda: st.error(message, icon=":material/error:"))
         return
     maps = shown.features.maps[layer]
     if maps.ndim != 3:
-        fallback_ui(top[0], ctx, view)
-        st.info(
+        message = (
             f"{layer} gives {'×'.join(map(str, maps.shape))} values, not image-shaped maps. "
-            "Choose a convolutional layer or block: the Layers page shows each one's output shape.",
-            icon=":material/info:",
+            "Choose a convolutional layer or block: the Layers page shows each one's output shape."
         )
+        no_maps_ui(top[0], ctx, layer, norm, lambda: st.info(message, icon=":material/info:"))
         return
+    st.session_state[_NO_MAPS_KEY] = False
     count, height, width = maps.shape
     st.subheader(f"{layer}: {count} channels of {height}×{width}")
     grid = st.container()
@@ -218,13 +228,21 @@ def view_ui(ctx: Context) -> None:
 
 
 @st.fragment
-def image_ui(ctx: Context, layer: str, norm: str, channel: int, rank_by: str, slots: Slots) -> None:
-    """The image with its button, and in the slots what shows it: the grid, the
-    predictions, the chosen channel enlarged and laid over the image, the ranking.
+def image_ui(
+    ctx: Context, layer: str, norm: str, channel: int, rank_by: str, slots: Slots | None
+) -> None:
+    """The image with its button (or the pad), and in the slots what shows it: the grid,
+    the predictions, the chosen channel enlarged and laid over the image, the ranking.
 
-    A fragment: "Another random image" reruns only this.
+    A fragment: "Another random image", or a stroke on the pad, reruns only this. Without
+    slots (the view shows no maps) it shows the input alone, in the same place: the pad
+    keeps its element, and a stroke drawn while the view changes is kept.
     """
     view = state.current_view(ctx.dataset)
+    if slots is None:
+        input_alone_ui(ctx, view)
+        state.sync_url()
+        return
     try:
         pixels, caption = input_image(view, ctx)
         sent = get_image_view(
@@ -234,7 +252,7 @@ def image_ui(ctx: Context, layer: str, norm: str, channel: int, rank_by: str, sl
         st.error(f"{error} Choose another image or model.", icon=":material/error:")
         next_image_ui()
         return
-    input_ui(pixels, caption)
+    input_ui(ctx, view, pixels, caption)
     token = note_view(ctx, pixels)
     with slots.grid:
         numbered = sent.grid["channels"] <= NUMBERED_TILES
@@ -259,24 +277,65 @@ def image_ui(ctx: Context, layer: str, norm: str, channel: int, rank_by: str, sl
     state.sync_url()  # the entrypoint's call does not run on a fragment's own reruns
 
 
-def fallback_ui(column: DeltaGenerator, ctx: Context, view: state.View) -> None:
-    """The image and its button, where the view has no maps to show."""
+def no_maps_ui(
+    column: DeltaGenerator, ctx: Context, layer: str, norm: str, why: Callable[[], None]
+) -> None:
+    """Where the view has no maps to show: the input in its place, and ``why`` below it."""
+    st.session_state[_NO_MAPS_KEY] = True
+    shown_why = st.container()
     with column:
-        input_ui(*input_image(view, ctx))
-    state.sync_url()
+        channel, rank_by = st.session_state[state.CHANNEL_KEY], st.session_state.get("rank_by")
+        image_ui(ctx, layer, norm, channel, rank_by or "mean", None)
+    with shown_why:
+        why()
+
+
+def input_alone_ui(ctx: Context, view: state.View) -> None:
+    """The pad (with nothing the network sees), or the image and its button."""
+    if view.drawing is not None:
+        pad_ui(view.drawing, ctx.info.spec, key=PAD_KEY, on_change=drawn(ctx))
+    else:
+        input_ui(ctx, view, *input_image(view, ctx))
+
+
+def rerun_view() -> None:
+    """In a callback: rerun the whole view, not only :func:`image_ui`."""
+    st.rerun(VIEW_FRAGMENT)
+
+
+def shown_elsewhere() -> bool:
+    """Whether something outside :func:`image_ui` shows the input too: an upload's "Back"
+    button, an explanation, the open channel card or saves."""
+    session = st.session_state
+    if session.get(state.UPLOAD_KEY) is not None or PICK_KEY in session:
+        return True
+    return bool(session.get(CARD_KEY) or session.get(SAVES_KEY))
 
 
 def next_image() -> None:
     """Callback of "Another random image": the next seed's pick.
 
-    Only :func:`image_ui` reruns, unless something outside it shows the image too: an
-    upload's "Back" button, an explanation, the open channel card or saves.
+    Only :func:`image_ui` reruns, unless something outside it shows the image too.
     """
-    session = st.session_state
-    elsewhere = session.get(state.UPLOAD_KEY) is not None or PICK_KEY in session
+    elsewhere = shown_elsewhere()
     state.next_seed()
-    if elsewhere or session.get(CARD_KEY) or session.get(SAVES_KEY):
-        st.rerun(VIEW_FRAGMENT)
+    if elsewhere:
+        rerun_view()
+
+
+def drawn(ctx: Context) -> Callable[[], None]:
+    """Callback of the pad, after a stroke: only :func:`image_ui` reruns, unless something
+    outside it shows the input too, or the drawing holds no digit (no maps to show)."""
+
+    def after() -> None:
+        try:
+            get_drawn_pixels(st.session_state[state.DRAWING_KEY], ctx.info.spec)
+        except ValueError:
+            rerun_view()
+        if shown_elsewhere() or st.session_state.get(_NO_MAPS_KEY):
+            rerun_view()
+
+    return after
 
 
 def choose_channel(point: dict[str, int]) -> None:
@@ -309,8 +368,11 @@ def explain_point(point: dict[str, int]) -> None:
     st.rerun(VIEW_FRAGMENT)
 
 
-def input_ui(pixels: np.ndarray, caption: str) -> None:
-    """The input image and the button for another one."""
+def input_ui(ctx: Context, view: state.View, pixels: np.ndarray, caption: str) -> None:
+    """The pad with what the network sees, or the image with the button for another one."""
+    if view.drawing is not None:
+        pad_ui(view.drawing, ctx.info.spec, key=PAD_KEY, seen=pixels, on_change=drawn(ctx))
+        return
     # The sidebar does not repeat it.
     st.image(get_picture(pixels).data, caption=caption, width="stretch", output_format="JPEG")
     next_image_ui()
@@ -472,7 +534,8 @@ def downloads_ui(ctx: Context, shown: Shown, layer: str, channel: int, norm: str
         "normalisation": "none: raw activations",
     }
     recipe = recipe_of(view, layer, channel, norm, ctx)
-    stem = f"{ctx.model_name}_{Path(view.image).stem if view.upload is None else 'upload'}"
+    source = "drawing" if view.drawing is not None else "upload" if view.upload else None
+    stem = f"{ctx.model_name}_{source or Path(view.image).stem}"
     st.download_button(
         "Feature maps (.npz)",
         data=lambda: export.maps_npz(features.maps, meta),

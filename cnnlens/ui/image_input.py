@@ -1,4 +1,5 @@
-"""The input image: the dataset's pick or an upload, read for a page, and the uploader."""
+"""The input image: the drawing pad's digit, the dataset's pick or an upload, read for a
+page, and the uploader."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ __all__ = [
     "get_dataset_image",
     "get_uploaded_image",
     "input_image",
+    "input_problem_ui",
     "read_input",
     "upload_ui",
 ]
@@ -59,11 +61,17 @@ def input_image(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
 
 
 def read_input(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
-    """The pixels of the current input (upload or dataset image) and a caption.
+    """The pixels of the current input (the pad's drawing, an upload or a dataset image)
+    and a caption.
 
     Raises:
-        ValueError: for an upload that is not a usable image; the caller shows it.
+        ValueError: for an upload that is not a usable image, or a drawing that holds no
+            digit (empty, a dot, all ink); the caller shows it.
     """
+    if view.drawing is not None:
+        from cnnlens.ui.drawing_pad import get_drawn_pixels
+
+        return get_drawn_pixels(view.drawing, ctx.info.spec), "your drawing"
     if view.upload is not None:
         name, data = view.upload
         return get_uploaded_image(data, name, ctx.info.spec.mode), f"your image {name}"
@@ -71,6 +79,17 @@ def read_input(view: state.View, ctx: Context) -> tuple[np.ndarray, str]:
     label = ctx.dataset.label_of(view.image) if view.split == "train" else None
     caption = f"{view.image}" + (f" · label {label}" if label is not None else " · unlabelled")
     return pixels, caption
+
+
+def input_problem_ui(view: state.View, error: ValueError) -> None:
+    """Say why the input has nothing to show: for a drawing, where to draw (no fault)."""
+    if view.drawing is not None:
+        st.info(
+            f"{error} The pad is on the Feature maps and Network pages; or choose an image there.",
+            icon=":material/draw:",
+        )
+    else:
+        st.error(str(error), icon=":material/error:")
 
 
 def _take_upload(mode: str) -> None:
@@ -86,6 +105,7 @@ def _take_upload(mode: str) -> None:
         st.session_state["upload_error"] = str(error)
         return
     st.session_state[state.UPLOAD_KEY] = (uploaded.name, data)
+    st.session_state[state.INPUT_KEY] = "image"
 
 
 def upload_ui(mode: str) -> None:

@@ -24,6 +24,7 @@ import streamlit as st
 
 from cnnlens.ui import state
 from cnnlens.ui.caching import in_memory
+from cnnlens.ui.drawing_pad import pad_ui, source_ui
 from cnnlens.ui.image_input import input_image
 from cnnlens.ui.map_view import legend_html, map_view_data, map_view_ui
 from cnnlens.ui.navigation import page
@@ -178,18 +179,21 @@ def switch_if_asked() -> None:
 
 
 def network_ui(ctx: Context, names: list[str]) -> None:
-    """The image and scale toggle, the strip of columns, and (for other networks) the graph."""
+    """The input and scale toggle, the strip of columns, and (for other networks) the graph."""
     view = state.current_view(ctx.dataset)
-    pixels, caption = input_image(view, ctx)
     left, right = st.columns([1.4, 4])
+    try:
+        pixels, caption = input_image(view, ctx)
+    except ValueError as error:
+        if view.drawing is None:
+            st.error(f"{error} Choose another image or model.", icon=":material/error:")
+            return
+        with left:
+            input_ui(ctx, view, None, "")
+        st.info(f"{error} Every column follows your pen.", icon=":material/draw:")
+        return
     with left:
-        st.image(pixels, caption=caption, width=160)
-        st.button(
-            "Another random image",
-            on_click=state.next_seed,
-            icon=":material/casino:",
-            key="network_next_image",
-        )
+        input_ui(ctx, view, pixels, caption)
     with right:
         per = st.segmented_control(
             "Colour scale",
@@ -213,6 +217,22 @@ def network_ui(ctx: Context, names: list[str]) -> None:
     strip_ui(overview.columns, views, names, random=ctx.loaded.weights.startswith("random"))
     if not ctx.loaded.layers.renamed:
         graph_ui(ctx)
+
+
+def input_ui(ctx: Context, view: state.View, pixels: np.ndarray | None, caption: str) -> None:
+    """The input's source, and the pad with what the network sees, or the image with the
+    button for another one."""
+    source_ui("input_network")
+    if view.drawing is not None:
+        pad_ui(view.drawing, ctx.info.spec, key="network_pad", seen=pixels)
+        return
+    st.image(pixels, caption=caption, width=160)
+    st.button(
+        "Another random image",
+        on_click=state.next_seed,
+        icon=":material/casino:",
+        key="network_next_image",
+    )
 
 
 def _legend() -> str:

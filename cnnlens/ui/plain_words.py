@@ -17,6 +17,15 @@ shows (its **label**). The **seed** makes the random pick repeatable: the same
 seed always picks the same images, so a colleague who types the same seed sees
 the same thing. The **test** images have no label: the network has to guess.
 """,
+    "drawing": """
+**Draw a digit** on the pad with the mouse, a pen or a finger: when a stroke
+ends, the answer and every map follow it. Before the network sees your
+drawing, it is made the way the MNIST digits it learnt from were made: cut to
+its ink, shrunk to fit a 20×20 box with its shape kept, and placed in a 28×28
+square with its centre of weight in the middle. The small picture beside the
+pad is exactly what goes in. A network that takes other pictures gets the whole
+pad, resized. The link and "Save this view" keep your drawing.
+""",
     "heatmap": """
 A **heatmap** paints each number as a colour, the same way on every page and
 in the saved pictures. Where a layer's values can go below zero (a convolution

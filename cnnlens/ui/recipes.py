@@ -18,10 +18,11 @@ __all__ = ["recipe_of", "recipe_ui"]
 
 
 def recipe_of(view: state.View, layer: str, channel: int, norm: str, ctx: Context) -> Recipe | None:
-    """The recipe of the current view, or ``None`` for an uploaded image (it cannot travel)."""
+    """The recipe of the current view (a drawing included), or ``None`` for an uploaded
+    image (it cannot travel)."""
     from cnnlens.export import Recipe
 
-    if view.upload is not None:
+    if view.upload is not None and view.drawing is None:
         return None
     return Recipe(
         dataset=ctx.root,
@@ -34,6 +35,7 @@ def recipe_of(view: state.View, layer: str, channel: int, norm: str, ctx: Contex
         layer=layer,
         channel=int(channel),
         norm=norm,
+        drawing=view.drawing,
     )
 
 
@@ -72,8 +74,11 @@ def _open_recipe() -> None:
             state.LAYER_KEY: recipe.layer,
             state.CHANNEL_KEY: recipe.channel,
             state.NORM_KEY: recipe.norm,
+            state.INPUT_KEY: "image",
         }
     )
+    if recipe.drawing is not None:
+        state.set_drawing(recipe.drawing, from_pad=False)
     if resources.get_model(choice).weights_id != recipe.weights_id:
         carry_notices(
             [

@@ -17,7 +17,7 @@ import streamlit as st
 from cnnlens.registry import DEMO_DATASET_DIR, MODELS, model_info
 from cnnlens.ui import resources, state
 from cnnlens.ui.caching import clear_all
-from cnnlens.ui.image_input import read_input
+from cnnlens.ui.image_input import input_problem_ui, read_input
 
 if TYPE_CHECKING:
     from cnnlens.ui.context import Context
@@ -293,10 +293,11 @@ def sidebar_ui(ctx: Context) -> None:
     )
     if ctx.shows_input:
         return
+    view = state.current_view(ctx.dataset)
     try:
-        pixels, caption = read_input(state.current_view(ctx.dataset), ctx)
+        pixels, caption = read_input(view, ctx)
     except ValueError as error:
-        st.error(str(error))
+        input_problem_ui(view, error)
         return
     st.caption("Current image")
     st.image(pixels, caption=caption, width=112)

@@ -35,8 +35,14 @@ LAYER_KEY = "layer"
 CHANNEL_KEY = "channel"
 NORM_KEY = "norm"
 UPLOAD_KEY = "upload"  # (name, bytes) of an uploaded image; never in the URL
+INPUT_KEY = "input"  # "draw": the drawing pad; "image": the dataset's image or an upload;
+# None: the model's default (_INPUT_DEFAULT_KEY)
+_INPUT_DEFAULT_KEY = "_input_default"  # "draw" for a grayscale model, else "image"
+DRAWING_KEY = "drawing"  # the pad's drawing as Drawing.encode's text ("" when empty)
+PAD_RESET_KEY = "_pad_reset"  # counts the times the server set the pad's drawing itself
 
 NORMS = ("channel", "layer")
+INPUTS = ("draw", "image")
 DEFAULT_WEIGHTS = "default"
 _URL_KEYS = (
     DATA_KEY,
@@ -49,6 +55,8 @@ _URL_KEYS = (
     LAYER_KEY,
     CHANNEL_KEY,
     NORM_KEY,
+    INPUT_KEY,
+    DRAWING_KEY,
 )
 _LOADED = "_url_at_open"
 
@@ -77,6 +85,9 @@ class View:
     image: str
     layers: tuple[str, ...]
     upload: tuple[str, bytes] | None
+    drawing: str | None = None
+    """The pad's drawing (``Drawing.encode``'s text, ``""`` when empty) when the input is
+    the pad, else ``None``."""
 
 
 def _parse(key: str, raw: str, dataset: Dataset | None, names: list[str]) -> object:
@@ -120,6 +131,14 @@ def _parse(key: str, raw: str, dataset: Dataset | None, names: list[str]) -> obj
         if channel < 0:
             raise ValueError
         return channel
+    if key == INPUT_KEY:
+        if raw not in INPUTS:
+            raise ValueError
+        return raw
+    if key == DRAWING_KEY:
+        from cnnlens.drawing import Drawing
+
+        return Drawing.decode(raw).encode() if raw else ""
     if raw not in NORMS:
         raise ValueError
     return raw
@@ -173,19 +192,28 @@ def init_model() -> list[str]:
     return notices
 
 
-def init_state(dataset: Dataset) -> list[str]:
+def init_state(dataset: Dataset, mode: str = "RGB") -> list[str]:
     """Settle the image view: defaults and, once per session, the URL's values.
 
-    Layers are settled separately by :func:`init_layers`, which needs the model
-    (and so torch); pages that show no layers paint without it.
+    The input starts on the drawing pad for a grayscale model (``mode`` ``"L"``), unless
+    the link names a dataset image (its ``image`` or ``seed``). Layers are settled
+    separately by :func:`init_layers`, which needs the model (and so torch); pages that
+    show no layers paint without it.
 
     Returns:
         Notices for URL values that were invalid and fell back to defaults.
     """
     state = st.session_state
-    notices = _settle_from_url(
-        "_url_image_loaded", (SEED_KEY, SPLIT_KEY, IMAGE_KEY, NORM_KEY), dataset, []
-    )
+    keys = (SEED_KEY, SPLIT_KEY, IMAGE_KEY, NORM_KEY, INPUT_KEY, DRAWING_KEY)
+    notices = _settle_from_url("_url_image_loaded", keys, dataset, [])
+    if INPUT_KEY not in state:  # a link that names a dataset image opens on it
+        names_image = _url_value(IMAGE_KEY) is not None or _url_value(SEED_KEY) is not None
+        state[INPUT_KEY] = "image" if names_image else None
+    state[_INPUT_DEFAULT_KEY] = "draw" if mode == "L" else "image"
+    if DRAWING_KEY not in state:
+        from cnnlens.drawing import SAMPLE
+
+        state[DRAWING_KEY] = SAMPLE.encode()
     image = state.get(IMAGE_KEY)
     if image is not None and not state.get("_url_image_checked"):
         state["_url_image_checked"] = True
@@ -235,7 +263,15 @@ def current_view(dataset: Dataset) -> View:
         image=image,
         layers=tuple(state.get(LAYERS_KEY, ())),
         upload=state[UPLOAD_KEY],
+        drawing=state[DRAWING_KEY] if input_source() == "draw" else None,
     )
+
+
+def input_source() -> str:
+    """This session's input: ``"draw"`` (the pad) or ``"image"``; by default the pad for
+    a grayscale model, until the person chooses."""
+    state = st.session_state
+    return state.get(INPUT_KEY) or state.get(_INPUT_DEFAULT_KEY) or "image"
 
 
 def _linkable(path: str) -> str | None:
@@ -256,19 +292,23 @@ def sync_url() -> None:
     state = st.session_state
     layers = state.get(LAYERS_KEY)
     data, weights = state[DATA_KEY], state[WEIGHTS_KEY]
+    drawn = input_source() == "draw"
     wanted = {
         DATA_KEY: _linkable(data) if data != default_dataset() else None,
         MODEL_KEY: state[MODEL_KEY] if state[MODEL_KEY] != "demo" else None,
         WEIGHTS_KEY: weights
         if weights == "random"
         else (_linkable(weights) if weights != DEFAULT_WEIGHTS else None),
-        SEED_KEY: str(state[SEED_KEY]),
-        SPLIT_KEY: state[SPLIT_KEY] if state[SPLIT_KEY] != "train" else None,
-        IMAGE_KEY: state[IMAGE_KEY],
+        # A drawing's link names no dataset image: one that did would open on it.
+        SEED_KEY: None if drawn else str(state[SEED_KEY]),
+        SPLIT_KEY: state[SPLIT_KEY] if state[SPLIT_KEY] != "train" and not drawn else None,
+        IMAGE_KEY: None if drawn else state[IMAGE_KEY],
         LAYERS_KEY: ",".join(layers) if layers else None,
         LAYER_KEY: state.get(LAYER_KEY),
         CHANNEL_KEY: str(state[CHANNEL_KEY]) if CHANNEL_KEY in state else None,
         NORM_KEY: state[NORM_KEY] if state[NORM_KEY] != "channel" else None,
+        INPUT_KEY: state.get(INPUT_KEY),
+        DRAWING_KEY: state.get(DRAWING_KEY) if drawn else None,
     }
     wanted = {key: value for key, value in wanted.items() if value is not None}
     if st.query_params.to_dict() != wanted:
@@ -303,6 +343,23 @@ def choose_image(filename: str | None, split: str | None = None) -> None:
     if split is not None:
         st.session_state[SPLIT_KEY] = split
     st.session_state[UPLOAD_KEY] = None
+    st.session_state[INPUT_KEY] = "image"
+
+
+def set_drawing(text: str, from_pad: bool = True) -> None:
+    """Show a drawing (``Drawing.encode``'s text) on the pad, as this session's input.
+
+    Args:
+        text: the drawing.
+        from_pad: the pad sent it (it already shows it); else the pad is told to
+            show this one instead of its own.
+    """
+    state = st.session_state
+    state[DRAWING_KEY] = text
+    state[INPUT_KEY] = "draw"
+    state[UPLOAD_KEY] = None
+    if not from_pad:
+        state[PAD_RESET_KEY] = state.get(PAD_RESET_KEY, 0) + 1
 
 
 def choose_dataset(root: str) -> None:
@@ -312,6 +369,7 @@ def choose_dataset(root: str) -> None:
     state[IMAGE_KEY] = None
     state[SPLIT_KEY] = "train"
     state[UPLOAD_KEY] = None
+    state[INPUT_KEY] = None  # the model's default
 
 
 def next_seed() -> None:

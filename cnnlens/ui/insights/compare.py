@@ -8,7 +8,7 @@ import streamlit as st
 from cnnlens import figures
 from cnnlens.insights import difference
 from cnnlens.ui.feature_maps import get_features
-from cnnlens.ui.image_input import get_dataset_image, input_image
+from cnnlens.ui.image_input import get_dataset_image, input_image, input_problem_ui
 from cnnlens.ui.insights.focus import PLAIN, Focus, channel_ui
 from cnnlens.ui.plain_words import plain_words
 
@@ -63,7 +63,7 @@ def compare_section(focus: Focus) -> None:
     try:
         pixels_a, caption_a = input_image(view, ctx)
     except ValueError as error:
-        st.error(str(error))
+        input_problem_ui(view, error)
         return
     left, right = st.columns(2)
     with left:
