@@ -227,6 +227,25 @@ def launch_browser(playwright: Any) -> Any:
     )
 
 
+@contextlib.contextmanager
+def chromium_or_skip() -> Iterator[Any]:
+    """Debian's headless Chromium for a test module; the tests skip without it, or fail
+    where ``CI`` is set."""
+    import pytest
+
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing (CI is set, so this is a failure)")
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        chromium = launch_browser(playwright)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
 def wait_idle(page: Any, timeout: float = 30.0) -> None:
     """Wait until Streamlit has finished its script run and shows no status widget."""
     page.wait_for_selector(IDLE_SELECTOR, state="attached", timeout=timeout * 1000)

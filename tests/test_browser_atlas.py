@@ -40,15 +40,8 @@ TILES_SHOWN = """(key) => {
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not live_app.CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{live_app.CHROMIUM} is missing (CI is set, so this is a failure)")
-        pytest.skip(f"{live_app.CHROMIUM} is missing: install Debian's chromium")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as playwright:
-        chromium = live_app.launch_browser(playwright)
+    with live_app.chromium_or_skip() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

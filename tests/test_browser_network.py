@@ -6,7 +6,6 @@ from the core (``explain_value``), never from the app itself.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,15 +29,8 @@ ALL_DRAWN = """(count) => {
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not live_app.CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{live_app.CHROMIUM} is missing (CI is set, so this is a failure)")
-        pytest.skip(f"{live_app.CHROMIUM} is missing: install Debian's chromium")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as playwright:
-        chromium = live_app.launch_browser(playwright)
+    with live_app.chromium_or_skip() as chromium:
         yield chromium
-        chromium.close()
 
 
 def test_clicking_the_enlarged_map_explains_the_value_with_the_cores_numbers(browser: Any):

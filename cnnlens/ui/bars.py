@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from cnnlens.figures import BAR_COLOUR, DEAD_COLOUR, HIGHLIGHT_COLOUR
+from cnnlens.ui.components import own_component
 
 __all__ = ["NAMED_BARS", "bars_html", "bars_ui"]
 
@@ -118,9 +117,7 @@ def bars_ui(snippet: str, key: str, on_pick: Callable[[str], None]) -> None:
 
     Its element is styled ``.st-key-<key>``.
     """
-    component = st.components.v2.component(
-        "cnnlens_bars", js=_component_source(), isolate_styles=False
-    )
+    component = own_component("bars")
 
     def picked() -> None:
         label = st.session_state[key].get("picked")
@@ -128,12 +125,6 @@ def bars_ui(snippet: str, key: str, on_pick: Callable[[str], None]) -> None:
             on_pick(str(label))
 
     component(data={"html": snippet}, key=key, on_picked_change=picked)
-
-
-@cache
-def _component_source() -> str:
-    """``bars.js``, read once per process."""
-    return (Path(__file__).parent / "bars.js").read_text(encoding="utf-8")
 
 
 def _checked(

@@ -9,11 +9,9 @@ clicked point so the grids stay small enough to read.
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
-
 import numpy as np
-import streamlit as st
+
+from cnnlens.ui.components import own_component
 
 __all__ = ["MAX_OUTPUT_SIDE", "animation_data", "conv_animation_ui"]
 
@@ -88,17 +86,6 @@ def animation_data(
     }
 
 
-@cache
-def _source(suffix: str) -> str:
-    return (Path(__file__).parent / f"conv_animation{suffix}").read_text(encoding="utf-8")
-
-
 def conv_animation_ui(data: dict, key: str) -> None:
     """Show the animation of :func:`animation_data`; its element is styled ``.st-key-<key>``."""
-    component = st.components.v2.component(
-        "cnnlens_conv_animation",
-        js=_source(".js"),
-        css=_source(".css"),
-        isolate_styles=False,
-    )
-    component(data=data, key=key)
+    own_component("conv_animation")(data=data, key=key)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -25,6 +23,7 @@ from cnnlens.drawing import MAX_POINTS, MAX_STROKES, PAD_SIDE, Drawing, drawing_
 from cnnlens.registry import InputSpec
 from cnnlens.ui import state
 from cnnlens.ui.caching import in_memory
+from cnnlens.ui.components import own_component
 
 __all__ = ["get_drawn_pixels", "pad_ui", "seen_png", "source_ui"]
 
@@ -50,12 +49,6 @@ def seen_png(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-@cache
-def _component_source(suffix: str) -> str:
-    """The component's ``drawing_pad.js`` or ``drawing_pad.css``, read once per process."""
-    return (Path(__file__).parent / f"drawing_pad{suffix}").read_text(encoding="utf-8")
-
-
 def pad_ui(
     text: str,
     spec: InputSpec,
@@ -79,12 +72,7 @@ def pad_ui(
         note: a sentence under the pad.
         on_change: called after a new drawing is kept (a stroke's end, Undo, Clear).
     """
-    component = st.components.v2.component(
-        "cnnlens_drawing_pad",
-        js=_component_source(".js"),
-        css=_component_source(".css"),
-        isolate_styles=False,
-    )
+    component = own_component("drawing_pad")
     drawing = Drawing.decode(text) if text else Drawing(())
     grey = spec.mode == "L"
     height, width = spec.size

@@ -17,13 +17,12 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Callable, Sequence
-from functools import cache
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from cnnlens import figures
+from cnnlens.ui.components import own_component
 
 __all__ = ["legend_html", "map_view_data", "map_view_ui"]
 
@@ -184,12 +183,6 @@ def _tallest(channels: int, rows: int) -> int:
     return min(max(rows * _GRID_ROW_PX, low), high)
 
 
-@cache
-def _component_source(suffix: str) -> str:
-    """The component's ``map_view.js`` or ``map_view.css``, read once per process."""
-    return (Path(__file__).parent / f"map_view{suffix}").read_text(encoding="utf-8")
-
-
 def map_view_ui(
     data: dict,
     key: str,
@@ -216,14 +209,7 @@ def map_view_ui(
         reveal: the key of an element to scroll into view once a click's rerun has
             drawn the point it picked (the explanation of that point).
     """
-    # Registering the same definition again is free and silent; doing it here
-    # registers it with whichever runtime runs this script (AppTest makes several).
-    component = st.components.v2.component(
-        "cnnlens_map_view",
-        js=_component_source(".js"),
-        css=_component_source(".css"),
-        isolate_styles=False,
-    )
+    component = own_component("map_view")
     marks = {"chosen": chosen, "point": None if point is None else list(point)}
     data = {**data, **marks, "numbered": numbered, "reveal": reveal}
     if on_pick is None:

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import streamlit as st
 
 from cnnlens import figures
+from cnnlens.ui.components import own_component
 
 if TYPE_CHECKING:
     from cnnlens.attribution import OcclusionScores
@@ -197,12 +195,6 @@ def _shown_classes(
     return [int(k) for k in np.argsort(-reach, kind="stable")[: min(top, len(base))]]
 
 
-@cache
-def _component_source(suffix: str) -> str:
-    """The component's ``occlusion_view.js`` or ``occlusion_view.css``, read once."""
-    return (Path(__file__).parent / f"occlusion_view{suffix}").read_text(encoding="utf-8")
-
-
 def occlusion_view_ui(data: dict, *, key: str) -> dict | None:
     """Draw the occlusion view of :func:`occlusion_view_data`: the image with a square to
     drag, and a bar per class, updated in the browser as it moves.
@@ -217,12 +209,7 @@ def occlusion_view_ui(data: dict, *, key: str) -> dict | None:
         Where the square was last let go, ``{"row": r, "col": c}``: its top-left in input
         pixels, one of ``scores.tops``; ``None`` before it was first let go on this grid.
     """
-    component = st.components.v2.component(
-        "cnnlens_occlusion_view",
-        js=_component_source(".js"),
-        css=_component_source(".css"),
-        isolate_styles=False,
-    )
+    component = own_component("occlusion_view")
     result = component(data=data, key=key, on_square_change=lambda: None)
     square = result.get("square")
     # A place reported for another grid (an image of another size) is no place on this one.
