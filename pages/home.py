@@ -37,10 +37,20 @@ with right, st.container(border=True):
     st.markdown(ctx.info.title)
     st.caption("Change the dataset, the model or its weights in the sidebar.")
 
-if st.button(
-    "Show me a random image and what the network sees",
+first, second = st.columns(2)
+if ctx.info.spec.mode == "L" and first.button(
+    "Draw a digit and watch the network follow your pen",
     type="primary",
+    icon=":material/draw:",
+    width="stretch",
+):
+    st.session_state[state.INPUT_KEY] = "draw"
+    st.switch_page(page("feature_maps"))
+if second.button(
+    "Show me a random image and what the network sees",
+    type="secondary" if ctx.info.spec.mode == "L" else "primary",
     icon=":material/casino:",
+    width="stretch",
 ):
     state.next_seed()
     st.switch_page(page("feature_maps"))
@@ -50,9 +60,9 @@ st.markdown(
     """
 1. **Dataset**: browse the images and pick one (the same seed always picks the same image).
 2. **Layers**: see the network's layers in order and choose which ones to look inside.
-3. **Feature maps**: each small square is one *channel* of a layer, painted as a heatmap of
-   where it fired on your image. Hover to read exact values; click a square to enlarge it
-   and lay it over the image.
+3. **Feature maps**: draw a digit on the pad (for a network of digits) or pick an image; each
+   small square is one *channel* of a layer, painted as a heatmap of where it fired on it.
+   Hover to read exact values; click a square to enlarge it and lay it over the image.
 4. **Where it looks**: which parts of the image the network's answer rests on, by several
    methods side by side, each checked: does it mark what the network really uses?
 5. **Insights**: the same layer across the whole dataset: which images excite a channel most,

@@ -135,3 +135,26 @@ def test_the_network_page_follows_the_pen(browser: Any):
         assert top.get_attribute("data-class") == "1"
         assert float(top.get_attribute("data-probability")) > 0.9
         assert page.locator("[data-testid='stException']").count() == 0
+
+
+def test_a_finger_draws_too(browser: Any):
+    with live_app.running_server() as server:
+        page = browser.new_page(viewport={"width": 700, "height": 1000}, has_touch=True)
+        page.goto(f"{server.url}/feature_maps")
+        live_app.wait_idle(page, 90)
+        wait_answer(page, "3")
+        page.locator(".st-key-pad").get_by_role("button", name="Clear").click()
+        live_app.wait_idle(page)
+        canvas = page.locator(".st-key-pad").get_by_role("img", name="Drawing pad")
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        cdp = page.context.new_cdp_session(page)
+        scrolled = page.evaluate("window.scrollY")
+        x = box["x"] + box["width"] / 2
+        for i, kind in enumerate(["touchStart", *["touchMove"] * 12, "touchEnd"]):
+            y = box["y"] + box["height"] * (0.1 + 0.8 * min(i, 12) / 12)
+            points = [] if kind == "touchEnd" else [{"x": x, "y": y}]
+            cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+        wait_answer(page, "1")
+        assert page.evaluate("window.scrollY") == scrolled  # the finger drew, not scrolled
+        assert len(linked_drawing(page).strokes) == 1

@@ -205,3 +205,17 @@ def test_every_page_follows_the_drawing_and_an_empty_pad_is_no_fault(page):
     assert not at.exception and not at.error
     if page in ("network.py", "where_it_looks.py"):
         assert any("The pad is empty" in info.value for info in at.info)
+
+
+def test_home_leads_a_person_who_chose_images_back_to_the_pad():
+    at = open_app(None, input="image")
+    [draw_button] = [b for b in at.button if b.label.startswith("Draw a digit")]
+    draw_button.click().run()
+    assert not at.exception
+    assert at.session_state[state.INPUT_KEY] == "draw"
+    assert pad(at)["strokes"] == [[list(point) for point in SAMPLE.strokes[0]]]
+
+
+def test_a_colour_model_has_no_draw_button_on_home():
+    at = open_app(None, input=None, model="resnet18", weights="random")
+    assert not [b for b in at.button if b.label.startswith("Draw a digit")]
