@@ -168,7 +168,8 @@ def test_home_explains_and_leads_to_a_random_digits_maps():
     at = open_app()
     assert at.title[0].value == "See what a neural network sees"
     assert any("4,000 labelled images" in m.value for m in at.markdown)
-    at.button[0].click().run()
+    [random_image] = [b for b in at.button if b.label.startswith("Show me a random image")]
+    random_image.click().run()
     assert not at.exception
     assert at.session_state["seed"] == 129
     assert at.title[0].value == "Feature maps"

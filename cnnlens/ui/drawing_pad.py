@@ -106,12 +106,11 @@ def pad_ui(
     component(data=data, key=key, on_drawing_change=drawn)
 
 
-def source_ui(own_key: str, on_change: Callable[[], None] | None = None) -> str:
+def source_ui(own_key: str) -> str:
     """The input's source: the drawing pad or an image (the dataset's, or an upload).
 
     Args:
         own_key: this page's widget key (pages' widgets cannot share one).
-        on_change: called after the source changed.
 
     Returns:
         ``"draw"`` or ``"image"``.
@@ -121,8 +120,6 @@ def source_ui(own_key: str, on_change: Callable[[], None] | None = None) -> str:
         st.session_state[state.INPUT_KEY] = st.session_state[own_key]
         if st.session_state[own_key] == "draw":
             st.session_state[state.UPLOAD_KEY] = None
-        if on_change is not None:
-            on_change()
 
     st.session_state[own_key] = state.input_source()
     return st.segmented_control(
