@@ -125,11 +125,13 @@ class Drawing:
 
     @classmethod
     def decode(cls, text: str) -> Drawing:
-        """The drawing written by :meth:`encode`.
+        """The drawing written by :meth:`encode`; ``""`` is the empty pad.
 
         Raises:
             ValueError: if the text is not a drawing (a link cut short or edited).
         """
+        if not text:
+            return cls(())
         try:
             data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError) as error:

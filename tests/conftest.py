@@ -1,14 +1,38 @@
-"""Shared fixtures: tiny synthetic models and generated datasets."""
+"""Shared fixtures: tiny synthetic models, generated datasets, the demo model."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 from torch import nn
 
 from tests.generated import write_dataset
+
+if TYPE_CHECKING:
+    from cnnlens.models import LoadedModel
+
+
+@pytest.fixture(scope="module")
+def demo() -> LoadedModel:
+    """The embedded demo model, opened once per test module."""
+    from cnnlens.models import open_model
+
+    return open_model("demo")
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tests (``pytest.mark.usefixtures``): hundreds of
+    small forwards or optimisation steps run fastest on one, since two threads on two
+    busy cores wait on each other at every layer (4× slower beside other tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

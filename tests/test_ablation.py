@@ -13,17 +13,12 @@ from torch import nn
 from cnnlens import ablation as ablation_module
 from cnnlens.ablation import ClassAblation, ClassAblationSpec, ablate, ablation_by_class
 from cnnlens.data import Dataset, load_dataset
-from cnnlens.models import LoadedModel, demo_dataset, open_model
+from cnnlens.models import LoadedModel, demo_dataset
 from cnnlens.results import Cancelled, from_arrays, to_arrays
 from cnnlens.store import ResultStore
 
 # The demo CNN's layers by their place in its features, written out here, not asked of cnnlens.
 DEMO_PATHS = {"conv_1": "features.0", "conv_2": "features.2", "relu_3": "features.6"}
-
-
-@pytest.fixture(scope="module")
-def demo() -> LoadedModel:
-    return open_model("demo")
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,12 @@ from torch import nn
 
 from cnnlens.accentuation import Accentuation, accentuate
 from cnnlens.legibility import load_pixels
-from cnnlens.models import demo_dataset, demo_model, open_model
+from cnnlens.models import demo_dataset, demo_model
+
+# Hundreds of small forwards: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 24  # enough for the channel to rise; the default is 128
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return open_model("demo")
 
 
 @pytest.fixture(scope="module")

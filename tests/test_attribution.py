@@ -32,11 +32,6 @@ GRADIENT_CAMS = CAM_METHODS[:5]
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return open_model("demo")
-
-
-@pytest.fixture(scope="module")
 def digits(demo):
     dataset = demo_dataset()
     names = list(dataset.index["filename"][:100])

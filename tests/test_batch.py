@@ -22,7 +22,7 @@ from cnnlens import parquet
 from cnnlens.cli import main
 from cnnlens.data import Dataset, Problem, load_dataset
 from cnnlens.images import open_image, to_mode
-from cnnlens.models import DEMO_DATASET_DIR, LoadedModel, demo_model, open_model
+from cnnlens.models import DEMO_DATASET_DIR, demo_model, open_model
 from cnnlens.parquet import FORMAT, extract_to_parquet
 from cnnlens.pipeline import _Extraction, iter_features, load_batch, load_pixels
 from cnnlens.preprocess import _plain_png, _resized, scale_uint8_batch, to_batch
@@ -30,11 +30,6 @@ from cnnlens.registry import InputSpec, model_info
 from tests.generated import write_dataset
 
 LABELS = [i % 10 for i in range(11)]
-
-
-@pytest.fixture(scope="module")
-def demo() -> LoadedModel:
-    return open_model("demo")
 
 
 @pytest.fixture

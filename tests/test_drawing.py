@@ -229,3 +229,8 @@ def test_the_sample_is_a_three_to_the_demo():
     with torch.no_grad():
         answer = int(demo_model()(to_batch(drawing_pixels(SAMPLE, DEMO_INPUT))).argmax())
     assert answer == 3
+
+
+def test_the_empty_text_is_the_empty_pad():
+    assert Drawing.decode("") == Drawing(())
+    assert Drawing.decode("").empty

@@ -22,7 +22,7 @@ from cnnlens.explain import explain_value, padded_input
 from cnnlens.extractor import build_extractor
 from cnnlens.feature_visualization import MEMORY_LIMIT, visualize
 from cnnlens.gradcam import grad_cam
-from cnnlens.models import LoadedModel, open_model
+from cnnlens.models import LoadedModel
 from cnnlens.network import architecture_dot, overview
 from cnnlens.one_image import image_features
 
@@ -56,11 +56,6 @@ class Snapshot:
         assert after.state.keys() == self.state.keys()
         for key, value in self.state.items():
             assert torch.equal(after.state[key], value), key
-
-
-@pytest.fixture(scope="module")
-def demo() -> LoadedModel:
-    return open_model("demo")
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,15 +21,8 @@ from cnnlens.explain import CLASS_SCORES, ConvExplanation, ValueExplanation, pad
 from cnnlens.layers import Layers
 from cnnlens.models import LoadedModel, open_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Hundreds of small forwards run fastest on one thread: two threads on two busy
-    cores wait on each other (4× slower when other tests run beside these)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Hundreds of small forwards: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seeded(build: Callable[[], nn.Module]) -> nn.Module:

@@ -26,16 +26,11 @@ from cnnlens.faithfulness_metrics import (
     most_faithful,
 )
 from cnnlens.gradcam import grad_cam
-from cnnlens.models import LoadedModel, demo_dataset, open_model
+from cnnlens.models import demo_dataset
 from cnnlens.results import Cancelled
 from cnnlens.store import ResultStore
 
 QUANTUS = Path(os.environ.get("QUANTUS_REF", "/tmp/quantus_ref"))
-
-
-@pytest.fixture(scope="module")
-def demo() -> LoadedModel:
-    return open_model("demo")
 
 
 @pytest.fixture(scope="module")

@@ -45,11 +45,6 @@ def digits(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return open_model("demo")
-
-
-@pytest.fixture(scope="module")
 def reference(digits) -> dict[str, np.ndarray]:
     """conv_3's maps and the logits of every image, from the demo model itself."""
     dataset = load_dataset(digits)

@@ -21,7 +21,6 @@ from cnnlens import (
     build_lens,
     explain_value,
     layer_names,
-    open_model,
     visualize,
 )
 from cnnlens.borrow import layer_channels
@@ -43,11 +42,6 @@ def mobilenet() -> nn.Module:
 @pytest.fixture(scope="module")
 def efficientnet() -> nn.Module:
     return seeded(models.efficientnet_b0)
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return open_model("demo")
 
 
 def conv_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:

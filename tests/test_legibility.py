@@ -20,20 +20,10 @@ from cnnlens.legibility import (
     plausibility,
     reference_features,
 )
-from cnnlens.models import demo_dataset, demo_model, open_model
+from cnnlens.models import demo_dataset, demo_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return open_model("demo")
+# Hundreds of small forwards: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,6 @@ from cnnlens.network import Column, architecture_dot, overview
 
 
 @pytest.fixture(scope="module")
-def demo() -> LoadedModel:
-    return open_model("demo")
-
-
-@pytest.fixture(scope="module")
 def resnet() -> LoadedModel:
     return open_model("resnet18", weights="random")
 

@@ -7,15 +7,10 @@ import pytest
 import torch.nn.functional as F
 
 import cnnlens.priors as prior_module
-from cnnlens.models import LoadedModel, demo_dataset, open_model
+from cnnlens.models import demo_dataset, open_model
 from cnnlens.priors import ImagePriorSpec, image_prior
 from cnnlens.results import Cancelled
 from cnnlens.store import ResultStore
-
-
-@pytest.fixture(scope="module")
-def demo() -> LoadedModel:
-    return open_model("demo")
 
 
 @pytest.fixture(scope="module")

@@ -67,11 +67,6 @@ def independent_outputs(
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return open_model("demo")
-
-
-@pytest.fixture(scope="module")
 def resnet():
     return open_model("resnet18", weights="random")
 

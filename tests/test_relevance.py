@@ -15,7 +15,7 @@ from torch import nn
 from cnnlens import relevance as relevance_module
 from cnnlens.data import Dataset, load_dataset
 from cnnlens.insights import LayerStats, top_images
-from cnnlens.models import LoadedModel, demo_dataset, demo_model, open_model
+from cnnlens.models import LoadedModel, demo_dataset, demo_model
 from cnnlens.preprocess import to_batch
 from cnnlens.registry import InputSpec
 from cnnlens.relevance import (
@@ -30,11 +30,6 @@ from cnnlens.results import Cancelled
 from cnnlens.store import ResultStore
 
 DIGITS = 40
-
-
-@pytest.fixture(scope="module")
-def demo() -> LoadedModel:
-    return open_model("demo")
 
 
 @pytest.fixture(scope="module")

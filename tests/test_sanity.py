@@ -12,7 +12,7 @@ from torch import nn
 
 from cnnlens.attribution import attribute
 from cnnlens.layers import Layers
-from cnnlens.models import LoadedModel, demo_dataset, open_model
+from cnnlens.models import demo_dataset
 from cnnlens.sanity import (
     SANITY_THRESHOLD,
     SanityStep,
@@ -33,11 +33,6 @@ DEMO_TOP_DOWN = [
     "features.0",
 ]
 DEMO_NAMES = ["classifier.5", "classifier.2", "conv_4", "conv_3", "conv_2", "conv_1"]
-
-
-@pytest.fixture(scope="module")
-def demo() -> LoadedModel:
-    return open_model("demo")
 
 
 @pytest.fixture(scope="module")

@@ -31,24 +31,11 @@ from cnnlens.models import LoadedModel, demo_dataset, demo_model, open_model
 from cnnlens.results import Cancelled
 from cnnlens.store import ResultStore
 
+# Hundreds of small forwards: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CHANNELS = list(range(8))  # the first 8 of conv_2's 32 channels
 CONV_2 = 2  # conv_2 is features[2] of the demo CNN
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on two cores shared with other processes, two threads wait for
-    each other at every layer, and an optimisation of many small steps takes several times
-    as long."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def demo() -> LoadedModel:
-    return open_model("demo")
 
 
 def conv_2_means(images: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ def get_drawn_pixels(text: str, spec: InputSpec) -> np.ndarray:
     Raises:
         ValueError: for an empty pad, a dot or a pad full of ink (what to draw instead).
     """
-    return drawing_pixels(Drawing.decode(text) if text else Drawing(()), spec)
+    return drawing_pixels(Drawing.decode(text), spec)
 
 
 def seen_png(pixels: np.ndarray) -> str:
@@ -73,7 +73,7 @@ def pad_ui(
         on_change: called after a new drawing is kept (a stroke's end, Undo, Clear).
     """
     component = own_component("drawing_pad")
-    drawing = Drawing.decode(text) if text else Drawing(())
+    drawing = Drawing.decode(text)
     grey = spec.mode == "L"
     height, width = spec.size
     data = {

@@ -55,6 +55,8 @@ VIEW_FRAGMENT = "feature_maps_view"
 """The key of :func:`view_ui`, for callbacks that must rerun all of it."""
 SAVES_KEY = "saves"
 """The "Save this view" popover: open or closed."""
+RANK_KEY = "rank_by"
+"""The ranking's measure (mean or max activation)."""
 PAD_KEY = "pad"
 """The drawing pad's element."""
 _NO_MAPS_KEY = "_feature_maps_no_maps"  # the view's last run showed no maps
@@ -284,7 +286,7 @@ def no_maps_ui(
     st.session_state[_NO_MAPS_KEY] = True
     shown_why = st.container()
     with column:
-        channel, rank_by = st.session_state[state.CHANNEL_KEY], st.session_state.get("rank_by")
+        channel, rank_by = st.session_state[state.CHANNEL_KEY], st.session_state.get(RANK_KEY)
         image_ui(ctx, layer, norm, channel, rank_by or "mean", None)
     with shown_why:
         why()
@@ -499,7 +501,7 @@ def rank_by_ui() -> str:
         format_func={"mean": "Mean activation", "max": "Max activation"}.get,
         required=True,
         default="mean",
-        key="rank_by",
+        key=RANK_KEY,
         persist_state="session",
     )
 
